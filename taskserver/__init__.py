@@ -1,0 +1,53 @@
+"""taskserver: a task server for fleets of phones (Flask + Flask-SocketIO on gevent)."""
+
+import logging
+
+from flask import Flask
+
+from config import load_config
+from taskserver import watchdog
+from taskserver.api import devices, errors, system, tasks
+from taskserver.extensions import api, socketio
+from taskserver.realtime.devices import DeviceNamespace
+from taskserver.realtime.notifier import Notifier
+from taskserver.service import TaskService
+from taskserver.store import open_store
+
+OPENAPI = {
+    "API_TITLE": "taskserver",
+    "API_VERSION": system.VERSION,
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "/docs",
+    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+}
+
+
+def create_app(config=None, clock=None):
+    """Build the app: settings, store, service, HTTP blueprints, the device namespace and the watchdog.
+
+    ``config`` overrides settings (tests pass a mapping); ``clock`` replaces ``time.time``."""
+    settings = load_config(config)
+    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask(__name__)
+    app.config.update(settings, **OPENAPI)
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+
+    store = open_store(settings)
+    notifier = Notifier(socketio)
+    service = TaskService(store, notifier, settings, **({"clock": clock} if clock else {}))
+    service.recover_on_start()
+    app.extensions["taskserver"] = service
+
+    api.init_app(app)
+    for module in (system, devices, tasks):
+        api.register_blueprint(module.blp)
+    errors.init_app(app)
+
+    socketio.init_app(app, async_mode="gevent", cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None)
+    socketio.on_namespace(DeviceNamespace(service, notifier))
+    if settings["WATCHDOG_INTERVAL"] > 0:
+        socketio.start_background_task(watchdog.run_forever, service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
+    return app

@@ -1,0 +1,37 @@
+"""The HTTP API: flask-smorest blueprints whose every input goes through a marshmallow schema."""
+
+import flask_smorest
+from flask import current_app
+from webargs import core
+from webargs.flaskparser import FlaskParser
+
+from taskserver.errors import TaskServerError, ValidationFailed
+
+
+class JsonBodyParser(FlaskParser):
+    """Reads a JSON body whatever its Content-Type, and turns every parse error into our error shape."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+    def _raw_load_json(self, req):
+        return core.parse_json(req.get_data(cache=True))
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        raise TaskServerError("请求体不是有效的 JSON", "INVALID_JSON")
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        messages = error.messages
+        if isinstance(messages, dict) and len(messages) == 1:
+            (messages,) = messages.values()  # drop the location level ("json", "query")
+        raise ValidationFailed(messages)
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """A flask-smorest blueprint using ``JsonBodyParser``."""
+
+    ARGUMENTS_PARSER = JsonBodyParser()
+
+
+def service():
+    """The app's ``TaskService``."""
+    return current_app.extensions["taskserver"]

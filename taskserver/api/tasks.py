@@ -1,0 +1,102 @@
+"""``GET /api/tasks``, ``POST /api/dispatch-task``, ``GET /api/task/{id}/status``, ``POST /api/task/{id}/cancel``."""
+
+from flask import current_app, request
+
+from taskserver import schemas
+from taskserver.api import Blueprint, service
+from taskserver.domain import TaskStatus
+from taskserver.errors import ValidationFailed
+from taskserver.present import task_status, task_summary
+from taskserver.service import DispatchRequest
+
+blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理")
+
+ERRORS = {"description": "错误: {success: false, message, error_code}", "schema": schemas.ErrorResponseSchema}
+
+
+@blp.route("/tasks")
+@blp.arguments(schemas.TaskListQuerySchema, location="query")
+@blp.response(200, schemas.TaskListSchema)
+@blp.alt_response(400, **ERRORS)
+def list_tasks(query):
+    """Tasks, newest first; filter by ``status`` (repeatable), ``task_type``, ``device_id``; page with limit/offset."""
+    tasks, total = service().store.list_tasks(
+        statuses=query["status"],
+        task_type=query.get("task_type"),
+        device_id=query.get("device_id"),
+        limit=query["limit"],
+        offset=query["offset"],
+    )
+    page = [task_summary(task) for task in tasks]
+    return {"success": True, "tasks": page, "total": total, "limit": query["limit"], "offset": query["offset"]}
+
+
+@blp.route("/dispatch-task", methods=["POST"])
+@blp.arguments(schemas.DispatchSchema)
+@blp.response(200, schemas.DispatchOutSchema, description="已分发到设备")
+@blp.alt_response(202, schema=schemas.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
+@blp.alt_response(400, **ERRORS)
+@blp.alt_response(404, **ERRORS)
+def dispatch_task(body):
+    """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
+    data, data_schedule = schemas.load_task_data(body["task_type"], body["data"], _extra_types())
+    times = [t for t in (body["schedule_time"], data_schedule) if t is not None]
+    dispatch = DispatchRequest(
+        task_type=body["task_type"],
+        data=data,
+        device_id=body["device_id"],
+        priority=body["priority"],
+        timeout=body["timeout"],
+        max_retries=body["max_retries"],
+        not_before=max(times) if times else None,
+        idempotency_key=_idempotency_key(body),
+    )
+    task, _created = service().dispatch(dispatch)
+    return _dispatch_answer(task)
+
+
+def _extra_types():
+    return current_app.config["EXTRA_TASK_TYPES"]
+
+
+def _idempotency_key(body):
+    key = request.headers.get("Idempotency-Key") or body["idempotency_key"]
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed({"Idempotency-Key": ["长度必须在 1 到 200 之间"]})
+    return key
+
+
+def _dispatch_answer(task):
+    if task.status == TaskStatus.PENDING:
+        waiting = "任务已排期，到时自动分发" if task.not_before else "暂无可用设备，任务已进入等待队列"
+        device_id = task.target_device_id
+        status_code, message = 202, waiting
+    else:
+        device_id = task.device_id
+        status_code, message = 200, "任务分发成功"
+    answer = {
+        "success": True,
+        "task_id": task.task_id,
+        "device_id": device_id,
+        "device_name": service().device_names([device_id]).get(device_id),
+        "status": task.status.value,
+        "message": message,
+    }
+    return answer, status_code
+
+
+@blp.route("/task/<task_id>/status")
+@blp.response(200, schemas.TaskStatusSchema)
+@blp.alt_response(404, **ERRORS)
+def get_task_status(task_id):
+    """Status, progress and result of one task."""
+    return {"success": True, "task": task_status(service().get_task(task_id))}
+
+
+@blp.route("/task/<task_id>/cancel", methods=["POST"])
+@blp.response(200, schemas.TaskStatusSchema)
+@blp.alt_response(404, **ERRORS)
+@blp.alt_response(409, **ERRORS)
+def cancel_task(task_id):
+    """Cancel a task that has not ended; its device gets ``cancel_task`` (now, or when it reconnects)."""
+    return {"success": True, "message": "任务已取消", "task": task_status(service().cancel(task_id))}

@@ -1,0 +1,159 @@
+"""States, the one transition table, and the pure rules of tasks and devices."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from taskserver.errors import InvalidState
+
+
+class TaskStatus(StrEnum):
+    """The spec's task states; values serialise as the plain strings the spec shows."""
+
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeviceStatus(StrEnum):
+    """The spec's device states, derived from connection and load (never stored)."""
+
+    ONLINE = "online"
+    BUSY = "busy"
+    OFFLINE = "offline"
+
+
+class TaskType(StrEnum):
+    """The task types every server knows; more can be enabled by setting."""
+
+    DELIST = "DELIST"
+    COLLECT = "COLLECT"
+    UPLOAD = "UPLOAD"
+
+
+ACTIVE = frozenset({TaskStatus.DISPATCHED, TaskStatus.RUNNING})
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+TRANSITIONS = {
+    TaskStatus.PENDING: frozenset({TaskStatus.DISPATCHED, TaskStatus.CANCELLED}),
+    TaskStatus.DISPATCHED: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.PENDING}
+    ),
+    TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.PENDING}),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(InvalidState):
+    """A move the transition table does not allow."""
+
+
+def check_transition(current, target):
+    """Return ``target`` if ``current -> target`` is allowed, else raise ``InvalidTransition``."""
+    current, target = TaskStatus(current), TaskStatus(target)
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(f"任务状态不能从 {current.value} 变为 {target.value}")
+    return target
+
+
+@dataclass
+class Task:
+    """One task as the store keeps it; times are epoch seconds (server clock)."""
+
+    task_id: str
+    task_type: str
+    data: dict
+    status: TaskStatus = TaskStatus.PENDING
+    device_id: str | None = None
+    target_device_id: str | None = None
+    avoid_device_id: str | None = None
+    priority: int = 0
+    timeout: int = 300
+    max_retries: int = 0
+    attempt: int = 1
+    progress: int = 0
+    progress_message: str | None = None
+    result: dict | None = None
+    error_code: str | None = None
+    created_at: float = 0.0
+    dispatched_at: float | None = None
+    delivered_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    not_before: float | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def is_terminal(self):
+        """True once the task has ended for good."""
+        return self.status in TERMINAL
+
+
+@dataclass
+class Device:
+    """One phone as the store keeps it; ``active_tasks`` is filled in by the store on read."""
+
+    device_id: str
+    device_name: str
+    device_info: dict = field(default_factory=dict)
+    capacity: int = 1
+    connected: bool = False
+    sid: str | None = None
+    registered_at: float | None = None
+    last_heartbeat: float | None = None
+    disconnected_at: float | None = None
+    created_at: float = 0.0
+    active_tasks: int = 0
+
+    @property
+    def status(self):
+        """Offline unless connected; busy when its active tasks fill its capacity."""
+        if not self.connected:
+            return DeviceStatus.OFFLINE
+        return DeviceStatus.BUSY if self.active_tasks >= self.capacity else DeviceStatus.ONLINE
+
+    @property
+    def free_slots(self):
+        """How many more tasks the device can take now (0 when offline)."""
+        return max(self.capacity - self.active_tasks, 0) if self.connected else 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a task's history: what happened, who did it, and any detail."""
+
+    kind: str
+    actor: str
+    device_id: str | None = None
+    detail: dict | None = None
+
+
+def retry_backoff(attempt, base, cap):
+    """Seconds to wait before attempt ``attempt + 1``: ``base`` doubling per attempt, capped at ``cap``."""
+    return min(base * (2 ** max(attempt - 1, 0)), cap)
+
+
+def retries_left(task):
+    """True when the task may start another attempt after this one fails."""
+    return task.attempt <= task.max_retries
+
+
+def timed_out(task, now):
+    """True when an active task has outlived its timeout, counted from dispatch."""
+    return task.status in ACTIVE and task.dispatched_at is not None and now >= task.dispatched_at + task.timeout
+
+
+def pick_device(task, devices):
+    """The device a pending task should go to, or None: its target, else the least-loaded, avoiding a failed one."""
+    free = [d for d in devices if d.free_slots > 0]
+    if task.target_device_id is not None:
+        return next((d for d in free if d.device_id == task.target_device_id), None)
+    if not free:
+        return None
+    preferred = [d for d in free if d.device_id != task.avoid_device_id] or free
+    return min(preferred, key=lambda d: (d.active_tasks, d.registered_at or 0.0))

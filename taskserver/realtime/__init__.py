@@ -1,0 +1,1 @@
+"""Device transports: Socket.IO on "/" and the notifier that emits to devices."""

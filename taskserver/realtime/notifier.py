@@ -1,0 +1,51 @@
+"""Every message the server sends to a device goes out here, after the state change is stored."""
+
+from taskserver.present import cancel_task_message, new_task_message
+
+NAMESPACE = "/"
+
+
+class Notifier:
+    """Emits to one device connection by its sid."""
+
+    def __init__(self, socketio):
+        self.socketio = socketio
+
+    def _emit(self, sid, event, data, callback=None):
+        self.socketio.emit(event, data, to=sid, namespace=NAMESPACE, callback=callback)
+
+    def registered(self, sid, answer):
+        """``register_success``."""
+        self._emit(sid, "register_success", answer)
+
+    def heartbeat_ack(self, sid, answer):
+        """``heartbeat_ack``."""
+        self._emit(sid, "heartbeat_ack", answer)
+
+    def new_task(self, sid, task, on_ack):
+        """``new_task`` in the spec's shape; ``on_ack`` runs if the device acknowledges it."""
+        self._emit(sid, "new_task", new_task_message(task), callback=on_ack)
+
+    def cancel_task(self, sid, task_id):
+        """``cancel_task``."""
+        self._emit(sid, "cancel_task", cancel_task_message(task_id))
+
+    def result_received(self, sid, task_id):
+        """``task_result_ack``, for clients written against the first implementation."""
+        self._emit(sid, "task_result_ack", {"task_id": task_id, "status": "received"})
+
+    def error(self, sid, error, legacy_event=None):
+        """``error`` with the spec's ``{message, error_code}`` (and the same under ``legacy_event``, if named)."""
+        body = {"message": error.message, "error_code": error.error_code}
+        for event in ("error", legacy_event) if legacy_event else ("error",):
+            self._emit(sid, event, body)
+
+    def replaced(self, sid, device_id):
+        """Tell an older connection of the device that a newer one took over, then close it."""
+        message = f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭"
+        self._emit(sid, "error", {"message": message, "error_code": "DEVICE_REPLACED"})
+        self.disconnect(sid)
+
+    def disconnect(self, sid):
+        """Close the connection."""
+        self.socketio.server.disconnect(sid, namespace=NAMESPACE)

@@ -1,0 +1,348 @@
+"""Marshmallow schemas for every REST body, query and socket payload, and for each task type's ``data``."""
+
+import json
+import math
+from datetime import datetime
+
+from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate
+
+from taskserver.domain import TaskStatus, TaskType
+from taskserver.errors import TaskServerError, ValidationFailed
+
+MAX_ID = 128
+MAX_TEXT = 2000
+PRINTABLE = validate.Regexp(r"^[^\x00-\x1f\x7f]+$", error="不能包含控制字符")
+MAX_PRODUCT_IDS = 10_000
+
+
+def Identifier(**kwargs):
+    """A task or device id: 1 to 128 printable characters."""
+    return fields.String(validate=[validate.Length(1, MAX_ID), PRINTABLE], **kwargs)
+
+
+class Timestamp(fields.Field):
+    """A point in time given as ISO 8601 text or epoch seconds / milliseconds; loads as epoch seconds."""
+
+    default_error_messages = {"invalid": "不是有效的时间（ISO 8601 文本或毫秒时间戳）"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.strip()
+            try:
+                value = float(value)
+            except ValueError:
+                return self._from_iso(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise self.make_error("invalid")
+        seconds = value / 1000.0 if value > 1e11 else float(value)
+        if seconds > 253402300799:  # 9999-12-31
+            raise self.make_error("invalid")
+        return seconds
+
+    def _from_iso(self, text):
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError) as exc:
+            raise self.make_error("invalid") from exc
+
+
+# ---- socket payloads (liberal: unknown keys are ignored) ----
+
+
+class DeviceInfoSchema(Schema):
+    """What a phone says about itself; unknown keys are kept and shown."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(validate=validate.Length(max=MAX_ID))
+    version = fields.String(validate=validate.Length(max=MAX_ID))
+    app_version = fields.String(validate=validate.Length(max=MAX_ID))
+    model = fields.String(validate=validate.Length(max=MAX_ID))
+    manufacturer = fields.String(validate=validate.Length(max=MAX_ID))
+    max_concurrent_tasks = fields.Integer(strict=True, validate=validate.Range(1, 100))
+
+
+class DeviceRegisterSchema(Schema):
+    """``device_register``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    device_id = Identifier(required=True)
+    device_name = fields.String(validate=validate.Length(max=MAX_ID), allow_none=True)
+    device_info = fields.Nested(DeviceInfoSchema, load_default=dict)
+
+
+class HeartbeatSchema(Schema):
+    """``heartbeat``: ``timestamp`` is informational only; liveness uses the server's clock."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    device_id = Identifier()
+    timestamp = Timestamp(allow_none=True)
+
+
+class TaskProgressSchema(Schema):
+    """``task_progress``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    task_id = Identifier(required=True)
+    progress = fields.Integer(required=True, validate=validate.Range(0, 100))
+    message = fields.String(validate=validate.Length(max=MAX_TEXT), allow_none=True)
+    attempt = fields.Integer(strict=True, validate=validate.Range(1, 100))
+
+
+class ResultSchema(Schema):
+    """The ``result`` of ``task_result``; extra keys are stored as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    success = fields.Boolean(required=True)
+    message = fields.String(validate=validate.Length(max=MAX_TEXT), allow_none=True)
+    error_code = fields.String(validate=validate.Length(max=MAX_ID), allow_none=True)
+    processed_count = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    failed_count = fields.Integer(validate=validate.Range(min=0), allow_none=True)
+    execution_time = fields.Float(allow_nan=False, allow_none=True)
+    data = fields.Raw(allow_none=True)
+
+
+class TaskResultSchema(Schema):
+    """``task_result``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    task_id = Identifier(required=True)
+    result = fields.Nested(ResultSchema, required=True)
+    attempt = fields.Integer(strict=True, validate=validate.Range(1, 100))
+
+
+# ---- task data per type (known fields checked, defaults filled, extra keys passed to the device) ----
+
+
+class TaskDataSchema(Schema):
+    """Base for a task type's ``data``: unknown keys go to the device untouched."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class DelistDataSchema(TaskDataSchema):
+    """DELIST: take products off sale."""
+
+    product_ids = fields.List(
+        fields.String(validate=[validate.Length(1, MAX_ID), PRINTABLE]),
+        required=True,
+        validate=validate.Length(1, MAX_PRODUCT_IDS),
+    )
+    batch_size = fields.Integer(load_default=10, validate=validate.Range(1, 1000))
+    delay_between_items = fields.Float(load_default=1.0, validate=validate.Range(0, 3600))
+    retry_failed = fields.Boolean(load_default=True)
+
+
+class CollectDataSchema(TaskDataSchema):
+    """COLLECT: scrape products from a shop page."""
+
+    target_url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    max_items = fields.Integer(load_default=50, validate=validate.Range(1, 10_000))
+    scroll_delay = fields.Float(load_default=2.0, validate=validate.Range(0, 3600))
+    extract_images = fields.Boolean(load_default=True)
+    extract_details = fields.Boolean(load_default=True)
+
+
+class ProductDataSchema(Schema):
+    """The product an UPLOAD puts on sale."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    title = fields.String(required=True, validate=validate.Length(1, 500))
+    price = fields.Float(validate=validate.Range(0, 1e9), allow_nan=False)
+    description = fields.String(validate=validate.Length(max=20_000))
+    images = fields.List(fields.String(validate=validate.Length(1, 2048)), validate=validate.Length(max=100))
+
+
+class UploadDataSchema(TaskDataSchema):
+    """UPLOAD: put a product on sale, now or at ``schedule_time``."""
+
+    product_data = fields.Nested(ProductDataSchema, required=True)
+    auto_publish = fields.Boolean(load_default=True)
+    schedule_time = Timestamp(load_default=None, allow_none=True)
+
+
+DATA_SCHEMAS = {
+    TaskType.DELIST.value: DelistDataSchema(),
+    TaskType.COLLECT.value: CollectDataSchema(),
+    TaskType.UPLOAD.value: UploadDataSchema(),
+}
+
+
+class UnknownTaskType(TaskServerError):
+    """A ``task_type`` the server does not know."""
+
+    error_code = "UNKNOWN_TASK_TYPE"
+
+
+def load_task_data(task_type, data, extra_types=()):
+    """Validate ``data`` for ``task_type`` and fill its defaults; return ``(data, schedule_time or None)``."""
+    known = [*DATA_SCHEMAS, *extra_types]
+    if task_type not in known:
+        raise UnknownTaskType(f"未知的任务类型 {task_type}，可用类型: {', '.join(known)}", known_types=known)
+    schema = DATA_SCHEMAS.get(task_type)
+    if schema is None:
+        return dict(data), None
+    try:
+        loaded = schema.load(data)
+    except ValidationError as exc:
+        raise ValidationFailed({"data": exc.messages}) from exc
+    schedule_time = loaded.get("schedule_time")
+    if schedule_time is not None:
+        loaded["schedule_time"] = datetime.fromtimestamp(schedule_time).isoformat(timespec="seconds")
+    return loaded, schedule_time
+
+
+# ---- REST bodies and queries (strict: unknown keys are an error) ----
+
+
+class DispatchSchema(Schema):
+    """Body of ``POST /api/dispatch-task``."""
+
+    class Meta:
+        unknown = RAISE
+
+    task_type = fields.String(required=True, validate=validate.Length(1, 64))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+    device_id = Identifier(load_default=None, allow_none=True)
+    priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(-1000, 1000))
+    timeout = fields.Integer(strict=True, load_default=None, validate=validate.Range(1, 604_800))
+    max_retries = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, 10))
+    schedule_time = Timestamp(load_default=None, allow_none=True)
+    idempotency_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200))
+
+
+class TaskListQuerySchema(Schema):
+    """Query of ``GET /api/tasks``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.List(fields.String(validate=validate.OneOf([s.value for s in TaskStatus])), load_default=list)
+    task_type = fields.String(validate=validate.Length(1, 64))
+    device_id = Identifier()
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+# ---- responses (document the shapes; the spec's fields first) ----
+
+
+class ConnectionInfoSchema(Schema):
+    sid = fields.String(allow_none=True)
+    registered_at = fields.String(allow_none=True)
+
+
+class DeviceOutSchema(Schema):
+    device_id = fields.String()
+    device_name = fields.String()
+    status = fields.String()
+    last_heartbeat = fields.String(allow_none=True)
+    task_count = fields.Integer()
+    connection_info = fields.Nested(ConnectionInfoSchema)
+    device_info = fields.Dict()
+    capacity = fields.Integer()
+
+
+class DeviceListSchema(Schema):
+    success = fields.Boolean()
+    devices = fields.List(fields.Nested(DeviceOutSchema))
+    total = fields.Integer()
+
+
+class TaskOutSchema(Schema):
+    task_id = fields.String()
+    task_type = fields.String()
+    status = fields.String()
+    device_id = fields.String(allow_none=True)
+    created_at = fields.String()
+    data = fields.Dict()
+    progress = fields.Integer()
+    priority = fields.Integer()
+    attempt = fields.Integer()
+    max_retries = fields.Integer()
+    timeout = fields.Integer()
+    error_code = fields.String(allow_none=True)
+    updated_at = fields.String()
+
+
+class TaskListSchema(Schema):
+    success = fields.Boolean()
+    tasks = fields.List(fields.Nested(TaskOutSchema))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class TaskStatusOutSchema(Schema):
+    task_id = fields.String()
+    status = fields.String()
+    progress = fields.Integer()
+    result = fields.Dict(allow_none=True)
+    updated_at = fields.String()
+    task_type = fields.String()
+    device_id = fields.String(allow_none=True)
+    progress_message = fields.String(allow_none=True)
+    error_code = fields.String(allow_none=True)
+    attempt = fields.Integer()
+
+
+class TaskStatusSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    task = fields.Nested(TaskStatusOutSchema)
+
+
+class DispatchOutSchema(Schema):
+    success = fields.Boolean()
+    task_id = fields.String()
+    device_id = fields.String(allow_none=True)
+    device_name = fields.String(allow_none=True)
+    status = fields.String()
+    message = fields.String()
+
+
+class SystemSchema(Schema):
+    system = fields.String()
+    version = fields.String()
+    status = fields.String()
+    port = fields.Integer()
+    connected_devices = fields.Integer()
+    active_tasks = fields.Integer()
+    pending_tasks = fields.Integer()
+    timestamp = fields.String()
+
+
+class ErrorResponseSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    error_code = fields.String()
+    errors = fields.Dict()
+
+
+def load_payload(schema, payload):
+    """Validate a socket payload (a JSON object, or JSON text of one) with ``schema``."""
+    if isinstance(payload, str | bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise ValidationFailed({"_schema": ["不是有效的 JSON"]}, "消息格式无效") from exc
+    if not isinstance(payload, dict):
+        raise ValidationFailed({"_schema": ["消息内容必须是 JSON 对象"]}, "消息格式无效")
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.messages) from exc

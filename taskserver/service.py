@@ -1,0 +1,404 @@
+"""The service: every change of task or device state happens here, and nowhere else."""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+from taskserver import domain
+from taskserver.domain import ACTIVE, Device, Event, Task, TaskStatus
+from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
+from taskserver.present import iso
+
+log = logging.getLogger("taskserver")
+
+SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
+PROGRESS_MILESTONES = (25, 50, 75, 100)
+
+
+@dataclass
+class Connection:
+    """A live connection of a registered device (process memory: connections die with the process)."""
+
+    sid: str
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    """A validated dispatch: what the operator asked for, defaults already applied by the schemas."""
+
+    task_type: str
+    data: dict
+    device_id: str | None = None
+    priority: int = 0
+    timeout: int | None = None
+    max_retries: int = 0
+    not_before: float | None = None
+    idempotency_key: str | None = None
+
+
+class TaskService:
+    """Registers devices, dispatches and tracks tasks, and acts on time passing; emits through the notifier."""
+
+    def __init__(self, store, notifier, config, clock=time.time):
+        self.store = store
+        self.notifier = notifier
+        self.config = config
+        self.clock = clock
+        self._connections = {}  # device_id -> Connection
+        self._device_of_sid = {}  # sid -> device_id
+
+    # ---- devices ----
+
+    def register(self, sid, payload):
+        """Bind the connection to its device id, resend what the device missed, and hand it work."""
+        now = self.clock()
+        device_id = payload["device_id"]
+        previous = self.store.get_device(device_id)
+        info = payload.get("device_info") or {}
+        device = Device(
+            device_id=device_id,
+            device_name=payload.get("device_name") or (previous.device_name if previous else device_id),
+            device_info=info,
+            capacity=info.get("max_concurrent_tasks") or self.config["DEFAULT_DEVICE_CAPACITY"],
+            connected=True,
+            sid=sid,
+            registered_at=now,
+            last_heartbeat=previous.last_heartbeat if previous else None,
+            created_at=previous.created_at if previous else now,
+        )
+        self._release_sid(sid, now)
+        self.store.save_device(device)
+        replaced = self._connections.get(device_id)
+        self._connections[device_id] = Connection(sid, now)
+        self._device_of_sid[sid] = device_id
+        if replaced is not None and replaced.sid != sid:
+            self._device_of_sid.pop(replaced.sid, None)
+            self.notifier.replaced(replaced.sid, device_id)
+        active = self.store.active_tasks_of(device_id)
+        answer = {
+            "success": True,
+            "device_id": device_id,
+            "message": "注册成功",
+            "server_time": iso(now),
+            "active_tasks": [task.task_id for task in active],
+        }
+        self.notifier.registered(sid, answer)
+        log.info("device registered device_id=%s sid=%s active=%d", device_id, sid, len(active))
+        self._catch_up(sid, device_id, active)
+        self.dispatch_pending(now)
+        return answer
+
+    def _catch_up(self, sid, device_id, active):
+        """Resend tasks the device had not started and the cancels it missed while away."""
+        for task in active:
+            if task.status == TaskStatus.DISPATCHED:
+                self._send_task(sid, task)
+        for task_id in self.store.take_owed_cancels(device_id):
+            self.notifier.cancel_task(sid, task_id)
+
+    def heartbeat(self, sid, payload):
+        """Note that the device is alive (by the server's clock) and answer with the server time."""
+        device_id = self._device_for(sid, payload.get("device_id"))
+        now = self.clock()
+        self.store.record_heartbeat(device_id, now)
+        answer = {"success": True, "server_time": iso(now)}
+        self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
+        return answer
+
+    def disconnect(self, sid):
+        """The connection closed: its device, if it still belongs to it, is offline from now."""
+        self._release_sid(sid, self.clock())
+
+    def _release_sid(self, sid, now):
+        device_id = self._device_of_sid.pop(sid, None)
+        if device_id is None:
+            return
+        connection = self._connections.get(device_id)
+        if connection is not None and connection.sid == sid:
+            del self._connections[device_id]
+        if self.store.mark_disconnected(device_id, sid, now):
+            log.info("device offline device_id=%s", device_id)
+
+    def _device_for(self, sid, claimed_device_id=None):
+        """The device id this connection registered as; refuse unregistered or impersonating connections."""
+        device_id = self._device_of_sid.get(sid)
+        if device_id is None:
+            raise Unauthorized("设备未注册，请先发送 device_register", "NOT_REGISTERED")
+        if claimed_device_id is not None and claimed_device_id != device_id:
+            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", "FORBIDDEN")
+        self._connections[device_id].last_seen = self.clock()
+        return device_id
+
+    # ---- operator ----
+
+    def dispatch(self, request):
+        """Store a new task (or find the one this idempotency key made) and dispatch what can go now.
+
+        Returns ``(task, created)``."""
+        now = self.clock()
+        if request.idempotency_key:
+            since = now - self.config["IDEMPOTENCY_WINDOW"]
+            existing = self.store.find_task_by_idempotency_key(request.idempotency_key, since)
+            if existing is not None:
+                return existing, False
+        if request.device_id is not None and self.store.get_device(request.device_id) is None:
+            raise NotFound(f"设备 {request.device_id} 不存在", "DEVICE_NOT_FOUND")
+        task = Task(
+            task_id=f"task_{uuid.uuid4().hex}",
+            task_type=request.task_type,
+            data=request.data,
+            target_device_id=request.device_id,
+            priority=request.priority,
+            timeout=request.timeout or self.config["TASK_TIMEOUT"],
+            max_retries=request.max_retries,
+            created_at=now,
+            updated_at=now,
+            not_before=request.not_before,
+            idempotency_key=request.idempotency_key,
+        )
+        self.store.add_task(task, Event("created", "operator", request.device_id, {"task_type": task.task_type}))
+        log.info("task created task_id=%s type=%s target=%s", task.task_id, task.task_type, request.device_id)
+        self.dispatch_pending(now)
+        return self.store.get_task(task.task_id), True
+
+    def cancel(self, task_id):
+        """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
+        task = self.get_task(task_id)
+        if task.is_terminal:
+            raise InvalidState(f"任务已结束（{task.status.value}），无法取消", "INVALID_STATE")
+        now = self.clock()
+        sid = self._live_sid(task.device_id) if task.status in ACTIVE else None
+        owed_to = task.device_id if task.status in ACTIVE and sid is None else None
+        changes = {"finished_at": now, "error_code": "TASK_CANCELLED"}
+        updated = self._move(task, TaskStatus.CANCELLED, changes, "cancelled", "operator", now, owe_cancel_to=owed_to)
+        if updated is None:
+            return self.cancel(task_id)
+        if sid is not None:
+            self.notifier.cancel_task(sid, task_id)
+        log.info("task cancelled task_id=%s device_id=%s", task_id, task.device_id)
+        self.dispatch_pending(now)
+        return updated
+
+    def get_task(self, task_id):
+        """The task, or 404 ``TASK_NOT_FOUND``."""
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"任务 {task_id} 不存在", "TASK_NOT_FOUND")
+        return task
+
+    def device_names(self, device_ids):
+        """Map each known device id to its name."""
+        names = {}
+        for device_id in set(device_ids) - {None}:
+            device = self.store.get_device(device_id)
+            if device is not None:
+                names[device_id] = device.device_name
+        return names
+
+    def system_status(self):
+        """Counts for ``GET /``."""
+        counts = self.store.count_tasks_by_status()
+        return {
+            "connected_devices": len(self._connections),
+            "active_tasks": sum(counts.get(s.value, 0) for s in ACTIVE),
+            "pending_tasks": counts.get(TaskStatus.PENDING.value, 0),
+            "timestamp": iso(self.clock()),
+        }
+
+    # ---- task reports from devices ----
+
+    def report_progress(self, sid, payload):
+        """Record progress of the device's own current attempt; the first report marks the task running."""
+        device_id = self._device_for(sid)
+        task = self.get_task(payload["task_id"])
+        if task.is_terminal:
+            raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+        self._check_owner(task, device_id, payload.get("attempt"))
+        now = self.clock()
+        progress, message = payload["progress"], payload.get("message")
+        changes = {"progress": progress, "progress_message": message, "updated_at": now}
+        event = self._progress_event(task, device_id, progress, message)
+        if task.status == TaskStatus.DISPATCHED:
+            updated = self._move(task, TaskStatus.RUNNING, {**changes, "started_at": now}, "started", device_id, now)
+        else:
+            updated = self.store.update_task_if(
+                task.task_id, [task.status], changes, event, expect_device=device_id, expect_attempt=task.attempt
+            )
+        if updated is None:
+            return self.report_progress(sid, payload)
+        return {"success": True, "task_id": task.task_id, "status": updated.status.value, "progress": progress}
+
+    @staticmethod
+    def _progress_event(task, device_id, progress, message):
+        """A history event when progress crosses a milestone (25, 50, 75, 100), else None."""
+        if not any(task.progress < mark <= progress for mark in PROGRESS_MILESTONES):
+            return None
+        return Event("progress", device_id, device_id, {"progress": progress, "message": message})
+
+    def report_result(self, sid, payload):
+        """Finish the device's current attempt; late, duplicate and foreign results change nothing."""
+        device_id = self._device_for(sid)
+        task = self.get_task(payload["task_id"])
+        result = payload["result"]
+        if task.is_terminal:
+            return self._late_result(sid, task, device_id, result)
+        self._check_owner(task, device_id, payload.get("attempt"))
+        now = self.clock()
+        if result["success"]:
+            changes = {"result": result, "progress": 100, "finished_at": now, "error_code": None}
+            updated = self._move(task, TaskStatus.COMPLETED, changes, "completed", device_id, now)
+        else:
+            updated = self._end_attempt(task, result.get("error_code") or "TASK_FAILED", now, device_id, result)
+        if updated is None:
+            return self.report_result(sid, payload)
+        log.info("task result task_id=%s device_id=%s status=%s", task.task_id, device_id, updated.status.value)
+        self.notifier.result_received(sid, task.task_id)
+        self.dispatch_pending(now)
+        return {"success": True, "task_id": task.task_id, "status": updated.status.value}
+
+    def _late_result(self, sid, task, device_id, result):
+        """A result for an ended task: a cancel confirmation or a duplicate is acknowledged, anything else refused."""
+        if not self.store.device_had_task(task.task_id, device_id):
+            raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
+        answer = {"success": True, "task_id": task.task_id, "status": task.status.value}
+        if result.get("error_code") == "TASK_CANCELLED":
+            confirmed = Event("cancel_confirmed", device_id, device_id)
+            self.store.add_event(task.task_id, self.clock(), confirmed, task.attempt)
+            self.notifier.result_received(sid, task.task_id)
+            return {**answer, "message": "任务已取消"}
+        if task.device_id == device_id and task.error_code not in SERVER_ENDED:
+            self.notifier.result_received(sid, task.task_id)
+            return {**answer, "duplicate": True, "result": task.result, "message": "结果已记录"}
+        raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+
+    def _check_owner(self, task, device_id, attempt):
+        """Refuse reports for a task that is not this device's current attempt."""
+        current = task.device_id == device_id and task.status in ACTIVE
+        if current and attempt in (None, task.attempt):
+            return
+        if self.store.device_had_task(task.task_id, device_id):
+            raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
+        raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
+
+    def task_delivered(self, task_id, device_id, attempt, *ack):
+        """The device acknowledged ``new_task``: record delivery; the task is running from now."""
+        task = self.store.get_task(task_id)
+        if task is None or task.status != TaskStatus.DISPATCHED or task.device_id != device_id:
+            return
+        if task.attempt != attempt:
+            return
+        now = self.clock()
+        self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now)
+
+    # ---- moving tasks ----
+
+    def dispatch_pending(self, now=None):
+        """Give due pending tasks to devices with free slots: priority first, then age."""
+        now = self.clock() if now is None else now
+        while True:
+            devices = self.store.free_devices()
+            slots = sum(device.free_slots for device in devices)
+            if slots == 0:
+                return
+            tasks = self.store.due_pending_tasks(now, slots)
+            sent = 0
+            for task in tasks:
+                device = domain.pick_device(task, devices)
+                if device is not None and self._assign(task, device, now):
+                    device.active_tasks += 1
+                    sent += 1
+            if sent == 0 or len(tasks) < slots:
+                return
+
+    def _assign(self, task, device, now):
+        changes = {
+            "device_id": device.device_id,
+            "dispatched_at": now,
+            "delivered_at": None,
+            "started_at": None,
+            "progress": 0,
+            "progress_message": None,
+        }
+        updated = self._move(task, TaskStatus.DISPATCHED, changes, "dispatched", "server", now, device.device_id)
+        if updated is None:
+            return False
+        log.info("task dispatched task_id=%s device_id=%s attempt=%d", task.task_id, device.device_id, task.attempt)
+        self._send_task(device.sid, updated)
+        return True
+
+    def _send_task(self, sid, task):
+        on_ack = partial(self.task_delivered, task.task_id, task.device_id, task.attempt)
+        self.notifier.new_task(sid, task, on_ack)
+
+    def _end_attempt(self, task, error_code, now, actor, result=None, tell_device=False):
+        """End the current attempt in failure: back to pending after a backoff if retries are left, else failed."""
+        changes = {"error_code": error_code, "result": result}
+        if domain.retries_left(task):
+            delay = domain.retry_backoff(task.attempt, self.config["RETRY_DELAY"], self.config["RETRY_DELAY_MAX"])
+            changes.update(
+                device_id=None,
+                avoid_device_id=task.device_id,
+                attempt=task.attempt + 1,
+                not_before=now + delay,
+                progress=0,
+                progress_message=None,
+            )
+            target, kind = TaskStatus.PENDING, "retry_scheduled"
+        else:
+            changes["finished_at"] = now
+            target, kind = TaskStatus.FAILED, "failed"
+        sid = self._live_sid(task.device_id) if tell_device else None
+        owed_to = task.device_id if tell_device and sid is None else None
+        detail = {"error_code": error_code}
+        updated = self._move(task, target, changes, kind, actor, now, task.device_id, detail, owe_cancel_to=owed_to)
+        if updated is not None:
+            log.info("attempt ended task_id=%s error_code=%s now=%s", task.task_id, error_code, updated.status.value)
+            if sid is not None:
+                self.notifier.cancel_task(sid, task.task_id)
+        return updated
+
+    def _move(self, task, target, changes, kind, actor, now, device_id=None, detail=None, owe_cancel_to=None):
+        """Apply one allowed transition to the task as it was read; None if it changed meanwhile."""
+        domain.check_transition(task.status, target)
+        event = Event(kind, actor, device_id or task.device_id, detail)
+        return self.store.update_task_if(
+            task.task_id,
+            [task.status],
+            {**changes, "status": target, "updated_at": now},
+            event,
+            expect_device=task.device_id,
+            expect_attempt=task.attempt,
+            owe_cancel_to=owe_cancel_to,
+        )
+
+    def _live_sid(self, device_id):
+        connection = self._connections.get(device_id)
+        return connection.sid if connection is not None else None
+
+    # ---- time passing (called by the watchdog) ----
+
+    def expire_silent_devices(self, now):
+        """Close connections of devices silent for longer than the heartbeat timeout."""
+        limit = self.config["HEARTBEAT_TIMEOUT"]
+        for device_id, connection in list(self._connections.items()):
+            if now - connection.last_seen >= limit:
+                log.warning("device silent device_id=%s seconds=%.0f", device_id, now - connection.last_seen)
+                self._release_sid(connection.sid, now)
+                self.notifier.disconnect(connection.sid)
+
+    def expire_timeouts(self, now):
+        """End attempts that outlived their timeout; the device is told to stop."""
+        for task in self.store.timed_out_tasks(now):
+            self._end_attempt(task, "TASK_TIMEOUT", now, "watchdog", tell_device=True)
+
+    def expire_lost_devices(self, now):
+        """End attempts whose device stayed away longer than the grace."""
+        for task in self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"]):
+            self._end_attempt(task, "DEVICE_OFFLINE", now, "watchdog", tell_device=True)
+
+    def recover_on_start(self):
+        """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
+        self.store.disconnect_all(self.clock())

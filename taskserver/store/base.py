@@ -1,0 +1,103 @@
+"""The store interface: small verbs, each atomic, each returning copies; one contract suite tests every backend."""
+
+
+class Store:
+    """What the service needs from persistence. Times are epoch seconds from the service's clock."""
+
+    # tasks
+    def add_task(self, task, event):
+        """Insert a new task and its first history event in one transaction."""
+        raise NotImplementedError
+
+    def get_task(self, task_id):
+        """The task with this id, or None."""
+        raise NotImplementedError
+
+    def find_task_by_idempotency_key(self, key, since):
+        """The newest task created with ``key`` at or after ``since``, or None."""
+        raise NotImplementedError
+
+    def update_task_if(
+        self, task_id, expect_status, changes, event=None, expect_device=None, expect_attempt=None, owe_cancel_to=None
+    ):
+        """Apply ``changes``, append ``event`` and record a ``cancel_task`` owed to ``owe_cancel_to``, only if the
+        task still has one of ``expect_status`` (and the given device and attempt); return it updated, or None."""
+        raise NotImplementedError
+
+    def list_tasks(self, statuses=(), task_type=None, device_id=None, limit=100, offset=0):
+        """A page of tasks matching the filters, newest first, and the number of all that match."""
+        raise NotImplementedError
+
+    def due_pending_tasks(self, now, limit):
+        """Pending tasks that may start now and whose target device (if any) has a free slot,
+        highest priority first, then oldest first."""
+        raise NotImplementedError
+
+    def active_tasks_of(self, device_id):
+        """The device's dispatched and running tasks, oldest first."""
+        raise NotImplementedError
+
+    def take_owed_cancels(self, device_id):
+        """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
+        raise NotImplementedError
+
+    def timed_out_tasks(self, now):
+        """Active tasks whose timeout, counted from dispatch, has passed by ``now``."""
+        raise NotImplementedError
+
+    def tasks_of_lost_devices(self, disconnected_before):
+        """Active tasks whose device has been disconnected since before ``disconnected_before``."""
+        raise NotImplementedError
+
+    def count_tasks_by_status(self):
+        """A mapping of status value to the number of tasks in it."""
+        raise NotImplementedError
+
+    def task_events(self, task_id):
+        """The task's history, oldest first."""
+        raise NotImplementedError
+
+    def add_event(self, task_id, now, event, attempt):
+        """Append one event to the task's history."""
+        raise NotImplementedError
+
+    def device_had_task(self, task_id, device_id):
+        """True if the task was ever dispatched to the device."""
+        raise NotImplementedError
+
+    # devices
+    def save_device(self, device):
+        """Insert the device or update its name, info, capacity and connection."""
+        raise NotImplementedError
+
+    def get_device(self, device_id):
+        """The device with this id (with its active task count), or None."""
+        raise NotImplementedError
+
+    def list_devices(self):
+        """Every known device, most recently registered first."""
+        raise NotImplementedError
+
+    def free_devices(self):
+        """Connected devices with at least one free slot."""
+        raise NotImplementedError
+
+    def connected_devices(self):
+        """Every device the store believes connected."""
+        raise NotImplementedError
+
+    def mark_disconnected(self, device_id, sid, now):
+        """Mark the device offline if ``sid`` is still its connection; return True if it was."""
+        raise NotImplementedError
+
+    def record_heartbeat(self, device_id, now):
+        """Remember when the device last sent a heartbeat."""
+        raise NotImplementedError
+
+    def disconnect_all(self, now):
+        """On start: no connection survives a restart; give every device's tasks a fresh grace from ``now``."""
+        raise NotImplementedError
+
+    def close(self):
+        """Release the store's resources."""
+        raise NotImplementedError
