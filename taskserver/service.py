@@ -23,6 +23,7 @@ class Connection:
 
     sid: str
     last_seen: float
+    heartbeats: bool = False  # only devices that send heartbeats are held to the heartbeat timeout
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class TaskService:
         """Note that the device is alive (by the server's clock) and answer with the server time."""
         device_id = self._device_for(sid, payload.get("device_id"))
         now = self.clock()
+        self._connections[device_id].heartbeats = True
         self.store.record_heartbeat(device_id, now)
         answer = {"success": True, "server_time": iso(now)}
         self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
@@ -381,10 +383,13 @@ class TaskService:
     # ---- time passing (called by the watchdog) ----
 
     def expire_silent_devices(self, now):
-        """Close connections of devices silent for longer than the heartbeat timeout."""
+        """Close connections of heartbeating devices silent for longer than the heartbeat timeout.
+
+        A device that never sends heartbeats (the spec's JavaScript example) is watched by the transport's
+        own ping/pong instead, so that such a client is not cut off every 90 seconds."""
         limit = self.config["HEARTBEAT_TIMEOUT"]
         for device_id, connection in list(self._connections.items()):
-            if now - connection.last_seen >= limit:
+            if connection.heartbeats and now - connection.last_seen >= limit:
                 log.warning("device silent device_id=%s seconds=%.0f", device_id, now - connection.last_seen)
                 self._release_sid(connection.sid, now)
                 self.notifier.disconnect(connection.sid)
