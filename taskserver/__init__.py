@@ -9,6 +9,7 @@ from taskserver import watchdog
 from taskserver.api import devices, errors, system, tasks
 from taskserver.extensions import api, socketio
 from taskserver.realtime.devices import DeviceNamespace
+from taskserver.realtime import plainws
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
 from taskserver.store import open_store
@@ -36,14 +37,17 @@ def create_app(config=None, clock=None):
     app.json.sort_keys = False
 
     store = open_store(settings)
-    notifier = Notifier(socketio)
+    plain_sockets = plainws.PlainSockets()
+    notifier = Notifier(socketio, plain_sockets)
     service = TaskService(store, notifier, settings, **({"clock": clock} if clock else {}))
     service.recover_on_start()
     app.extensions["taskserver"] = service
+    app.extensions["plainws"] = plain_sockets
 
     api.init_app(app)
     for module in (system, devices, tasks):
         api.register_blueprint(module.blp)
+    app.register_blueprint(plainws.blueprint)
     errors.init_app(app)
 
     socketio.init_app(app, async_mode="gevent", cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None)

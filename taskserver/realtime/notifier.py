@@ -6,13 +6,17 @@ NAMESPACE = "/"
 
 
 class Notifier:
-    """Emits to one device connection by its sid."""
+    """Emits to one device connection by its sid, over Socket.IO or the plain WebSocket it came on."""
 
-    def __init__(self, socketio):
+    def __init__(self, socketio, plain_sockets):
         self.socketio = socketio
+        self.plain_sockets = plain_sockets
 
     def _emit(self, sid, event, data, callback=None):
-        self.socketio.emit(event, data, to=sid, namespace=NAMESPACE, callback=callback)
+        if sid in self.plain_sockets:
+            self.plain_sockets.send(sid, event, data, callback)
+        else:
+            self.socketio.emit(event, data, to=sid, namespace=NAMESPACE, callback=callback)
 
     def registered(self, sid, answer):
         """``register_success``."""
@@ -48,4 +52,7 @@ class Notifier:
 
     def disconnect(self, sid):
         """Close the connection."""
-        self.socketio.server.disconnect(sid, namespace=NAMESPACE)
+        if sid in self.plain_sockets:
+            self.plain_sockets.close(sid)
+        else:
+            self.socketio.server.disconnect(sid, namespace=NAMESPACE)

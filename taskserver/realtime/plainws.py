@@ -1,0 +1,126 @@
+"""Plain WebSocket transport for clients without a Socket.IO library (Auto.js, shell tools).
+
+JSON text frames ``{"event": ..., "data": ...}`` both ways, at ``/ws`` and at ``/`` when the request is an upgrade.
+A frame carrying an ``id`` is answered with ``{"event": "ack", "id": ..., "data": <ack>}``; the server's own frames
+that want an answer (``new_task``) carry an ``id`` too, and the client answers the same way."""
+
+import itertools
+import json
+import logging
+import threading
+import uuid
+
+from flask import Blueprint, current_app, request
+from geventwebsocket.exceptions import WebSocketError
+
+from taskserver.errors import TaskServerError, ValidationFailed
+from taskserver.realtime.events import handle_device_event
+
+log = logging.getLogger("taskserver.plainws")
+
+blueprint = Blueprint("plainws", __name__)
+
+
+class PlainConnection:
+    """One open plain WebSocket: serialised sends and the callbacks waiting for the client's acks."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.lock = threading.Lock()
+        self.callbacks = {}
+
+    def send(self, frame):
+        """Send one JSON frame; a dead socket is closed instead of raising."""
+        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        try:
+            with self.lock:
+                self.ws.send(text)
+        except (WebSocketError, OSError):
+            self.close()
+
+    def close(self):
+        """Close the socket (the receive loop then ends and the device goes offline)."""
+        try:
+            self.ws.close()
+        except (WebSocketError, OSError):
+            pass
+
+
+class PlainSockets:
+    """The open plain WebSocket connections by sid, and the loop that serves one."""
+
+    def __init__(self):
+        self._connections = {}
+        self._ack_ids = itertools.count(1)
+
+    def __contains__(self, sid):
+        return sid in self._connections
+
+    def send(self, sid, event, data, callback=None):
+        """Send ``event`` to ``sid``; ``callback`` runs with the client's ack, if it sends one."""
+        connection = self._connections.get(sid)
+        if connection is None:
+            return
+        frame = {"event": event, "data": data}
+        if callback is not None:
+            frame["id"] = next(self._ack_ids)
+            connection.callbacks[frame["id"]] = callback
+        connection.send(frame)
+
+    def close(self, sid):
+        """Close the connection of ``sid``, if it is open."""
+        connection = self._connections.get(sid)
+        if connection is not None:
+            connection.close()
+
+    def serve(self, ws, service, notifier):
+        """Serve one connection until it closes; then its device (if any) is offline."""
+        sid = f"ws_{uuid.uuid4().hex}"
+        connection = self._connections[sid] = PlainConnection(ws)
+        try:
+            connection.send({"event": "connected", "data": {"message": "连接成功", "sid": sid}})
+            while (raw := ws.receive()) is not None:
+                self._handle_frame(sid, connection, raw, service, notifier)
+        except WebSocketError:
+            pass
+        finally:
+            del self._connections[sid]
+            service.disconnect(sid)
+
+    def _handle_frame(self, sid, connection, raw, service, notifier):
+        try:
+            message = parse_frame(raw)
+        except TaskServerError as error:
+            notifier.error(sid, error)
+            return
+        if message["event"] == "ack":
+            callback = connection.callbacks.pop(message.get("id"), None)
+            if callback is not None:
+                callback(message.get("data"))
+            return
+        ack = handle_device_event(service, notifier, sid, message["event"], message.get("data"))
+        if "id" in message:
+            connection.send({"event": "ack", "id": message["id"], "data": ack})
+
+
+def parse_frame(raw):
+    """A frame as a dict with a string ``event``, or ``ValidationFailed``."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed({"_schema": ["不是有效的 JSON"]}, "消息格式无效") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+        raise ValidationFailed({"event": ["消息必须是含 event 字段的 JSON 对象"]}, "消息格式无效")
+    return message
+
+
+@blueprint.route("/ws", websocket=True)
+@blueprint.route("/", websocket=True)
+def plain_websocket():
+    """Upgrade to a plain WebSocket and serve it."""
+    ws = request.environ.get("wsgi.websocket")
+    if ws is None:
+        raise TaskServerError("需要 WebSocket 升级请求", "WEBSOCKET_REQUIRED")
+    sockets, service = current_app.extensions["plainws"], current_app.extensions["taskserver"]
+    sockets.serve(ws, service, service.notifier)
+    return "", 204
