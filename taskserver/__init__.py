@@ -8,8 +8,8 @@ from config import load_config
 from taskserver import watchdog
 from taskserver.api import devices, errors, system, tasks
 from taskserver.extensions import api, socketio
-from taskserver.realtime.devices import DeviceNamespace
 from taskserver.realtime import plainws
+from taskserver.realtime.devices import DeviceNamespace
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
 from taskserver.store import open_store

@@ -4,6 +4,7 @@ JSON text frames ``{"event": ..., "data": ...}`` both ways, at ``/ws`` and at ``
 A frame carrying an ``id`` is answered with ``{"event": "ack", "id": ..., "data": <ack>}``; the server's own frames
 that want an answer (``new_task``) carry an ``id`` too, and the client answers the same way."""
 
+import contextlib
 import itertools
 import json
 import logging
@@ -40,10 +41,8 @@ class PlainConnection:
 
     def close(self):
         """Close the socket (the receive loop then ends and the device goes offline)."""
-        try:
+        with contextlib.suppress(WebSocketError, OSError):
             self.ws.close()
-        except (WebSocketError, OSError):
-            pass
 
 
 class PlainSockets:
