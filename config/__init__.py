@@ -42,6 +42,7 @@ class Config:
             "EXTRA_TASK_TYPES": _env("EXTRA_TASK_TYPES", (), _words),
             "CORS_ORIGINS": _env("CORS_ORIGINS", (), _words),
             "LOG_LEVEL": _env("LOG_LEVEL", "INFO").upper(),
+            "LOG_FORMAT": _env("LOG_FORMAT", "text").lower(),
         }
 
     @staticmethod

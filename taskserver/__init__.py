@@ -1,18 +1,19 @@
 """taskserver: a task server for fleets of phones (Flask + Flask-SocketIO on gevent)."""
 
-import logging
-
 from flask import Flask
 
 from config import load_config
-from taskserver import watchdog
+from taskserver import logs
 from taskserver.api import devices, errors, system, tasks
+from taskserver.domain import TaskType
 from taskserver.extensions import api, socketio
+from taskserver.metrics import Metrics
 from taskserver.realtime import plainws
 from taskserver.realtime.devices import DeviceNamespace
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
 from taskserver.store import open_store
+from taskserver.watchdog import Watchdog
 
 OPENAPI = {
     "API_TITLE": "taskserver",
@@ -30,7 +31,7 @@ def create_app(config=None, clock=None):
 
     ``config`` overrides settings (tests pass a mapping); ``clock`` replaces ``time.time``."""
     settings = load_config(config)
-    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     app = Flask(__name__)
     app.config.update(settings, **OPENAPI)
     app.json.ensure_ascii = False
@@ -39,7 +40,8 @@ def create_app(config=None, clock=None):
     store = open_store(settings)
     plain_sockets = plainws.PlainSockets()
     notifier = Notifier(socketio, plain_sockets)
-    service = TaskService(store, notifier, settings, **({"clock": clock} if clock else {}))
+    metrics = Metrics(task_types=[*TaskType, *settings["EXTRA_TASK_TYPES"]])
+    service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
     service.recover_on_start()
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets
@@ -52,6 +54,9 @@ def create_app(config=None, clock=None):
 
     socketio.init_app(app, async_mode="gevent", cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None)
     socketio.on_namespace(DeviceNamespace(service, notifier))
+    watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
     if settings["WATCHDOG_INTERVAL"] > 0:
-        socketio.start_background_task(watchdog.run_forever, service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
+        watchdog.start(socketio.start_background_task)
+        app.extensions["watchdog"] = watchdog
+    metrics.watch(service, app.extensions.get("watchdog"))
     return app

@@ -109,6 +109,7 @@ class Device:
     disconnected_at: float | None = None
     created_at: float = 0.0
     active_tasks: int = 0
+    disabled: bool = False  # drained by an operator: keeps its tasks, gets no new ones
 
     @property
     def status(self):
@@ -119,8 +120,8 @@ class Device:
 
     @property
     def free_slots(self):
-        """How many more tasks the device can take now (0 when offline)."""
-        return max(self.capacity - self.active_tasks, 0) if self.connected else 0
+        """How many more tasks the device can take now (0 when offline or disabled)."""
+        return max(self.capacity - self.active_tasks, 0) if self.connected and not self.disabled else 0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from datetime import datetime
 
+from taskserver.domain import ACTIVE
+
 
 def iso(ts):
     """Epoch seconds as the spec's local time text (``2025-09-17T14:30:00``), or None."""
@@ -54,6 +56,7 @@ def device_summary(device):
         "connection_info": {"sid": device.sid, "registered_at": iso(device.registered_at)},
         "device_info": device.device_info,
         "capacity": device.capacity,
+        "disabled": device.disabled,
     }
 
 
@@ -74,3 +77,110 @@ def new_task_message(task):
 def cancel_task_message(task_id):
     """The ``cancel_task`` event exactly as the spec shows it."""
     return {"type": "cancel_task", "task_id": task_id}
+
+
+def task_detail(task, events):
+    """A task as ``GET /api/task/{id}`` shows it: everything the store keeps, its attempts and their times."""
+    return {
+        **task_summary(task),
+        "target_device_id": task.target_device_id,
+        "progress_message": task.progress_message,
+        "result": task.result,
+        "dispatched_at": iso(task.dispatched_at),
+        "delivered_at": iso(task.delivered_at),
+        "started_at": iso(task.started_at),
+        "finished_at": iso(task.finished_at),
+        "not_before": iso(task.not_before),
+        "timeout_at": iso(task.dispatched_at + task.timeout) if task.status in ACTIVE else None,
+        "idempotency_key": task.idempotency_key,
+        "attempts": attempts(events),
+    }
+
+
+ATTEMPT_ENDS = {"completed": "completed", "failed": "failed", "retry_scheduled": "failed", "cancelled": "cancelled"}
+
+
+def attempts(events):
+    """Each dispatch of the task, from its history: device, times, and how it ended (None while it runs)."""
+    found, current = [], None
+    for event in events:
+        if event["kind"] == "dispatched":
+            current = {"attempt": event["attempt"], "device_id": event["device_id"], "dispatched_at": iso(event["at"])}
+            current.update(delivered_at=None, ended_at=None, outcome=None, error_code=None)
+            found.append(current)
+        elif current is not None and event["kind"] == "delivered":
+            current["delivered_at"] = iso(event["at"])
+        elif current is not None and event["kind"] in ATTEMPT_ENDS:
+            detail = event["detail"] or {}
+            current.update(ended_at=iso(event["at"]), outcome=ATTEMPT_ENDS[event["kind"]])
+            current["error_code"] = detail.get("error_code")
+            current = None
+    return found
+
+
+FAILURES = {"TASK_TIMEOUT": "执行超时", "DEVICE_OFFLINE": "设备离线超过宽限期"}
+OFFLINE_REASONS = {"disconnected": "连接断开", "heartbeat_timeout": "心跳超时"}
+
+
+def _failure(detail):
+    code = detail.get("error_code")
+    return FAILURES.get(code) or f"执行失败（{code}）"
+
+
+def event_message(event):
+    """One history event in words, for people reading it."""
+    detail, device = event.get("detail") or {}, event.get("device_id")
+    messages = {
+        "created": "任务创建" + (f"，指定设备 {device}" if device else ""),
+        "dispatched": f"分发到设备 {device}",
+        "delivered": f"设备 {device} 确认收到任务",
+        "started": f"设备 {device} 开始执行",
+        "progress": f"进度 {detail.get('progress')}%" + (f"：{detail['message']}" if detail.get("message") else ""),
+        "completed": "执行完成",
+        "failed": f"{_failure(detail)}，任务失败" if detail else "任务失败",
+        "retry_scheduled": f"{_failure(detail)}，将于 {detail.get('retry_at')} 重试" if detail else "等待重试",
+        "cancelled": "任务已取消",
+        "cancel_confirmed": f"设备 {device} 确认已取消",
+        "registered": f"设备注册（容量 {detail.get('capacity')}）",
+        "offline": f"设备离线（{OFFLINE_REASONS.get(detail.get('reason'), detail.get('reason'))}）",
+        "disabled": "设备已停用：不再分配新任务",
+        "enabled": "设备已启用",
+    }
+    return messages.get(event["kind"], event["kind"])
+
+
+def task_event(event):
+    """One line of a task's history as ``GET /api/task/{id}/events`` lists it."""
+    return {
+        "at": iso(event["at"]),
+        "kind": event["kind"],
+        "actor": event["actor"],
+        "device_id": event["device_id"],
+        "attempt": event["attempt"],
+        "detail": event["detail"],
+        "message": event_message(event),
+    }
+
+
+def device_event(event, device_id):
+    """One line of a device's recent history (its own events and those of tasks on it)."""
+    return {
+        "at": iso(event["at"]),
+        "kind": event["kind"],
+        "actor": event["actor"],
+        "task_id": event["task_id"],
+        "attempt": event["attempt"],
+        "detail": event["detail"],
+        "message": event_message({**event, "device_id": device_id}),
+    }
+
+
+def device_detail(device, active_tasks, history):
+    """A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history."""
+    return {
+        **device_summary(device),
+        "created_at": iso(device.created_at),
+        "disconnected_at": iso(device.disconnected_at) if not device.connected else None,
+        "active_tasks": [task_summary(task) for task in active_tasks],
+        "recent_history": [device_event(event, device.device_id) for event in history],
+    }

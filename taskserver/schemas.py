@@ -4,9 +4,9 @@ import json
 import math
 from datetime import datetime
 
-from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from taskserver.domain import TaskStatus, TaskType
+from taskserver.domain import DeviceStatus, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
 
 MAX_ID = 128
@@ -225,17 +225,52 @@ class DispatchSchema(Schema):
     idempotency_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200))
 
 
+class OneOrSeveral(fields.List):
+    """A query filter of one or several choices: repeated (``?status=a&status=b``) or comma-separated (``a,b``)."""
+
+    is_multiple = True
+
+    def __init__(self, choices, **kwargs):
+        super().__init__(fields.String(validate=validate.OneOf(choices)), load_default=list, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        values = [value] if isinstance(value, str) else value
+        if isinstance(values, list | tuple):
+            values = [
+                part.strip() for item in values for part in (item.split(",") if isinstance(item, str) else [item])
+            ]
+        return list(dict.fromkeys(super()._deserialize(values, attr, data, **kwargs)))
+
+
 class TaskListQuerySchema(Schema):
-    """Query of ``GET /api/tasks``."""
+    """Query of ``GET /api/tasks``: every filter narrows the list; ``created_after <= created_at < created_before``."""
 
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.List(fields.String(validate=validate.OneOf([s.value for s in TaskStatus])), load_default=list)
-    task_type = fields.String(validate=validate.Length(1, 64))
+    status = OneOrSeveral([s.value for s in TaskStatus], metadata={"description": "任务状态，可重复或用逗号分隔"})
+    task_type = fields.String(validate=[validate.Length(1, 64), PRINTABLE])
     device_id = Identifier()
+    created_after = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；含此时刻"})
+    created_before = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；不含此时刻"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+    @validates_schema
+    def _window(self, data, **kwargs):
+        after, before = data.get("created_after"), data.get("created_before")
+        if after is not None and before is not None and after >= before:
+            raise ValidationError("必须早于 created_before", "created_after")
+
+
+class DeviceListQuerySchema(Schema):
+    """Query of ``GET /api/devices``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = OneOrSeveral([s.value for s in DeviceStatus], metadata={"description": "设备状态，可重复或用逗号分隔"})
+    disabled = fields.Boolean(metadata={"description": "true 只列出已停用的设备，false 只列出未停用的"})
 
 
 # ---- responses (document the shapes; the spec's fields first) ----
@@ -255,6 +290,7 @@ class DeviceOutSchema(Schema):
     connection_info = fields.Nested(ConnectionInfoSchema)
     device_info = fields.Dict()
     capacity = fields.Integer()
+    disabled = fields.Boolean()
 
 
 class DeviceListSchema(Schema):
@@ -333,12 +369,121 @@ class ErrorResponseSchema(Schema):
     errors = fields.Dict()
 
 
+class AttemptOutSchema(Schema):
+    attempt = fields.Integer()
+    device_id = fields.String(allow_none=True)
+    dispatched_at = fields.String()
+    delivered_at = fields.String(allow_none=True)
+    ended_at = fields.String(allow_none=True)
+    outcome = fields.String(allow_none=True, metadata={"description": "completed / failed / cancelled；进行中为 null"})
+    error_code = fields.String(allow_none=True)
+
+
+class TaskDetailOutSchema(TaskOutSchema):
+    target_device_id = fields.String(allow_none=True)
+    progress_message = fields.String(allow_none=True)
+    result = fields.Dict(allow_none=True)
+    dispatched_at = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    not_before = fields.String(allow_none=True, metadata={"description": "排期或重试退避：此前不会分发"})
+    timeout_at = fields.String(allow_none=True, metadata={"description": "进行中的执行在此时超时"})
+    idempotency_key = fields.String(allow_none=True)
+    attempts = fields.List(fields.Nested(AttemptOutSchema))
+
+
+class TaskDetailSchema(Schema):
+    success = fields.Boolean()
+    task = fields.Nested(TaskDetailOutSchema)
+
+
+class TaskEventOutSchema(Schema):
+    at = fields.String()
+    kind = fields.String(
+        metadata={
+            "description": "created, dispatched, delivered, started, progress, completed, failed, retry_scheduled, "
+            "cancelled, cancel_confirmed"
+        }
+    )
+    actor = fields.String(metadata={"description": "operator, server, watchdog 或设备 id"})
+    device_id = fields.String(allow_none=True)
+    attempt = fields.Integer(allow_none=True)
+    detail = fields.Dict(allow_none=True)
+    message = fields.String()
+
+
+class TaskEventsSchema(Schema):
+    success = fields.Boolean()
+    task_id = fields.String()
+    events = fields.List(fields.Nested(TaskEventOutSchema))
+    total = fields.Integer()
+
+
+class DeviceEventOutSchema(Schema):
+    at = fields.String()
+    kind = fields.String(metadata={"description": "registered, offline, disabled, enabled, 或其任务的事件"})
+    actor = fields.String()
+    task_id = fields.String(allow_none=True)
+    attempt = fields.Integer(allow_none=True)
+    detail = fields.Dict(allow_none=True)
+    message = fields.String()
+
+
+class DeviceDetailOutSchema(DeviceOutSchema):
+    created_at = fields.String()
+    disconnected_at = fields.String(allow_none=True)
+    active_tasks = fields.List(fields.Nested(TaskOutSchema))
+    recent_history = fields.List(fields.Nested(DeviceEventOutSchema))
+
+
+class DeviceDetailSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    device = fields.Nested(DeviceDetailOutSchema)
+
+
+class DeletedSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    device_id = fields.String()
+
+
+class HealthSchema(Schema):
+    success = fields.Boolean()
+    status = fields.String()
+
+
+class CheckSchema(Schema):
+    ok = fields.Boolean()
+    reason = fields.String(allow_none=True)
+
+
+class WatchdogCheckSchema(CheckSchema):
+    interval = fields.Float(allow_none=True)
+    lag = fields.Float(allow_none=True)
+    last_sweep_age = fields.Float(allow_none=True)
+
+
+class ChecksSchema(Schema):
+    store = fields.Nested(CheckSchema)
+    watchdog = fields.Nested(WatchdogCheckSchema)
+
+
+class ReadinessSchema(Schema):
+    success = fields.Boolean()
+    status = fields.String()
+    message = fields.String()
+    error_code = fields.String()
+    checks = fields.Nested(ChecksSchema)
+
+
 def load_payload(schema, payload):
     """Validate a socket payload (a JSON object, or JSON text of one) with ``schema``."""
     if isinstance(payload, str | bytes):
         try:
             payload = json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValidationFailed({"_schema": ["不是有效的 JSON"]}, "消息格式无效") from exc
     if not isinstance(payload, dict):
         raise ValidationFailed({"_schema": ["消息内容必须是 JSON 对象"]}, "消息格式无效")

@@ -6,15 +6,17 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
-from taskserver import domain
+from taskserver import domain, logs
 from taskserver.domain import ACTIVE, Device, Event, Task, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
+from taskserver.metrics import Metrics
 from taskserver.present import iso
 
 log = logging.getLogger("taskserver")
 
 SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
 PROGRESS_MILESTONES = (25, 50, 75, 100)
+DISPATCH_BATCH = 32  # pending tasks considered per round of dispatch_pending
 
 
 @dataclass
@@ -43,11 +45,12 @@ class DispatchRequest:
 class TaskService:
     """Registers devices, dispatches and tracks tasks, and acts on time passing; emits through the notifier."""
 
-    def __init__(self, store, notifier, config, clock=time.time):
+    def __init__(self, store, notifier, config, clock=time.time, metrics=None):
         self.store = store
         self.notifier = notifier
         self.config = config
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self._connections = {}  # device_id -> Connection
         self._device_of_sid = {}  # sid -> device_id
 
@@ -87,7 +90,11 @@ class TaskService:
             "active_tasks": [task.task_id for task in active],
         }
         self.notifier.registered(sid, answer)
-        log.info("device registered device_id=%s sid=%s active=%d", device_id, sid, len(active))
+        self.metrics.device_event("device_register")
+        self.store.add_device_event(
+            device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
+        )
+        logs.event(log, "device registered", device_id=device_id, active=len(active))
         self._catch_up(sid, device_id, active)
         self.dispatch_pending(now)
         return answer
@@ -105,6 +112,7 @@ class TaskService:
         device_id = self._device_for(sid, payload.get("device_id"))
         now = self.clock()
         self._connections[device_id].heartbeats = True
+        self.metrics.device_event("heartbeat")
         self.store.record_heartbeat(device_id, now)
         answer = {"success": True, "server_time": iso(now)}
         self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
@@ -112,9 +120,10 @@ class TaskService:
 
     def disconnect(self, sid):
         """The connection closed: its device, if it still belongs to it, is offline from now."""
+        self.metrics.device_event("disconnect")
         self._release_sid(sid, self.clock())
 
-    def _release_sid(self, sid, now):
+    def _release_sid(self, sid, now, reason="disconnected"):
         device_id = self._device_of_sid.pop(sid, None)
         if device_id is None:
             return
@@ -122,7 +131,8 @@ class TaskService:
         if connection is not None and connection.sid == sid:
             del self._connections[device_id]
         if self.store.mark_disconnected(device_id, sid, now):
-            log.info("device offline device_id=%s", device_id)
+            self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
+            logs.event(log, "device offline", device_id=device_id, reason=reason)
 
     def _device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
@@ -162,7 +172,8 @@ class TaskService:
             idempotency_key=request.idempotency_key,
         )
         self.store.add_task(task, Event("created", "operator", request.device_id, {"task_type": task.task_type}))
-        log.info("task created task_id=%s type=%s target=%s", task.task_id, task.task_type, request.device_id)
+        self.metrics.created.labels(task.task_type).inc()
+        logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
         self.dispatch_pending(now)
         return self.store.get_task(task.task_id), True
 
@@ -180,7 +191,8 @@ class TaskService:
             return self.cancel(task_id)
         if sid is not None:
             self.notifier.cancel_task(sid, task_id)
-        log.info("task cancelled task_id=%s device_id=%s", task_id, task.device_id)
+        self.metrics.cancels.labels(task.task_type).inc()
+        logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
         self.dispatch_pending(now)
         return updated
 
@@ -210,13 +222,58 @@ class TaskService:
             "timestamp": iso(self.clock()),
         }
 
+    def get_device(self, device_id):
+        """The device, or 404 ``DEVICE_NOT_FOUND``."""
+        device = self.store.get_device(device_id)
+        if device is None:
+            raise NotFound(f"设备 {device_id} 不存在", "DEVICE_NOT_FOUND")
+        return device
+
+    def set_device_disabled(self, device_id, disabled):
+        """Drain (or undrain) a device: disabled, it keeps its tasks but gets no new ones."""
+        device = self.get_device(device_id)
+        if device.disabled != disabled:
+            now = self.clock()
+            self.store.set_device_disabled(device_id, disabled)
+            kind = "disabled" if disabled else "enabled"
+            self.store.add_device_event(device_id, now, Event(kind, "operator", device_id))
+            logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
+            if not disabled:
+                self.dispatch_pending(now)
+        return self.get_device(device_id)
+
+    def forget_device(self, device_id):
+        """Delete an offline device with no active task and no task waiting for it; else 409."""
+        device = self.get_device(device_id)
+        if device.connected:
+            raise InvalidState(f"设备 {device_id} 在线，无法删除", "DEVICE_ONLINE")
+        if device.active_tasks:
+            raise InvalidState(f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", "DEVICE_HAS_ACTIVE_TASKS")
+        _, waiting = self.store.list_tasks(statuses=[TaskStatus.PENDING], device_id=device_id, limit=1)
+        if waiting:
+            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", "DEVICE_HAS_PENDING_TASKS")
+        if not self.store.delete_device(device_id):  # its tasks changed between the checks and the delete
+            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", "DEVICE_HAS_ACTIVE_TASKS")
+        logs.event(log, "device forgotten", device_id=device_id)
+
+    def store_health(self):
+        """``(True, None)`` if the store takes a write now, else ``(False, reason)``."""
+        try:
+            self.store.check_writable(self.clock())
+        except Exception as exc:  # any failure to write means not ready, whatever the backend raises
+            log.warning("store not writable: %s", exc)
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, None
+
     # ---- task reports from devices ----
 
     def report_progress(self, sid, payload):
         """Record progress of the device's own current attempt; the first report marks the task running."""
         device_id = self._device_for(sid)
+        self.metrics.device_event("task_progress")
         task = self.get_task(payload["task_id"])
         if task.is_terminal:
+            self._check_had_task(task, device_id)
             raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
         self._check_owner(task, device_id, payload.get("attempt"))
         now = self.clock()
@@ -224,13 +281,19 @@ class TaskService:
         changes = {"progress": progress, "progress_message": message, "updated_at": now}
         event = self._progress_event(task, device_id, progress, message)
         if task.status == TaskStatus.DISPATCHED:
-            updated = self._move(task, TaskStatus.RUNNING, {**changes, "started_at": now}, "started", device_id, now)
+            changes["started_at"] = now
+            detail = {"progress": progress, "message": message}
+            updated = self._move(task, TaskStatus.RUNNING, changes, "started", device_id, now, detail=detail)
         else:
             updated = self.store.update_task_if(
                 task.task_id, [task.status], changes, event, expect_device=device_id, expect_attempt=task.attempt
             )
         if updated is None:
             return self.report_progress(sid, payload)
+        if task.status == TaskStatus.DISPATCHED:
+            logs.event(log, "task started", task_id=task.task_id, device_id=device_id, progress=progress)
+        elif event is not None:
+            logs.event(log, "task progress", task_id=task.task_id, device_id=device_id, progress=progress)
         return {"success": True, "task_id": task.task_id, "status": updated.status.value, "progress": progress}
 
     @staticmethod
@@ -243,6 +306,7 @@ class TaskService:
     def report_result(self, sid, payload):
         """Finish the device's current attempt; late, duplicate and foreign results change nothing."""
         device_id = self._device_for(sid)
+        self.metrics.device_event("task_result")
         task = self.get_task(payload["task_id"])
         result = payload["result"]
         if task.is_terminal:
@@ -256,15 +320,15 @@ class TaskService:
             updated = self._end_attempt(task, result.get("error_code") or "TASK_FAILED", now, device_id, result)
         if updated is None:
             return self.report_result(sid, payload)
-        log.info("task result task_id=%s device_id=%s status=%s", task.task_id, device_id, updated.status.value)
+        self.metrics.result(task.task_type, result["success"], now - task.dispatched_at if task.dispatched_at else None)
+        logs.event(log, "task result", task_id=task.task_id, device_id=device_id, status=updated.status.value)
         self.notifier.result_received(sid, task.task_id)
         self.dispatch_pending(now)
         return {"success": True, "task_id": task.task_id, "status": updated.status.value}
 
     def _late_result(self, sid, task, device_id, result):
         """A result for an ended task: a cancel confirmation or a duplicate is acknowledged, anything else refused."""
-        if not self.store.device_had_task(task.task_id, device_id):
-            raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
+        self._check_had_task(task, device_id)
         answer = {"success": True, "task_id": task.task_id, "status": task.status.value}
         if result.get("error_code") == "TASK_CANCELLED":
             confirmed = Event("cancel_confirmed", device_id, device_id)
@@ -275,6 +339,11 @@ class TaskService:
             self.notifier.result_received(sid, task.task_id)
             return {**answer, "duplicate": True, "result": task.result, "message": "结果已记录"}
         raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+
+    def _check_had_task(self, task, device_id):
+        """Refuse a device that never had the task (so it learns nothing about it)."""
+        if not self.store.device_had_task(task.task_id, device_id):
+            raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
 
     def _check_owner(self, task, device_id, attempt):
         """Refuse reports for a task that is not this device's current attempt."""
@@ -293,26 +362,30 @@ class TaskService:
         if task.attempt != attempt:
             return
         now = self.clock()
-        self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now)
+        self.metrics.device_event("new_task_ack")
+        if self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now):
+            logs.event(log, "task delivered", task_id=task_id, device_id=device_id, attempt=attempt)
 
     # ---- moving tasks ----
 
     def dispatch_pending(self, now=None):
-        """Give due pending tasks to devices with free slots: priority first, then age."""
+        """Give due pending tasks to devices with free slots: priority first, then age, least-loaded device first.
+
+        Reads a batch of tasks and only as many devices as could take them, so it stays cheap with a large fleet."""
         now = self.clock() if now is None else now
         while True:
-            devices = self.store.free_devices()
-            slots = sum(device.free_slots for device in devices)
-            if slots == 0:
+            tasks = self.store.due_pending_tasks(now, DISPATCH_BATCH)
+            if not tasks:
                 return
-            tasks = self.store.due_pending_tasks(now, slots)
+            targets = {task.target_device_id for task in tasks} - {None}
+            devices = self.store.free_devices(limit=len(tasks) + 1, include=targets)
             sent = 0
             for task in tasks:
                 device = domain.pick_device(task, devices)
                 if device is not None and self._assign(task, device, now):
                     device.active_tasks += 1
                     sent += 1
-            if sent == 0 or len(tasks) < slots:
+            if sent == 0 or len(tasks) < DISPATCH_BATCH:
                 return
 
     def _assign(self, task, device, now):
@@ -327,7 +400,8 @@ class TaskService:
         updated = self._move(task, TaskStatus.DISPATCHED, changes, "dispatched", "server", now, device.device_id)
         if updated is None:
             return False
-        log.info("task dispatched task_id=%s device_id=%s attempt=%d", task.task_id, device.device_id, task.attempt)
+        self.metrics.dispatches.labels(task.task_type).inc()
+        logs.event(log, "task dispatched", task_id=task.task_id, device_id=device.device_id, attempt=task.attempt)
         self._send_task(device.sid, updated)
         return True
 
@@ -349,15 +423,25 @@ class TaskService:
                 progress_message=None,
             )
             target, kind = TaskStatus.PENDING, "retry_scheduled"
+            detail_extra = {"retry_at": iso(now + delay)}
         else:
             changes["finished_at"] = now
             target, kind = TaskStatus.FAILED, "failed"
+            detail_extra = {}
         sid = self._live_sid(task.device_id) if tell_device else None
         owed_to = task.device_id if tell_device and sid is None else None
-        detail = {"error_code": error_code}
+        detail = {"error_code": error_code, **detail_extra}
         updated = self._move(task, target, changes, kind, actor, now, task.device_id, detail, owe_cancel_to=owed_to)
         if updated is not None:
-            log.info("attempt ended task_id=%s error_code=%s now=%s", task.task_id, error_code, updated.status.value)
+            self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
+            logs.event(
+                log,
+                "attempt ended",
+                task_id=task.task_id,
+                device_id=task.device_id,
+                error_code=error_code,
+                status=updated.status.value,
+            )
             if sid is not None:
                 self.notifier.cancel_task(sid, task.task_id)
         return updated
@@ -390,8 +474,9 @@ class TaskService:
         limit = self.config["HEARTBEAT_TIMEOUT"]
         for device_id, connection in list(self._connections.items()):
             if connection.heartbeats and now - connection.last_seen >= limit:
-                log.warning("device silent device_id=%s seconds=%.0f", device_id, now - connection.last_seen)
-                self._release_sid(connection.sid, now)
+                silent = round(now - connection.last_seen)
+                logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=silent)
+                self._release_sid(connection.sid, now, reason="heartbeat_timeout")
                 self.notifier.disconnect(connection.sid)
 
     def expire_timeouts(self, now):

@@ -10,10 +10,9 @@ from collections import defaultdict  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
 import socketio  # noqa: E402
-from gevent import pywsgi  # noqa: E402
-from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 from taskserver import create_app  # noqa: E402
+from taskserver.serving import wsgi_server  # noqa: E402
 from taskserver.watchdog import sweep  # noqa: E402
 
 
@@ -40,7 +39,7 @@ class LiveServer:
         settings = {"DATABASE": str(database), "WATCHDOG_INTERVAL": 0, **overrides}
         self.app = create_app(settings, clock=self.clock)
         self.service = self.app.extensions["taskserver"]
-        self.http = pywsgi.WSGIServer(("127.0.0.1", 0), self.app, handler_class=WebSocketHandler, log=None)
+        self.http = wsgi_server(self.app, "127.0.0.1", 0)
         self.http.start()
         self.url = f"http://127.0.0.1:{self.http.server_port}"
         self.session = requests.Session()

@@ -6,6 +6,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser
 
 from taskserver.errors import TaskServerError, ValidationFailed
+from taskserver.schemas import ErrorResponseSchema
 
 
 class JsonBodyParser(FlaskParser):
@@ -14,7 +15,10 @@ class JsonBodyParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
 
     def _raw_load_json(self, req):
-        return core.parse_json(req.get_data(cache=True))
+        try:
+            return core.parse_json(req.get_data(cache=True))
+        except RecursionError as exc:
+            raise TaskServerError("请求体不是有效的 JSON（嵌套过深）", "INVALID_JSON") from exc
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         raise TaskServerError("请求体不是有效的 JSON", "INVALID_JSON")
@@ -35,3 +39,12 @@ class Blueprint(flask_smorest.Blueprint):
 def service():
     """The app's ``TaskService``."""
     return current_app.extensions["taskserver"]
+
+
+def error_doc(*codes):
+    """``alt_response`` arguments documenting an error status with the ``error_code`` values it can carry."""
+    listed = ", ".join(f"`{code}`" for code in codes)
+    return {
+        "description": f"错误 {{success: false, message, error_code}}；error_code: {listed}",
+        "schema": ErrorResponseSchema,
+    }

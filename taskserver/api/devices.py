@@ -1,15 +1,63 @@
-"""``GET /api/devices``."""
+"""``GET /api/devices``, and one device: detail, disable / enable (drain), forget."""
 
 from taskserver import schemas
-from taskserver.api import Blueprint, service
-from taskserver.present import device_summary
+from taskserver.api import Blueprint, error_doc, service
+from taskserver.present import device_detail, device_summary
 
 blp = Blueprint("devices", __name__, url_prefix="/api", description="设备管理")
 
+RECENT_HISTORY = 50
+
 
 @blp.route("/devices")
+@blp.arguments(schemas.DeviceListQuerySchema, location="query")
 @blp.response(200, schemas.DeviceListSchema)
-def list_devices():
-    """Every known device (offline ones included), most recently registered first."""
-    devices = [device_summary(device) for device in service().store.list_devices()]
+@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+def list_devices(query):
+    """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
+    found = service().store.list_devices(statuses=query["status"], disabled=query.get("disabled"))
+    devices = [device_summary(device) for device in found]
     return {"success": True, "devices": devices, "total": len(devices)}
+
+
+@blp.route("/device/<device_id>")
+@blp.response(200, schemas.DeviceDetailSchema)
+@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+def get_device(device_id):
+    """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
+    return {"success": True, "device": _detail(service().get_device(device_id))}
+
+
+@blp.route("/device/<device_id>/disable", methods=["POST"])
+@blp.response(200, schemas.DeviceDetailSchema)
+@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+def disable_device(device_id):
+    """Drain a device: it gets no new tasks (tasks pinned to it wait as pending); its running tasks finish."""
+    device = service().set_device_disabled(device_id, True)
+    return {"success": True, "message": "设备已停用，不再分配新任务", "device": _detail(device)}
+
+
+@blp.route("/device/<device_id>/enable", methods=["POST"])
+@blp.response(200, schemas.DeviceDetailSchema)
+@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+def enable_device(device_id):
+    """Undo ``disable``: the device takes new tasks again, starting with those waiting for it."""
+    device = service().set_device_disabled(device_id, False)
+    return {"success": True, "message": "设备已启用", "device": _detail(device)}
+
+
+@blp.route("/device/<device_id>", methods=["DELETE"])
+@blp.response(200, schemas.DeletedSchema)
+@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+@blp.alt_response(409, **error_doc("DEVICE_ONLINE", "DEVICE_HAS_ACTIVE_TASKS", "DEVICE_HAS_PENDING_TASKS"))
+def forget_device(device_id):
+    """Forget an offline device that has no dispatched or running task and no pending task pinned to it."""
+    service().forget_device(device_id)
+    return {"success": True, "message": "设备已删除", "device_id": device_id}
+
+
+def _detail(device):
+    store = service().store
+    return device_detail(
+        device, store.active_tasks_of(device.device_id), store.device_history(device.device_id, RECENT_HISTORY)
+    )

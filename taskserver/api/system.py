@@ -1,6 +1,7 @@
-"""``GET /`` (the spec's system status), health, and the locally served Swagger UI assets."""
+"""``GET /`` (the spec's system status), health and readiness, metrics, and the locally served Swagger UI assets."""
 
-from flask import current_app, send_from_directory
+import flask
+from flask import Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from taskserver import schemas
@@ -26,14 +27,57 @@ def system_status():
 
 
 @blp.route("/healthz")
-@blp.doc(responses={200: {"description": "进程存活"}})
+@blp.response(200, schemas.HealthSchema, description="进程存活")
 def healthz():
-    """Liveness: the process answers."""
+    """Liveness: the process answers (nothing else is checked, so a busy store never gets the process restarted)."""
     return {"success": True, "status": "ok"}
 
 
-@blp.route("/api/docs/assets/<path:filename>")
-@blp.doc(hide=True)
+@blp.route("/readyz")
+@blp.response(200, schemas.ReadinessSchema, description="就绪")
+@blp.alt_response(503, schema=schemas.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
+def readyz():
+    """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s)."""
+    store_ok, store_reason = service().store_health()
+    checks = {"store": {"ok": store_ok, "reason": store_reason}, "watchdog": _watchdog_check()}
+    if store_ok and checks["watchdog"]["ok"]:
+        return {"success": True, "status": "ready", "checks": checks}
+    reasons = "；".join(check["reason"] for check in checks.values() if not check["ok"])
+    answer = {"success": False, "status": "not_ready", "message": f"服务未就绪：{reasons}", "error_code": "NOT_READY"}
+    return {**answer, "checks": checks}, 503
+
+
+def _watchdog_check():
+    watchdog = current_app.extensions.get("watchdog")
+    if watchdog is None:
+        return {"ok": False, "reason": "看门狗未运行（TASKSERVER_WATCHDOG_INTERVAL=0）", "interval": None}
+    health = watchdog.health()
+    check = {key: health[key] for key in ("ok", "interval", "lag", "last_sweep_age")}
+    if not health["ok"]:
+        check["reason"] = "看门狗已停止" if not health["running"] else "看门狗长时间未完成巡检"
+    return check
+
+
+@blp.route("/metrics")
+@blp.doc(
+    responses={
+        200: {
+            "description": "Prometheus 文本格式的指标（prometheus-client）",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    }
+)
+def metrics():
+    """Prometheus metrics: devices and tasks by status, dispatches, results, timeouts, retries, device events,
+    dispatch-to-result latency, watchdog lag."""
+    metrics = service().metrics
+    return Response(metrics.render(), content_type=metrics.content_type)
+
+
 def swagger_assets(filename):
     """Swagger UI's files, served from the installed bundle (nothing is fetched from the internet)."""
     return send_from_directory(swagger_ui_path, filename)
+
+
+# Flask's own add_url_rule: static files stay out of the OpenAPI document (flask-smorest has no "hide").
+flask.Blueprint.add_url_rule(blp, "/api/docs/assets/<path:filename>", view_func=swagger_assets)

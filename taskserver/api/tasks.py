@@ -1,31 +1,32 @@
-"""``GET /api/tasks``, ``POST /api/dispatch-task``, ``GET /api/task/{id}/status``, ``POST /api/task/{id}/cancel``."""
+"""``GET /api/tasks``, ``POST /api/dispatch-task``, and one task: detail, events, status, cancel."""
 
 from flask import current_app, request
 
 from taskserver import schemas
-from taskserver.api import Blueprint, service
+from taskserver.api import Blueprint, error_doc, service
 from taskserver.domain import TaskStatus
 from taskserver.errors import ValidationFailed
-from taskserver.present import task_status, task_summary
+from taskserver.present import task_detail, task_event, task_status, task_summary
 from taskserver.service import DispatchRequest
 
 blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理")
-
-ERRORS = {"description": "错误: {success: false, message, error_code}", "schema": schemas.ErrorResponseSchema}
 
 
 @blp.route("/tasks")
 @blp.arguments(schemas.TaskListQuerySchema, location="query")
 @blp.response(200, schemas.TaskListSchema)
-@blp.alt_response(400, **ERRORS)
+@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def list_tasks(query):
-    """Tasks, newest first; filter by ``status`` (repeatable), ``task_type``, ``device_id``; page with limit/offset."""
+    """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``created_after``,
+    ``created_before``; page with ``limit`` / ``offset``. ``total`` counts every match, not just the page."""
     tasks, total = service().store.list_tasks(
         statuses=query["status"],
         task_type=query.get("task_type"),
         device_id=query.get("device_id"),
         limit=query["limit"],
         offset=query["offset"],
+        created_after=query.get("created_after"),
+        created_before=query.get("created_before"),
     )
     page = [task_summary(task) for task in tasks]
     return {"success": True, "tasks": page, "total": total, "limit": query["limit"], "offset": query["offset"]}
@@ -35,8 +36,8 @@ def list_tasks(query):
 @blp.arguments(schemas.DispatchSchema)
 @blp.response(200, schemas.DispatchOutSchema, description="已分发到设备")
 @blp.alt_response(202, schema=schemas.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
-@blp.alt_response(400, **ERRORS)
-@blp.alt_response(404, **ERRORS)
+@blp.alt_response(400, **error_doc("VALIDATION_ERROR", "INVALID_JSON", "UNKNOWN_TASK_TYPE"))
+@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def dispatch_task(body):
     """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
     data, data_schedule = schemas.load_task_data(body["task_type"], body["data"], _extra_types())
@@ -69,6 +70,9 @@ def _idempotency_key(body):
 def _dispatch_answer(task):
     if task.status == TaskStatus.PENDING:
         waiting = "任务已排期，到时自动分发" if task.not_before else "暂无可用设备，任务已进入等待队列"
+        target = service().store.get_device(task.target_device_id) if task.target_device_id else None
+        if target is not None and target.disabled:
+            waiting = "设备已停用，任务将在设备启用后分发"
         device_id = task.target_device_id
         status_code, message = 202, waiting
     else:
@@ -85,9 +89,29 @@ def _dispatch_answer(task):
     return answer, status_code
 
 
+@blp.route("/task/<task_id>")
+@blp.response(200, schemas.TaskDetailSchema)
+@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+def get_task(task_id):
+    """The whole task: data, result, error code, every timing and each attempt (device, times, outcome)."""
+    task = service().get_task(task_id)
+    return {"success": True, "task": task_detail(task, service().store.task_events(task_id))}
+
+
+@blp.route("/task/<task_id>/events")
+@blp.response(200, schemas.TaskEventsSchema)
+@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+def get_task_events(task_id):
+    """The task's history, oldest first: created, dispatched, delivered, progress milestones, result, timeout,
+    retry, cancel; each with its time, its actor (operator, server, watchdog or the device) and a message."""
+    service().get_task(task_id)
+    events = [task_event(event) for event in service().store.task_events(task_id)]
+    return {"success": True, "task_id": task_id, "events": events, "total": len(events)}
+
+
 @blp.route("/task/<task_id>/status")
 @blp.response(200, schemas.TaskStatusSchema)
-@blp.alt_response(404, **ERRORS)
+@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
     return {"success": True, "task": task_status(service().get_task(task_id))}
@@ -95,8 +119,8 @@ def get_task_status(task_id):
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
 @blp.response(200, schemas.TaskStatusSchema)
-@blp.alt_response(404, **ERRORS)
-@blp.alt_response(409, **ERRORS)
+@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+@blp.alt_response(409, **error_doc("INVALID_STATE"))
 def cancel_task(task_id):
     """Cancel a task that has not ended; its device gets ``cancel_task`` (now, or when it reconnects)."""
     return {"success": True, "message": "任务已取消", "task": task_status(service().cancel(task_id))}

@@ -24,8 +24,11 @@ class Store:
         task still has one of ``expect_status`` (and the given device and attempt); return it updated, or None."""
         raise NotImplementedError
 
-    def list_tasks(self, statuses=(), task_type=None, device_id=None, limit=100, offset=0):
-        """A page of tasks matching the filters, newest first, and the number of all that match."""
+    def list_tasks(
+        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+    ):
+        """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
+        and the number of all that match."""
         raise NotImplementedError
 
     def due_pending_tasks(self, now, limit):
@@ -53,6 +56,10 @@ class Store:
         """A mapping of status value to the number of tasks in it."""
         raise NotImplementedError
 
+    def count_tasks_by_status_and_type(self):
+        """A mapping of ``(status value, task type)`` to the number of tasks in it."""
+        raise NotImplementedError
+
     def task_events(self, task_id):
         """The task's history, oldest first."""
         raise NotImplementedError
@@ -74,12 +81,12 @@ class Store:
         """The device with this id (with its active task count), or None."""
         raise NotImplementedError
 
-    def list_devices(self):
-        """Every known device, most recently registered first."""
+    def list_devices(self, statuses=(), disabled=None):
+        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
         raise NotImplementedError
 
-    def free_devices(self):
-        """Connected devices with at least one free slot."""
+    def free_devices(self, limit=None, include=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
         raise NotImplementedError
 
     def connected_devices(self):
@@ -96,6 +103,31 @@ class Store:
 
     def disconnect_all(self, now):
         """On start: no connection survives a restart; give every device's tasks a fresh grace from ``now``."""
+        raise NotImplementedError
+
+    def set_device_disabled(self, device_id, disabled):
+        """Stop (or resume) giving the device new tasks; return True if the device exists."""
+        raise NotImplementedError
+
+    def delete_device(self, device_id):
+        """Forget an offline device with no active task and no task waiting for it, and its own history;
+        return True if it was deleted."""
+        raise NotImplementedError
+
+    def add_device_event(self, device_id, now, event):
+        """Append one event (registered, offline, disabled, ...) to the device's own history."""
+        raise NotImplementedError
+
+    def device_history(self, device_id, limit):
+        """The device's latest ``limit`` events, its own and those of tasks on it, newest first."""
+        raise NotImplementedError
+
+    def count_devices_by_status(self):
+        """A mapping of ``(status value, disabled)`` to the number of devices in it."""
+        raise NotImplementedError
+
+    def check_writable(self, now):
+        """Write one tiny row in a transaction; raise if the store cannot take writes."""
         raise NotImplementedError
 
     def close(self):

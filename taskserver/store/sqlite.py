@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (status, priority DESC, created_at);
 CREATE INDEX IF NOT EXISTS tasks_device ON tasks (device_id, status);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_status_created ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_type_created ON tasks (task_type, created_at);
+CREATE INDEX IF NOT EXISTS tasks_target ON tasks (target_device_id);
+CREATE INDEX IF NOT EXISTS tasks_status_type ON tasks (status, task_type);
 CREATE INDEX IF NOT EXISTS tasks_idempotency ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS owed_cancels (
@@ -58,6 +62,7 @@ CREATE TABLE IF NOT EXISTS task_events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, id);
+CREATE INDEX IF NOT EXISTS task_events_device ON task_events (device_id, at);
 
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
@@ -70,15 +75,34 @@ CREATE TABLE IF NOT EXISTS devices (
     last_heartbeat REAL,
     disconnected_at REAL,
     created_at REAL NOT NULL,
-    active_tasks INTEGER NOT NULL DEFAULT 0
+    active_tasks INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS devices_connected ON devices (connected);
+CREATE INDEX IF NOT EXISTS devices_least_loaded ON devices (active_tasks, registered_at) WHERE connected = 1;
+
+CREATE TABLE IF NOT EXISTS device_events (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS device_events_device ON device_events (device_id, at);
+
+CREATE TABLE IF NOT EXISTS store_health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at REAL NOT NULL
+);
 """
 
 JSON_COLUMNS = {"data", "result", "device_info", "detail"}
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
 DEVICE_COLUMNS = [f.name for f in fields(Device)]
+# Device.status in SQL: keep in step with the property in domain.py.
+DEVICE_STATUS_SQL = "CASE WHEN connected = 0 THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
 
 
 def _to_db(name, value):
@@ -106,6 +130,7 @@ def _device(row):
     values = dict(row)
     values["device_info"] = json.loads(values["device_info"])
     values["connected"] = bool(values["connected"])
+    values["disabled"] = bool(values["disabled"])
     return Device(**values)
 
 
@@ -215,11 +240,16 @@ class SQLiteStore(Store):
         if after.status in ACTIVE:
             self._shift_active(db, after.device_id, +1)
 
-    def list_tasks(self, statuses=(), task_type=None, device_id=None, limit=100, offset=0):
-        """A page of tasks matching the filters, newest first, and the number of all that match."""
+    def list_tasks(
+        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+    ):
+        """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
+        and the number of all that match."""
         clauses, params = [], []
         if statuses:
-            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            # With a device filter, "+status" keeps SQLite on the device indexes (it cannot know they are narrower).
+            column = "+status" if device_id else "status"
+            clauses.append(f"{column} IN ({', '.join('?' for _ in statuses)})")
             params.extend(TaskStatus(s).value for s in statuses)
         if task_type:
             clauses.append("task_type = ?")
@@ -227,6 +257,12 @@ class SQLiteStore(Store):
         if device_id:
             clauses.append("(device_id = ? OR target_device_id = ?)")
             params.extend([device_id, device_id])
+        if created_after is not None:
+            clauses.append("created_at >= ?")
+            params.append(created_after)
+        if created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(created_before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         total = self._query(f"SELECT COUNT(*) FROM tasks {where}", params)[0][0]
         rows = self._query(
@@ -240,7 +276,8 @@ class SQLiteStore(Store):
         rows = self._query(
             """SELECT t.* FROM tasks t LEFT JOIN devices d ON d.device_id = t.target_device_id
                WHERE t.status = 'pending' AND (t.not_before IS NULL OR t.not_before <= ?)
-                 AND (t.target_device_id IS NULL OR (d.connected = 1 AND d.active_tasks < d.capacity))
+                 AND (t.target_device_id IS NULL
+                      OR (d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity))
                ORDER BY t.priority DESC, t.created_at, t.rowid LIMIT ?""",
             (now, limit),
         )
@@ -304,7 +341,7 @@ class SQLiteStore(Store):
     # devices
     def save_device(self, device):
         """Insert the device or update its name, info, capacity and connection."""
-        updated = [c for c in DEVICE_COLUMNS if c not in ("device_id", "created_at", "active_tasks")]
+        updated = [c for c in DEVICE_COLUMNS if c not in ("device_id", "created_at", "active_tasks", "disabled")]
         with self._transaction() as db:
             db.execute(
                 f"""INSERT INTO devices ({", ".join(DEVICE_COLUMNS)}) VALUES ({", ".join("?" for _ in DEVICE_COLUMNS)})
@@ -317,14 +354,30 @@ class SQLiteStore(Store):
         rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
         return _device(rows[0]) if rows else None
 
-    def list_devices(self):
-        """Every known device, most recently registered first."""
-        rows = self._query("SELECT * FROM devices ORDER BY registered_at DESC, device_id")
+    def list_devices(self, statuses=(), disabled=None):
+        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
+        clauses, params = [], []
+        if statuses:
+            clauses.append(f"{DEVICE_STATUS_SQL} IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        if disabled is not None:
+            clauses.append("disabled = ?")
+            params.append(int(disabled))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(f"SELECT * FROM devices {where} ORDER BY registered_at DESC, device_id", params)
         return [_device(row) for row in rows]
 
-    def free_devices(self):
-        """Connected devices with at least one free slot."""
-        rows = self._query("SELECT * FROM devices WHERE connected = 1 AND active_tasks < capacity")
+    def free_devices(self, limit=None, include=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
+        free = "connected = 1 AND disabled = 0 AND active_tasks < capacity"
+        rows = self._query(
+            f"SELECT * FROM devices WHERE {free} ORDER BY active_tasks, registered_at LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
+        if named:
+            marks = ", ".join("?" for _ in named)
+            rows += self._query(f"SELECT * FROM devices WHERE {free} AND device_id IN ({marks})", named)
         return [_device(row) for row in rows]
 
     def connected_devices(self):
@@ -355,6 +408,73 @@ class SQLiteStore(Store):
                                    WHERE t.device_id = devices.device_id AND t.status IN (?, ?))""",
                 (now, *ACTIVE_VALUES),
             )
+
+    def set_device_disabled(self, device_id, disabled):
+        """Stop (or resume) giving the device new tasks; return True if the device exists."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE devices SET disabled = ? WHERE device_id = ?", (int(disabled), device_id))
+            return cursor.rowcount == 1
+
+    def delete_device(self, device_id):
+        """Forget an offline device with no active task and no task waiting for it, and its own history;
+        return True if it was deleted."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                """DELETE FROM devices WHERE device_id = ? AND connected = 0
+                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE device_id = ? AND status IN (?, ?))
+                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE target_device_id = ? AND status = 'pending')""",
+                (device_id, device_id, *ACTIVE_VALUES, device_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            db.execute("DELETE FROM device_events WHERE device_id = ?", (device_id,))
+            return True
+
+    def add_device_event(self, device_id, now, event):
+        """Append one event (registered, offline, disabled, ...) to the device's own history."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO device_events (device_id, at, kind, actor, detail) VALUES (?,?,?,?,?)",
+                (device_id, now, event.kind, event.actor, _to_db("detail", event.detail)),
+            )
+
+    def device_history(self, device_id, limit):
+        """The device's latest ``limit`` events, its own and those of tasks on it, newest first."""
+        rows = self._query(
+            """SELECT * FROM (SELECT at, kind, actor, task_id, attempt, detail, 0 AS source, id FROM task_events
+                              WHERE device_id = ? ORDER BY at DESC, id DESC LIMIT ?)
+               UNION ALL
+               SELECT * FROM (SELECT at, kind, actor, NULL, NULL, detail, 1, id FROM device_events
+                              WHERE device_id = ? ORDER BY at DESC, id DESC LIMIT ?)
+               ORDER BY at DESC, source, id DESC LIMIT ?""",  # at one instant, a device's own event came first
+            (device_id, limit, device_id, limit, limit),
+        )
+        return [
+            {
+                "at": row["at"],
+                "kind": row["kind"],
+                "actor": row["actor"],
+                "task_id": row["task_id"],
+                "attempt": row["attempt"],
+                "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
+            }
+            for row in rows
+        ]
+
+    def count_devices_by_status(self):
+        """A mapping of ``(status value, disabled)`` to the number of devices in it."""
+        rows = self._query(f"SELECT {DEVICE_STATUS_SQL}, disabled, COUNT(*) FROM devices GROUP BY 1, 2")
+        return {(status, bool(disabled)): count for status, disabled, count in rows}
+
+    def count_tasks_by_status_and_type(self):
+        """A mapping of ``(status value, task type)`` to the number of tasks in it."""
+        rows = self._query("SELECT status, task_type, COUNT(*) FROM tasks GROUP BY status, task_type")
+        return {(status, task_type): count for status, task_type, count in rows}
+
+    def check_writable(self, now):
+        """Write one tiny row in a transaction; raise if the store cannot take writes."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO store_health (id, checked_at) VALUES (1, ?)", (now,))
 
     def close(self):
         """Release the store's resources."""

@@ -1,0 +1,45 @@
+"""Logging: one line per lifecycle event with its task and device ids, as text or JSON (``TASKSERVER_LOG_FORMAT``)."""
+
+import json
+import logging
+from datetime import UTC, datetime
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+SECRET_WORDS = ("token", "secret", "password", "authorization")
+SECRET_KEYS = {"sid"}  # a Socket.IO session id lets whoever knows it speak for the device over HTTP polling
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, and the event's own fields."""
+
+    def format(self, record):
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(level, log_format="text"):
+    """Send logs to stderr as text (default) or JSON lines; leaves logging alone if it is already set up."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def is_secret(key):
+    """True for field names that may carry credentials; such fields never reach a log."""
+    key = key.lower()
+    return key in SECRET_KEYS or any(word in key for word in SECRET_WORDS)
+
+
+def event(logger, what, level=logging.INFO, **fields):
+    """Log ``what key=value ...``; JSON logs get ``event`` and each field as keys of their own."""
+    fields = {key: value for key, value in fields.items() if not is_secret(key)}
+    text = " ".join([what, *(f"{key}={value}" for key, value in fields.items())])
+    logger.log(level, text, extra={"fields": {"event": what, **fields}})

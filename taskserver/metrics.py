@@ -1,0 +1,136 @@
+"""Prometheus metrics: counters and a histogram fed by the service, gauges read from the store at scrape time."""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from taskserver.domain import DeviceStatus, TaskStatus
+
+disable_created_metrics()  # no "<name>_created" series beside every counter: half the scrape, nothing lost to us
+
+LATENCY_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+DEVICE_EVENTS = ("device_register", "heartbeat", "task_progress", "task_result", "new_task_ack", "disconnect")
+
+
+class Metrics:
+    """The app's metrics, in a registry of its own (tests build many apps in one process)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, task_types=()):
+        self.registry = registry = CollectorRegistry()
+        by_type = {"labelnames": ["task_type"], "registry": registry}
+        self.created = Counter("taskserver_tasks_created", "Tasks created by operators.", **by_type)
+        self.dispatches = Counter("taskserver_dispatches", "Attempts sent to a device.", **by_type)
+        self.timeouts = Counter("taskserver_timeouts", "Attempts ended by their timeout.", **by_type)
+        self.lost = Counter("taskserver_lost_attempts", "Attempts ended because their device stayed away.", **by_type)
+        self.retries = Counter("taskserver_retries", "Failed attempts sent back to pending for a retry.", **by_type)
+        self.cancels = Counter("taskserver_cancels", "Tasks cancelled by an operator.", **by_type)
+        self.results = Counter(
+            "taskserver_results",
+            "Results reported by devices, by outcome (success or failure).",
+            ["task_type", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "taskserver_dispatch_to_result_seconds",
+            "Seconds from dispatching an attempt to its device's result.",
+            ["task_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.device_events = Counter(
+            "taskserver_device_events", "Events from devices handled, by event.", ["event"], registry=registry
+        )
+        self.task_types = [str(task_type) for task_type in task_types]
+        for task_type in self.task_types:  # known types show 0 from the start instead of no series at all
+            for family in (self.created, self.dispatches, self.timeouts, self.lost, self.retries, self.cancels):
+                family.labels(task_type)
+            for outcome in ("success", "failure"):
+                self.results.labels(task_type, outcome)
+            self.latency.labels(task_type)
+        for name in DEVICE_EVENTS:
+            self.device_events.labels(name)
+
+    def watch(self, service, watchdog=None):
+        """Add the gauges read at scrape time: devices and tasks from the store, the watchdog's health."""
+        self.registry.register(StateCollector(service, watchdog, self.task_types))
+
+    def render(self):
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def device_event(self, name):
+        """Count one event handled for a device."""
+        self.device_events.labels(name).inc()
+
+    def result(self, task_type, success, seconds):
+        """Count a device's result and observe how long its attempt took."""
+        self.results.labels(task_type, "success" if success else "failure").inc()
+        if seconds is not None:
+            self.latency.labels(task_type).observe(max(seconds, 0.0))
+
+    def attempt_ended(self, task_type, error_code, retried):
+        """Count an attempt that ended in failure: timeouts, lost devices, retries."""
+        if error_code == "TASK_TIMEOUT":
+            self.timeouts.labels(task_type).inc()
+        elif error_code == "DEVICE_OFFLINE":
+            self.lost.labels(task_type).inc()
+        if retried:
+            self.retries.labels(task_type).inc()
+
+
+class StateCollector:
+    """Gauges computed when Prometheus scrapes, so that no event has to keep them up to date."""
+
+    def __init__(self, service, watchdog, task_types=()):
+        self.service = service
+        self.watchdog = watchdog
+        self.task_types = task_types
+
+    def collect(self):
+        yield from self._devices()
+        yield self._tasks()
+        yield from self._watchdog()
+
+    def _devices(self):
+        counts = self.service.store.count_devices_by_status()
+        devices = GaugeMetricFamily("taskserver_devices", "Known devices by status.", labels=["status"])
+        for status in DeviceStatus:
+            devices.add_metric([status.value], sum(n for (s, _), n in counts.items() if s == status.value))
+        yield devices
+        disabled = sum(n for (_, is_disabled), n in counts.items() if is_disabled)
+        yield GaugeMetricFamily("taskserver_devices_disabled", "Devices disabled (drained) by an operator.", disabled)
+
+    def _tasks(self):
+        counts = self.service.store.count_tasks_by_status_and_type()
+        types = sorted({*self.task_types, *(task_type for _, task_type in counts)})
+        tasks = GaugeMetricFamily(
+            "taskserver_tasks", "Stored tasks by status and type.", labels=["status", "task_type"]
+        )
+        for task_type in types:
+            for status in TaskStatus:
+                tasks.add_metric([status.value, task_type], counts.get((status.value, task_type), 0))
+        return tasks
+
+    def _watchdog(self):
+        health = self.watchdog.health() if self.watchdog is not None else None
+        running = health is not None and health["running"]
+        yield GaugeMetricFamily("taskserver_watchdog_running", "1 while the watchdog loop runs.", int(running))
+        if health is None:
+            return
+        yield GaugeMetricFamily(
+            "taskserver_watchdog_lag_seconds", "How late the last sweep started, beyond its interval.", health["lag"]
+        )
+        if health["last_sweep_age"] is not None:
+            yield GaugeMetricFamily(
+                "taskserver_watchdog_last_sweep_age_seconds",
+                "Seconds since the last successful sweep.",
+                health["last_sweep_age"],
+            )

@@ -1,0 +1,24 @@
+"""The gevent WSGI server for ``python app.py`` (and the tests): WebSocket-capable, with TCP_NODELAY."""
+
+import socket
+
+from gevent import pywsgi
+from geventwebsocket.handler import WebSocketHandler
+
+
+def listener(host, port):
+    """A listening socket with TCP_NODELAY, which accepted sockets inherit.
+
+    gevent writes a response's headers and body in separate sends; with Nagle's algorithm and the client's
+    delayed ACK every keep-alive response would stall ~40 ms."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def wsgi_server(app, host, port):
+    """A gevent WSGI server for ``app`` on ``host:port`` (port 0 picks a free one), not yet started."""
+    return pywsgi.WSGIServer(listener(host, port), app, handler_class=WebSocketHandler, log=None)

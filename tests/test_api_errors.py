@@ -1,0 +1,256 @@
+"""Every HTTP error, from every layer, is the spec's JSON ``{success: false, message, error_code}``.
+
+Routing (404/405), body parsing (INVALID_JSON), schema validation (VALIDATION_ERROR with ``errors`` naming each
+bad field), the service (TASK_NOT_FOUND, DEVICE_NOT_FOUND, INVALID_STATE) and unexpected exceptions
+(INTERNAL_ERROR) all answer in that shape, with the right status and without a stack trace or a file path.
+A rejected dispatch stores nothing, and the server keeps answering afterwards.
+"""
+
+import pytest
+
+VALID_DISPATCH = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}}
+
+# Text that would betray internals: stack traces, source paths, framework error pages.
+LEAK_MARKERS = ("Traceback", 'File "', ".py", "/work/", "site-packages", "<html", "<!doctype", "werkzeug")
+
+
+def assert_error(response, status, error_code, fields=()):
+    """Check the spec's error shape and status; ``fields`` must each be named in ``errors``. Return the body."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
+    text = response.text
+    for marker in LEAK_MARKERS:
+        assert marker.lower() not in text.lower(), f"{marker!r} leaked in {text}"
+    body = response.json()
+    assert body["success"] is False
+    assert body["error_code"] == error_code, body
+    assert isinstance(body["message"], str) and body["message"].strip(), body
+    if fields:
+        assert isinstance(body.get("errors"), dict), body
+        missing = set(fields) - set(body["errors"])
+        assert not missing, f"errors does not name {missing}: {body}"
+    return body
+
+
+def total_tasks(server):
+    """How many tasks ``GET /api/tasks`` counts."""
+    response = server.get("/api/tasks")
+    assert response.status_code == 200, response.text
+    return response.json()["total"]
+
+
+def assert_still_answers(server):
+    """The server still serves ordinary requests."""
+    assert server.get("/healthz").json() == {"success": True, "status": "ok"}
+    assert server.get("/").json()["status"] == "running"
+
+
+@pytest.fixture
+def seeded(server):
+    """A server that already holds one (pending) task, so "nothing stored" is measured against a non-zero total."""
+    server.dispatch(**VALID_DISPATCH)
+    assert total_tasks(server) == 1
+    return server
+
+
+def reject_dispatch(server, status, error_code, fields=(), **request):
+    """POST a dispatch that must be refused; check the error, that no task was stored and that the server lives."""
+    before = total_tasks(server)
+    body = assert_error(server.post("/api/dispatch-task", **request), status, error_code, fields)
+    assert total_tasks(server) == before, "a rejected dispatch stored a task"
+    assert_still_answers(server)
+    return body
+
+
+# ---- routing ----
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope", "/api/nope", "/api/task/x/unknown", "/api/tasks/", "/api/task/x/status/more", "/api/devices/x"]
+)
+def test_unknown_route_is_json_404(server, path):
+    assert_error(server.get(path), 404, "NOT_FOUND")
+    assert_still_answers(server)
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/api/tasks"),
+        ("POST", "/api/devices"),
+        ("GET", "/api/dispatch-task"),
+        ("PUT", "/api/dispatch-task"),
+        ("DELETE", "/api/task/task_x/status"),
+        ("GET", "/api/task/task_x/cancel"),
+        ("DELETE", "/"),
+    ],
+)
+def test_wrong_method_is_json_405(server, method, path):
+    response = server.session.request(method, server.url + path, timeout=10)
+    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert_still_answers(server)
+
+
+def test_405_names_the_allowed_methods(server):
+    response = server.get("/api/dispatch-task")
+    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert "POST" in response.headers["Allow"]
+
+
+# ---- the body of POST /api/dispatch-task ----
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("{bad", id="unterminated"),
+        pytest.param('{"task_type": "DELIST",}', id="trailing-comma"),
+        pytest.param("{'task_type': 'DELIST'}", id="single-quotes"),
+        pytest.param(b"\xff\xfe\x00{", id="not-utf8"),
+        pytest.param("[" * 100_000, id="deeply-nested"),
+    ],
+)
+def test_malformed_json_is_invalid_json(seeded, raw):
+    reject_dispatch(seeded, 400, "INVALID_JSON", data=raw, headers={"Content-Type": "application/json; charset=utf-8"})
+
+
+def test_malformed_json_is_invalid_json_whatever_the_content_type(seeded):
+    reject_dispatch(seeded, 400, "INVALID_JSON", data="{bad", headers={"Content-Type": "text/plain"})
+
+
+@pytest.mark.parametrize("raw", ['["DELIST"]', '"DELIST"', "42", "true"], ids=["array", "string", "number", "bool"])
+def test_body_that_is_not_an_object_is_a_validation_error(seeded, raw):
+    body = reject_dispatch(seeded, 400, "VALIDATION_ERROR", data=raw, headers={"Content-Type": "application/json"})
+    assert body["errors"], body
+
+
+def test_empty_body_names_the_missing_task_type(seeded):
+    reject_dispatch(seeded, 400, "VALIDATION_ERROR", ["task_type"], data=b"")
+
+
+def test_missing_task_type_is_named(seeded):
+    reject_dispatch(seeded, 400, "VALIDATION_ERROR", ["task_type"], json={"data": {"product_ids": ["123"]}})
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"unexpected": 1}, "unexpected"),
+        ({"task_type": 5}, "task_type"),
+        ({"task_type": ""}, "task_type"),
+        ({"priority": "high"}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"priority": 1001}, "priority"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": 10**9}, "timeout"),
+        ({"timeout": "300"}, "timeout"),
+        ({"max_retries": 11}, "max_retries"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"device_id": ""}, "device_id"),
+        ({"device_id": "d" * 200}, "device_id"),
+        ({"device_id": 7}, "device_id"),
+        ({"data": ["123"]}, "data"),
+        ({"data": None}, "data"),
+        ({"schedule_time": "someday"}, "schedule_time"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+    ],
+    ids=lambda value: repr(value)[:40],
+)
+def test_bad_field_is_a_validation_error_naming_it(seeded, change, field):
+    reject_dispatch(seeded, 400, "VALIDATION_ERROR", [field], json={**VALID_DISPATCH, **change})
+
+
+def test_every_bad_field_is_named_at_once(seeded):
+    body = {**VALID_DISPATCH, "priority": "high", "timeout": 0, "max_retries": 11, "unexpected": True}
+    reject_dispatch(seeded, 400, "VALIDATION_ERROR", ["priority", "timeout", "max_retries", "unexpected"], json=body)
+
+
+def test_too_long_idempotency_key_header_is_named(seeded):
+    reject_dispatch(
+        seeded,
+        400,
+        "VALIDATION_ERROR",
+        ["Idempotency-Key"],
+        json=VALID_DISPATCH,
+        headers={"Idempotency-Key": "k" * 300},
+    )
+
+
+def test_unknown_device_is_device_not_found(seeded):
+    reject_dispatch(seeded, 404, "DEVICE_NOT_FOUND", json={**VALID_DISPATCH, "device_id": "android_404"})
+
+
+def test_unknown_task_type_is_refused(seeded):
+    reject_dispatch(seeded, 400, "UNKNOWN_TASK_TYPE", json={"task_type": "MAKE_COFFEE", "data": {}})
+
+
+def test_bad_task_data_is_named_under_data(seeded):
+    body = reject_dispatch(
+        seeded, 400, "VALIDATION_ERROR", ["data"], json={"task_type": "DELIST", "data": {"product_ids": []}}
+    )
+    assert "product_ids" in body["errors"]["data"], body
+
+
+# ---- tasks by id ----
+
+
+@pytest.mark.parametrize("task_id", ["task_does_not_exist", "你好", "x" * 300])
+def test_unknown_task_on_status_is_task_not_found(server, task_id):
+    assert_error(server.get(f"/api/task/{task_id}/status"), 404, "TASK_NOT_FOUND")
+    assert_still_answers(server)
+
+
+def test_unknown_task_on_cancel_is_task_not_found(seeded):
+    before = total_tasks(seeded)
+    assert_error(seeded.post("/api/task/task_does_not_exist/cancel"), 404, "TASK_NOT_FOUND")
+    assert total_tasks(seeded) == before
+    assert_still_answers(seeded)
+
+
+def test_cancelling_an_ended_task_is_invalid_state(server):
+    task_id = server.dispatch(**VALID_DISPATCH)["task_id"]
+    assert server.post(f"/api/task/{task_id}/cancel").status_code == 200
+    assert_error(server.post(f"/api/task/{task_id}/cancel"), 409, "INVALID_STATE")
+    assert server.task(task_id)["status"] == "cancelled"
+
+
+# ---- the query of GET /api/tasks ----
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("status=bogus", "status"),
+        ("status=pending&status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+        ("limit=abc", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=x", "offset"),
+    ],
+)
+def test_bad_list_query_is_a_validation_error_naming_it(seeded, query, field):
+    assert_error(seeded.get(f"/api/tasks?{query}"), 400, "VALIDATION_ERROR", [field])
+    assert_still_answers(seeded)
+
+
+def test_every_bad_query_value_is_named_at_once(server):
+    response = server.get("/api/tasks?status=bogus&limit=0&offset=-1")
+    assert_error(response, 400, "VALIDATION_ERROR", ["status", "limit", "offset"])
+
+
+# ---- the unexpected ----
+
+
+def test_unexpected_exception_is_a_bare_internal_error(server, monkeypatch):
+    def explode():
+        raise RuntimeError("secret /etc/path")
+
+    monkeypatch.setattr(server.service.store, "list_devices", explode)
+    response = server.get("/api/devices")
+    body = assert_error(response, 500, "INTERNAL_ERROR")
+    for secret in ("secret", "/etc/path", "RuntimeError", "explode"):
+        assert secret not in response.text, body
+    assert set(body) == {"success", "message", "error_code"}
+    assert_still_answers(server)
+    assert server.dispatch(**VALID_DISPATCH)["success"] is True

@@ -1,0 +1,456 @@
+"""Contract of ``taskserver.store.base.Store``, run against every store implementation.
+
+Each backend in ``BACKENDS`` is a function that opens a fresh, empty store given a private directory; a new
+backend (PostgreSQL, ...) joins by adding a line there (and to ``DURABLE_BACKENDS`` if it survives a reopen).
+The tests drive the store only through its verbs, with ``domain`` objects and explicit times, as the service does.
+"""
+
+import pytest
+
+from taskserver.domain import Device, Event, Task, TaskStatus
+from taskserver.store import SQLiteStore
+
+PENDING, DISPATCHED, RUNNING = TaskStatus.PENDING, TaskStatus.DISPATCHED, TaskStatus.RUNNING
+COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+
+
+def sqlite_memory(directory):
+    return SQLiteStore(":memory:")
+
+
+def sqlite_file(directory):
+    return SQLiteStore(str(directory / "store.db"))
+
+
+BACKENDS = [pytest.param(sqlite_memory, id="sqlite-memory"), pytest.param(sqlite_file, id="sqlite-file")]
+DURABLE_BACKENDS = [pytest.param(sqlite_file, id="sqlite-file")]
+
+
+def make_task(task_id, created_at=100.0, **fields):
+    """A pending DELIST task created at ``created_at``."""
+    fields.setdefault("data", {"product_ids": ["123", "456"], "batch_size": 10})
+    return Task(
+        task_id=task_id,
+        task_type=fields.pop("task_type", "DELIST"),
+        created_at=created_at,
+        updated_at=created_at,
+        **fields,
+    )
+
+
+def make_device(device_id, connected=True, capacity=1, registered_at=100.0, **fields):
+    """A device, connected on sid ``sid-<id>`` unless told otherwise."""
+    fields.setdefault("sid", f"sid-{device_id}" if connected else None)
+    return Device(
+        device_id=device_id,
+        device_name=fields.pop("device_name", device_id),
+        capacity=capacity,
+        connected=connected,
+        registered_at=registered_at,
+        created_at=registered_at,
+        **fields,
+    )
+
+
+CREATED = Event("created", "operator", None, {"task_type": "DELIST"})
+
+
+def add(store, task):
+    store.add_task(task, CREATED)
+    return task
+
+
+def move(store, task_id, expect, status, now, **changes):
+    """One conditional status move, as the service makes it."""
+    event = Event(str(TaskStatus(status)), "test", changes.get("device_id"))
+    return store.update_task_if(task_id, [expect], {"status": status, "updated_at": now, **changes}, event)
+
+
+def dispatch(store, task_id, device_id, now=200.0):
+    return move(store, task_id, PENDING, DISPATCHED, now, device_id=device_id, dispatched_at=now)
+
+
+def ids(tasks):
+    return [task.task_id for task in tasks]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    """A fresh empty store of each backend."""
+    opened = request.param(tmp_path)
+    yield opened
+    opened.close()
+
+
+class TestStoreContract:
+    """What the service relies on, verb by verb."""
+
+    # ---- add_task / get_task ----
+
+    def test_added_task_reads_back_equal(self, store):
+        task = make_task(
+            "task_1",
+            data={"product_ids": ["商品1"], "nested": {"a": [1, 2.5, None, True]}},
+            target_device_id="android_001",
+            avoid_device_id="android_002",
+            priority=-7,
+            timeout=42,
+            max_retries=3,
+            not_before=150.5,
+            idempotency_key="key-1",
+        )
+        add(store, task)
+        assert store.get_task("task_1") == task
+        assert store.get_task("task_missing") is None
+
+    def test_returned_task_is_a_copy(self, store):
+        original = add(store, make_task("task_1", result={"success": True, "details": ["a"]}))
+        got = store.get_task("task_1")
+        got.data["product_ids"].append("evil")
+        got.result["details"].append("evil")
+        got.status = FAILED
+        got.progress = 99
+        original.data["batch_size"] = 999
+        again = store.get_task("task_1")
+        assert again.data == {"product_ids": ["123", "456"], "batch_size": 10}
+        assert again.result == {"success": True, "details": ["a"]}
+        assert again.status == PENDING and again.progress == 0
+        listed, _ = store.list_tasks()
+        listed[0].data["product_ids"].clear()
+        assert store.get_task("task_1").data["product_ids"] == ["123", "456"]
+
+    def test_add_task_records_the_first_event(self, store):
+        add(store, make_task("task_1", created_at=123.0))
+        (event,) = store.task_events("task_1")
+        assert event["kind"] == "created" and event["actor"] == "operator"
+        assert event["at"] == 123.0 and event["attempt"] == 1
+        assert event["detail"] == {"task_type": "DELIST"}
+
+    # ---- update_task_if ----
+
+    def test_update_applies_when_the_status_matches(self, store):
+        add(store, make_task("task_1"))
+        updated = move(store, "task_1", PENDING, CANCELLED, 300.0, error_code="TASK_CANCELLED", finished_at=300.0)
+        assert updated.status == CANCELLED and updated.error_code == "TASK_CANCELLED"
+        assert updated.updated_at == 300.0 and updated.finished_at == 300.0
+        assert store.get_task("task_1") == updated
+
+    def test_update_accepts_any_of_several_expected_statuses(self, store):
+        add(store, make_task("task_1"))
+        changes = {"status": CANCELLED, "updated_at": 300.0}
+        assert store.update_task_if("task_1", [DISPATCHED, RUNNING, PENDING], changes).status == CANCELLED
+
+    def test_update_refuses_a_different_status(self, store):
+        add(store, make_task("task_1"))
+        before = store.get_task("task_1")
+        assert move(store, "task_1", RUNNING, COMPLETED, 300.0) is None
+        assert store.update_task_if("task_1", [DISPATCHED, RUNNING], {"progress": 50}) is None
+        assert store.get_task("task_1") == before
+        assert [e["kind"] for e in store.task_events("task_1")] == ["created"]
+
+    def test_update_of_an_unknown_task_is_none(self, store):
+        assert store.update_task_if("task_missing", [PENDING], {"progress": 1}) is None
+
+    def test_update_checks_the_expected_device_and_attempt(self, store):
+        store.save_device(make_device("android_001", capacity=5))
+        add(store, make_task("task_1"))
+        dispatch(store, "task_1", "android_001")
+        before = store.get_task("task_1")
+        assert before.attempt == 1
+
+        def progress(**expect):
+            return store.update_task_if("task_1", [DISPATCHED], {"progress": 10}, **expect)
+
+        assert progress(expect_device="android_002") is None
+        assert progress(expect_attempt=2) is None
+        assert progress(expect_device="android_002", expect_attempt=1) is None
+        assert progress(expect_device="android_001", expect_attempt=2) is None
+        assert store.get_task("task_1") == before
+        assert progress(expect_device="android_001", expect_attempt=1).progress == 10
+
+    def test_event_history_is_appended_in_order(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1", created_at=100.0))
+        dispatch(store, "task_1", "android_001", now=200.0)
+        store.add_event("task_1", 250.0, Event("note", "server", "android_001", {"n": 1}), 1)
+        store.update_task_if("task_1", [DISPATCHED], {"progress": 5, "updated_at": 260.0})  # no event
+        changes = {"status": PENDING, "device_id": None, "attempt": 2, "updated_at": 300.0}
+        store.update_task_if("task_1", [DISPATCHED], changes, Event("retry_scheduled", "watchdog", "android_001"))
+        events = store.task_events("task_1")
+        assert [e["kind"] for e in events] == ["created", "dispatched", "note", "retry_scheduled"]
+        assert [e["at"] for e in events] == [100.0, 200.0, 250.0, 300.0]
+        assert [e["attempt"] for e in events] == [1, 1, 1, 2]
+        assert events[2]["detail"] == {"n": 1} and events[2]["device_id"] == "android_001"
+        assert store.task_events("task_missing") == []
+
+    def test_device_had_task_follows_dispatched_events(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1"))
+        assert store.device_had_task("task_1", "android_001") is False
+        dispatch(store, "task_1", "android_001")
+        assert store.device_had_task("task_1", "android_001") is True
+        assert store.device_had_task("task_1", "android_002") is False
+
+    # ---- owed cancels ----
+
+    def test_owed_cancels_are_taken_once(self, store):
+        for device_id in ("android_001", "android_002"):
+            store.save_device(make_device(device_id, capacity=5))
+        for task_id, device_id in [("task_1", "android_001"), ("task_2", "android_001"), ("task_3", "android_002")]:
+            add(store, make_task(task_id))
+            dispatch(store, task_id, device_id)
+            changes = {"status": CANCELLED, "updated_at": 300.0}
+            assert store.update_task_if(task_id, [DISPATCHED], changes, owe_cancel_to=device_id) is not None
+        assert sorted(store.take_owed_cancels("android_001")) == ["task_1", "task_2"]
+        assert store.take_owed_cancels("android_001") == []
+        assert store.take_owed_cancels("android_002") == ["task_3"]
+        assert store.take_owed_cancels("android_003") == []
+
+    def test_refused_update_owes_no_cancel(self, store):
+        add(store, make_task("task_1"))
+        changes = {"status": CANCELLED, "updated_at": 300.0}
+        assert store.update_task_if("task_1", [RUNNING], changes, owe_cancel_to="android_001") is None
+        assert store.take_owed_cancels("android_001") == []
+
+    # ---- the active task counter ----
+
+    def test_active_tasks_follow_dispatched_and_running_tasks(self, store):
+        store.save_device(make_device("android_001", capacity=2))
+        store.save_device(make_device("android_002", capacity=1))
+
+        def active(device_id="android_001"):
+            return store.get_device(device_id).active_tasks
+
+        add(store, make_task("task_1", created_at=100.0))
+        add(store, make_task("task_2", created_at=101.0))
+        assert active() == 0
+        dispatch(store, "task_1", "android_001")
+        assert active() == 1 and store.get_device("android_001").status == "online"
+        dispatch(store, "task_2", "android_001")
+        assert active() == 2 and store.get_device("android_001").status == "busy"
+        assert ids(store.active_tasks_of("android_001")) == ["task_1", "task_2"]
+        assert [d.device_id for d in store.free_devices()] == ["android_002"]
+
+        move(store, "task_1", DISPATCHED, RUNNING, 210.0, started_at=210.0)
+        assert active() == 2
+        move(store, "task_1", RUNNING, COMPLETED, 220.0, finished_at=220.0)
+        assert active() == 1
+        assert move(store, "task_1", RUNNING, FAILED, 230.0) is None  # a refused move changes no count
+        assert active() == 1
+        move(store, "task_2", DISPATCHED, PENDING, 240.0, device_id=None, attempt=2)
+        assert active() == 0 and active("android_002") == 0
+        dispatch(store, "task_2", "android_002", now=250.0)
+        assert active() == 0 and active("android_002") == 1
+        assert ids(store.active_tasks_of("android_002")) == ["task_2"]
+        assert store.active_tasks_of("android_001") == []
+
+    def test_saving_a_device_again_keeps_its_count_and_creation(self, store):
+        store.save_device(make_device("android_001", capacity=3, registered_at=100.0))
+        add(store, make_task("task_1"))
+        dispatch(store, "task_1", "android_001")
+        again = make_device("android_001", capacity=5, registered_at=500.0, sid="sid-new", device_name="小米手机")
+        again.device_info = {"type": "android", "model": "Mi 13"}
+        store.save_device(again)
+        device = store.get_device("android_001")
+        assert device.active_tasks == 1 and device.created_at == 100.0
+        assert device.capacity == 5 and device.sid == "sid-new" and device.registered_at == 500.0
+        assert device.device_name == "小米手机" and device.device_info == {"type": "android", "model": "Mi 13"}
+
+    def test_returned_device_is_a_copy(self, store):
+        store.save_device(make_device("android_001", device_info={"type": "android"}))
+        got = store.get_device("android_001")
+        got.device_info["type"] = "ios"
+        got.capacity = 50
+        assert store.get_device("android_001").device_info == {"type": "android"}
+        assert store.get_device("android_001").capacity == 1
+        assert store.get_device("android_missing") is None
+
+    def test_devices_are_listed_most_recently_registered_first(self, store):
+        store.save_device(make_device("android_a", registered_at=100.0))
+        store.save_device(make_device("android_b", registered_at=300.0, connected=False))
+        store.save_device(make_device("android_c", registered_at=200.0))
+        assert [d.device_id for d in store.list_devices()] == ["android_b", "android_c", "android_a"]
+        assert sorted(d.device_id for d in store.connected_devices()) == ["android_a", "android_c"]
+
+    def test_heartbeat_is_recorded(self, store):
+        store.save_device(make_device("android_001"))
+        store.record_heartbeat("android_001", 555.0)
+        assert store.get_device("android_001").last_heartbeat == 555.0
+
+    # ---- due_pending_tasks ----
+
+    def test_due_pending_tasks_by_priority_then_age(self, store):
+        for task_id, priority, created_at in [("a", 0, 101.0), ("b", 5, 103.0), ("c", 5, 102.0), ("d", -1, 100.0)]:
+            add(store, make_task(task_id, created_at=created_at, priority=priority))
+        add(store, make_task("e", created_at=99.0, priority=9))
+        store.save_device(make_device("android_001"))
+        dispatch(store, "e", "android_001")  # not pending any more
+        assert ids(store.due_pending_tasks(1000.0, 10)) == ["c", "b", "a", "d"]
+        assert ids(store.due_pending_tasks(1000.0, 2)) == ["c", "b"]
+
+    def test_due_pending_tasks_wait_for_not_before(self, store):
+        add(store, make_task("later", not_before=200.0, priority=10))
+        add(store, make_task("now"))
+        assert ids(store.due_pending_tasks(199.9, 10)) == ["now"]
+        assert ids(store.due_pending_tasks(200.0, 10)) == ["later", "now"]
+
+    def test_due_pending_tasks_need_their_target_free(self, store):
+        store.save_device(make_device("free"))
+        store.save_device(make_device("offline", connected=False))
+        store.save_device(make_device("full"))
+        add(store, make_task("filler", created_at=90.0))
+        dispatch(store, "filler", "full")
+        for target in ("free", "offline", "full", "unknown", None):
+            add(store, make_task(f"to_{target}", target_device_id=target))
+        assert sorted(ids(store.due_pending_tasks(1000.0, 10))) == ["to_None", "to_free"]
+        move(store, "filler", DISPATCHED, COMPLETED, 300.0)
+        assert sorted(ids(store.due_pending_tasks(1000.0, 10))) == ["to_None", "to_free", "to_full"]
+
+    # ---- timeouts and lost devices ----
+
+    def test_timed_out_tasks_count_from_dispatch(self, store):
+        store.save_device(make_device("android_001", capacity=10))
+        for task_id in ("dispatched", "running", "completed", "short"):
+            add(store, make_task(task_id, timeout=5 if task_id == "short" else 300))
+            dispatch(store, task_id, "android_001", now=100.0)
+        move(store, "running", DISPATCHED, RUNNING, 150.0)
+        move(store, "completed", DISPATCHED, COMPLETED, 150.0)
+        add(store, make_task("pending", timeout=1))
+        assert ids(store.timed_out_tasks(104.9)) == []
+        assert ids(store.timed_out_tasks(105.0)) == ["short"]
+        assert sorted(ids(store.timed_out_tasks(399.9))) == ["short"]
+        assert sorted(ids(store.timed_out_tasks(400.0))) == ["dispatched", "running", "short"]
+
+    def test_tasks_of_lost_devices(self, store):
+        for device_id in ("gone_early", "gone_late", "here"):
+            store.save_device(make_device(device_id, capacity=5))
+        for task_id, device_id in [("t_early", "gone_early"), ("t_late", "gone_late"), ("t_here", "here")]:
+            add(store, make_task(task_id))
+            dispatch(store, task_id, device_id)
+        add(store, make_task("t_done"))
+        dispatch(store, "t_done", "gone_early")
+        move(store, "t_done", DISPATCHED, COMPLETED, 210.0)
+        assert store.mark_disconnected("gone_early", "sid-gone_early", 150.0)
+        assert store.mark_disconnected("gone_late", "sid-gone_late", 250.0)
+        assert ids(store.tasks_of_lost_devices(149.0)) == []
+        assert ids(store.tasks_of_lost_devices(150.0)) == ["t_early"]
+        assert sorted(ids(store.tasks_of_lost_devices(300.0))) == ["t_early", "t_late"]
+
+    # ---- list_tasks and counts ----
+
+    def test_list_tasks_filters_pages_and_counts(self, store):
+        store.save_device(make_device("android_001", capacity=10))
+        for n in range(6):
+            add(store, make_task(f"task_{n}", created_at=100.0 + n, task_type="COLLECT" if n % 2 else "DELIST"))
+        dispatch(store, "task_0", "android_001")
+        dispatch(store, "task_1", "android_001")
+        move(store, "task_1", DISPATCHED, COMPLETED, 300.0)
+        add(store, make_task("task_targeted", created_at=50.0, target_device_id="android_001"))
+
+        tasks, total = store.list_tasks()
+        assert total == 7 and ids(tasks) == [
+            "task_5",
+            "task_4",
+            "task_3",
+            "task_2",
+            "task_1",
+            "task_0",
+            "task_targeted",
+        ]
+        tasks, total = store.list_tasks(limit=2, offset=2)
+        assert total == 7 and ids(tasks) == ["task_3", "task_2"]
+        tasks, total = store.list_tasks(limit=5, offset=6)
+        assert total == 7 and ids(tasks) == ["task_targeted"]
+        assert store.list_tasks(offset=100) == ([], 7)
+
+        tasks, total = store.list_tasks(statuses=["pending"])
+        assert total == 5 and ids(tasks) == ["task_5", "task_4", "task_3", "task_2", "task_targeted"]
+        tasks, total = store.list_tasks(statuses=[DISPATCHED, COMPLETED])
+        assert total == 2 and ids(tasks) == ["task_1", "task_0"]
+        tasks, total = store.list_tasks(task_type="COLLECT")
+        assert total == 3 and ids(tasks) == ["task_5", "task_3", "task_1"]
+        tasks, total = store.list_tasks(device_id="android_001")
+        assert total == 3 and ids(tasks) == ["task_1", "task_0", "task_targeted"]
+        tasks, total = store.list_tasks(statuses=["pending"], device_id="android_001", task_type="DELIST")
+        assert total == 1 and ids(tasks) == ["task_targeted"]
+        tasks, total = store.list_tasks(statuses=["pending"], task_type="COLLECT", limit=1)
+        assert total == 2 and ids(tasks) == ["task_5"]
+        assert store.list_tasks(task_type="UPLOAD") == ([], 0)
+
+    def test_count_tasks_by_status(self, store):
+        store.save_device(make_device("android_001", capacity=10))
+        for n in range(4):
+            add(store, make_task(f"task_{n}"))
+        dispatch(store, "task_0", "android_001")
+        dispatch(store, "task_1", "android_001")
+        move(store, "task_1", DISPATCHED, RUNNING, 300.0)
+        assert store.count_tasks_by_status() == {"pending": 2, "dispatched": 1, "running": 1}
+
+    # ---- idempotency ----
+
+    def test_idempotency_key_lookup_respects_since(self, store):
+        add(store, make_task("old", created_at=100.0, idempotency_key="k"))
+        add(store, make_task("new", created_at=200.0, idempotency_key="k"))
+        add(store, make_task("other", created_at=300.0, idempotency_key="other"))
+        add(store, make_task("none", created_at=400.0))
+        assert store.find_task_by_idempotency_key("k", 50.0).task_id == "new"
+        assert store.find_task_by_idempotency_key("k", 200.0).task_id == "new"
+        assert store.find_task_by_idempotency_key("k", 200.1) is None
+        assert store.find_task_by_idempotency_key("missing", 0.0) is None
+
+    # ---- connections ----
+
+    def test_mark_disconnected_only_for_the_current_sid(self, store):
+        store.save_device(make_device("android_001", sid="sid-new"))
+        assert store.mark_disconnected("android_001", "sid-old", 300.0) is False
+        device = store.get_device("android_001")
+        assert device.connected is True and device.sid == "sid-new" and device.disconnected_at is None
+        assert store.mark_disconnected("android_001", "sid-new", 300.0) is True
+        device = store.get_device("android_001")
+        assert device.connected is False and device.sid is None and device.disconnected_at == 300.0
+        assert device.status == "offline"
+        assert store.mark_disconnected("android_001", "sid-new", 400.0) is False
+        assert store.get_device("android_001").disconnected_at == 300.0
+        assert store.mark_disconnected("android_missing", "sid-x", 400.0) is False
+
+    def test_disconnect_all_gives_a_fresh_grace_and_rebuilds_counts(self, store):
+        store.save_device(make_device("android_001", capacity=5))
+        store.save_device(make_device("android_002"))
+        store.save_device(make_device("android_003", connected=False, disconnected_at=50.0))
+        add(store, make_task("task_1"))
+        dispatch(store, "task_1", "android_001")
+        # A task stored as already active (as after a crash mid-write) is counted by the rebuild.
+        store.add_task(make_task("task_2", status=RUNNING, device_id="android_003", dispatched_at=60.0), CREATED)
+        store.disconnect_all(1000.0)
+        for device in store.list_devices():
+            assert device.connected is False and device.sid is None and device.disconnected_at == 1000.0
+        assert store.connected_devices() == [] and store.free_devices() == []
+        assert store.get_device("android_001").active_tasks == 1
+        assert store.get_device("android_002").active_tasks == 0
+        assert store.get_device("android_003").active_tasks == 1
+        assert ids(store.tasks_of_lost_devices(999.0)) == []
+        assert sorted(ids(store.tasks_of_lost_devices(1000.0))) == ["task_1", "task_2"]
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_data_survives_close_and_reopen(tmp_path, open_store):
+    first = open_store(tmp_path)
+    first.save_device(make_device("android_001", capacity=3, device_info={"model": "Mi 13"}))
+    add(first, make_task("task_1", created_at=100.0, idempotency_key="k"))
+    add(first, make_task("task_2", created_at=101.0))
+    dispatch(first, "task_1", "android_001")
+    first.update_task_if("task_2", [PENDING], {"status": CANCELLED, "updated_at": 300.0}, owe_cancel_to="android_001")
+    task_1, device = first.get_task("task_1"), first.get_device("android_001")
+    first.close()
+
+    second = open_store(tmp_path)
+    try:
+        assert second.get_task("task_1") == task_1
+        assert second.get_task("task_2").status == CANCELLED
+        assert second.get_device("android_001") == device and device.active_tasks == 1
+        assert [e["kind"] for e in second.task_events("task_1")] == ["created", "dispatched"]
+        assert second.find_task_by_idempotency_key("k", 0.0).task_id == "task_1"
+        assert second.take_owed_cancels("android_001") == ["task_2"]
+        assert second.list_tasks()[1] == 2
+    finally:
+        second.close()
