@@ -371,10 +371,11 @@ class TaskService:
     def dispatch_pending(self, now=None):
         """Give due pending tasks to devices with free slots: priority first, then age, least-loaded device first.
 
-        Reads a batch of tasks and only as many devices as could take them, so it stays cheap with a large fleet."""
+        Reads no more tasks than there are free slots, and only as many devices as could take them, so it stays
+        cheap with a large fleet and a long queue."""
         now = self.clock() if now is None else now
-        while True:
-            tasks = self.store.due_pending_tasks(now, DISPATCH_BATCH)
+        while (wanted := min(self.store.free_slot_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
+            tasks = self.store.due_pending_tasks(now, wanted)
             if not tasks:
                 return
             targets = {task.target_device_id for task in tasks} - {None}
@@ -385,7 +386,7 @@ class TaskService:
                 if device is not None and self._assign(task, device, now):
                     device.active_tasks += 1
                     sent += 1
-            if sent == 0 or len(tasks) < DISPATCH_BATCH:
+            if sent == 0 or len(tasks) < wanted:
                 return
 
     def _assign(self, task, device, now):

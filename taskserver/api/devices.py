@@ -10,7 +10,7 @@ RECENT_HISTORY = 50
 
 
 @blp.route("/devices")
-@blp.arguments(schemas.DeviceListQuerySchema, location="query")
+@blp.arguments(schemas.DeviceListQuerySchema(), location="query")
 @blp.response(200, schemas.DeviceListSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def list_devices(query):

@@ -13,7 +13,7 @@ blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理"
 
 
 @blp.route("/tasks")
-@blp.arguments(schemas.TaskListQuerySchema, location="query")
+@blp.arguments(schemas.TaskListQuerySchema(), location="query")
 @blp.response(200, schemas.TaskListSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def list_tasks(query):
@@ -33,7 +33,7 @@ def list_tasks(query):
 
 
 @blp.route("/dispatch-task", methods=["POST"])
-@blp.arguments(schemas.DispatchSchema)
+@blp.arguments(schemas.DispatchSchema())
 @blp.response(200, schemas.DispatchOutSchema, description="已分发到设备")
 @blp.alt_response(202, schema=schemas.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR", "INVALID_JSON", "UNKNOWN_TASK_TYPE"))

@@ -85,6 +85,10 @@ class Store:
         """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
         raise NotImplementedError
 
+    def free_slot_count(self, at_most):
+        """How many more tasks the connected, enabled devices can take now, counted up to ``at_most`` devices."""
+        raise NotImplementedError
+
     def free_devices(self, limit=None, include=()):
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
         raise NotImplementedError

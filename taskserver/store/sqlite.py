@@ -213,30 +213,29 @@ class SQLiteStore(Store):
         if expect_attempt is not None:
             where += " AND attempt = ?"
             params.append(expect_attempt)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
         with self._transaction() as db:
-            rows = db.execute(f"SELECT * FROM tasks WHERE {where}", params).fetchall()
-            if not rows:
+            before = db.execute(f"SELECT status, device_id FROM tasks WHERE {where}", params).fetchall()
+            if not before:
                 return None
-            before = _task(rows[0])
-            assignments = ", ".join(f"{name} = ?" for name in changes)
-            db.execute(
-                f"UPDATE tasks SET {assignments} WHERE task_id = ?",
+            rows = db.execute(
+                f"UPDATE tasks SET {assignments} WHERE task_id = ? RETURNING *",
                 [_to_db(name, value) for name, value in changes.items()] + [task_id],
-            )
-            after = _task(db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone())
-            self._move_active_count(db, before, after)
+            ).fetchall()
+            after = _task(rows[0])
+            self._move_active_count(db, TaskStatus(before[0]["status"]), before[0]["device_id"], after)
             if event is not None:
                 self._insert_event(db, task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
                 db.execute("INSERT OR IGNORE INTO owed_cancels VALUES (?, ?)", (owe_cancel_to, task_id))
             return after
 
-    def _move_active_count(self, db, before, after):
+    def _move_active_count(self, db, status_before, device_before, after):
         """Keep ``devices.active_tasks`` equal to the device's dispatched and running tasks."""
-        if before.device_id == after.device_id and (before.status in ACTIVE) == (after.status in ACTIVE):
+        if device_before == after.device_id and (status_before in ACTIVE) == (after.status in ACTIVE):
             return
-        if before.status in ACTIVE:
-            self._shift_active(db, before.device_id, -1)
+        if status_before in ACTIVE:
+            self._shift_active(db, device_before, -1)
         if after.status in ACTIVE:
             self._shift_active(db, after.device_id, +1)
 
@@ -366,6 +365,16 @@ class SQLiteStore(Store):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(f"SELECT * FROM devices {where} ORDER BY registered_at DESC, device_id", params)
         return [_device(row) for row in rows]
+
+    def free_slot_count(self, at_most):
+        """How many more tasks the connected, enabled devices can take now, counted up to ``at_most`` devices."""
+        rows = self._query(
+            """SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM (
+                   SELECT capacity, active_tasks FROM devices
+                   WHERE connected = 1 AND disabled = 0 AND active_tasks < capacity LIMIT ?)""",
+            (at_most,),
+        )
+        return rows[0][0]
 
     def free_devices(self, limit=None, include=()):
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""

@@ -1,0 +1,184 @@
+"""Benchmarks: task throughput against the ceiling, latency at a fixed rate, 10,000 devices, and SQLite durability.
+
+``.venv/bin/python bench/run.py`` (``--help`` for sizes; ``--only`` picks runs). Every server runs on 127.0.0.1 as a
+subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-client over websocket). Prints JSON."""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_kb(pid, key):
+    """``VmRSS`` or ``VmHWM`` (peak RSS) of the process, in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextmanager
+def running(command, port, env=None, log_path=None):
+    """Start a server process, wait until ``GET /`` answers, stop it at the end."""
+    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"server did not start: {command}") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def taskserver(port, database, synchronous="NORMAL"):
+    env = {
+        "PORT": str(port),
+        "TASKSERVER_HOST": "127.0.0.1",
+        "TASKSERVER_DATABASE": database,
+        "TASKSERVER_SQLITE_SYNCHRONOUS": synchronous,
+    }
+    return running([sys.executable, "app.py"], port, env, log_path=database + ".log")
+
+
+def ceiling(port):
+    return running([sys.executable, str(BENCH / "ceiling_app.py"), str(port)], port)
+
+
+def loadgen(options, timeout):
+    """Run the Node load generator and return its JSON."""
+    done = subprocess.run(
+        ["node", str(BENCH / "loadgen.js"), json.dumps(options)],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measured(server_cm, port, options, timeout):
+    """Run the load against one server and add the server's CPU and memory to the load generator's numbers."""
+    with server_cm as process:
+        rss_before = memory_kb(process.pid, "VmRSS")
+        cpu_before = cpu_seconds(process.pid)
+        result = loadgen({"url": f"http://127.0.0.1:{port}", **options}, timeout)
+        result["server_cpu_seconds"] = round(cpu_seconds(process.pid) - cpu_before, 2)
+        result["server_rss_before_mb"] = round(rss_before / 1024, 1)
+        result["server_peak_rss_mb"] = round(memory_kb(process.pid, "VmHWM") / 1024, 1)
+    return result
+
+
+def throughput_runs(args, workdir):
+    """taskserver and the ceiling under the same load, and their ratio."""
+    options = {"mode": "tasks", "devices": args.devices, "tasks": args.tasks, "concurrency": args.concurrency}
+    ours_port, ceiling_port = free_port(), free_port()
+    ours = measured(taskserver(ours_port, str(workdir / "tasks.db")), ours_port, options, 900)
+    top = measured(ceiling(ceiling_port), ceiling_port, options, 900)
+    return {
+        "taskserver": ours,
+        "ceiling": top,
+        "ratio_to_ceiling": round(ours["completed_per_second"] / top["completed_per_second"], 2),
+    }
+
+
+def latency_run(args, workdir):
+    """dispatch→new_task latency at a fixed, moderate rate."""
+    options = {"mode": "tasks", "devices": args.devices, "tasks": args.rate * args.rate_seconds, "rate": args.rate}
+    port = free_port()
+    return {"rate_per_second": args.rate, **measured(taskserver(port, str(workdir / "rate.db")), port, options, 600)}
+
+
+def scale_run(args, workdir):
+    """Many devices connected and heartbeating at once."""
+    options = {
+        "mode": "scale",
+        "devices": args.scale_devices,
+        "heartbeatSeconds": 30,
+        "seconds": args.scale_seconds,
+        "connectBatch": 500,
+    }
+    port = free_port()
+    result = measured(taskserver(port, str(workdir / "scale.db")), port, options, 900)
+    grown = result["server_peak_rss_mb"] - result["server_rss_before_mb"]
+    result["server_kb_per_device"] = round(grown * 1024 / args.scale_devices, 1)
+    return result
+
+
+def storage_runs(args, workdir):
+    """The same task run with SQLite synchronous=NORMAL and FULL."""
+    options = {"mode": "tasks", "devices": args.devices, "tasks": args.storage_tasks, "concurrency": args.concurrency}
+    results = {}
+    for mode in ("NORMAL", "FULL"):
+        port = free_port()
+        run = measured(taskserver(port, str(workdir / f"storage-{mode}.db"), mode), port, options, 900)
+        results[mode] = {key: run[key] for key in ("completed_per_second", "dispatch_to_completed_ms", "completed")}
+    return results
+
+
+RUNS = {"throughput": throughput_runs, "latency": latency_run, "scale": scale_run, "storage": storage_runs}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=50, help="HTTP dispatches in flight")
+    parser.add_argument("--rate", type=int, default=200, help="tasks per second for the latency run")
+    parser.add_argument("--rate-seconds", type=int, default=15)
+    parser.add_argument("--scale-devices", type=int, default=10000)
+    parser.add_argument("--scale-seconds", type=int, default=60)
+    parser.add_argument("--storage-tasks", type=int, default=5000)
+    parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
+    args = parser.parse_args()
+    if not (BENCH / "node_modules").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True)
+    report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            report[name] = RUNS[name](args, Path(tmp))
+            print(f"# {name} done", file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=2))
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
