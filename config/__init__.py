@@ -43,6 +43,8 @@ class Config:
             "CORS_ORIGINS": _env("CORS_ORIGINS", (), _words),
             "LOG_LEVEL": _env("LOG_LEVEL", "INFO").upper(),
             "LOG_FORMAT": _env("LOG_FORMAT", "text").lower(),
+            "API_TOKENS": _env("API_TOKENS", (), _words),
+            "DEVICE_TOKENS": _env("DEVICE_TOKENS", (), _words),
         }
 
     @staticmethod
