@@ -2,6 +2,8 @@
 
 import os
 
+INSECURE_SECRET_KEY = "dev-only-insecure-key"
+
 
 def _env(name, default, cast=str):
     """Read ``TASKSERVER_<name>`` from the environment, cast, or fall back to ``default``."""
@@ -26,7 +28,7 @@ class Config:
         return {
             "ENV_NAME": cls.ENV_NAME,
             "TESTING": cls.TESTING,
-            "SECRET_KEY": os.environ.get("SECRET_KEY") or _env("SECRET_KEY", "dev-only-insecure-key"),
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or _env("SECRET_KEY", INSECURE_SECRET_KEY),
             "HOST": _env("HOST", "0.0.0.0"),
             "PORT": int(os.environ.get("PORT") or 1888),
             "DATABASE": _env("DATABASE", cls.default_database()),
@@ -45,6 +47,11 @@ class Config:
             "LOG_FORMAT": _env("LOG_FORMAT", "text").lower(),
             "API_TOKENS": _env("API_TOKENS", (), _words),
             "DEVICE_TOKENS": _env("DEVICE_TOKENS", (), _words),
+            "MAX_BODY_BYTES": _env("MAX_BODY_BYTES", 1024 * 1024, int),
+            "DEVICE_EVENT_RATE": _env("DEVICE_EVENT_RATE", 20.0, float),
+            "DEVICE_EVENT_BURST": _env("DEVICE_EVENT_BURST", 100, int),
+            "DISPATCH_RATE": _env("DISPATCH_RATE", 0.0, float),
+            "DISPATCH_BURST": _env("DISPATCH_BURST", 20, int),
         }
 
     @staticmethod
@@ -80,6 +87,18 @@ CONFIGS = {
     "testing": TestingConfig,
     "production": ProductionConfig,
 }
+
+
+def production_problems(settings):
+    """What production mode refuses to start without: operator tokens, device tokens and a secret key."""
+    problems = []
+    if not settings["API_TOKENS"]:
+        problems.append("TASKSERVER_API_TOKENS (operator tokens for the HTTP API) is not set")
+    if not settings["DEVICE_TOKENS"]:
+        problems.append("TASKSERVER_DEVICE_TOKENS (fleet enrollment tokens for devices) is not set")
+    if settings["SECRET_KEY"] == INSECURE_SECRET_KEY:
+        problems.append("SECRET_KEY is not set")
+    return problems
 
 
 def load_config(overrides=None):

@@ -1,15 +1,19 @@
 """taskserver: a task server for fleets of phones (Flask + Flask-SocketIO on gevent)."""
 
+import logging
+
 from flask import Flask
 
-from config import load_config
+from config import load_config, production_problems
 from taskserver import logs
-from taskserver.api import devices, errors, system, tasks
+from taskserver.api import devices, errors, security, system, tasks
 from taskserver.domain import TaskType
 from taskserver.extensions import api, socketio
 from taskserver.metrics import Metrics
+from taskserver.ratelimit import RateLimiter
 from taskserver.realtime import plainws
 from taskserver.realtime.devices import DeviceNamespace
+from taskserver.realtime.events import DeviceEvents
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
 from taskserver.store import open_store
@@ -32,8 +36,9 @@ def create_app(config=None, clock=None):
     ``config`` overrides settings (tests pass a mapping); ``clock`` replaces ``time.time``."""
     settings = load_config(config)
     logs.configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
+    check_security(settings)
     app = Flask(__name__)
-    app.config.update(settings, **OPENAPI)
+    app.config.update(settings, MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], **OPENAPI)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
@@ -45,18 +50,40 @@ def create_app(config=None, clock=None):
     service.recover_on_start()
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets
+    limiter = RateLimiter(settings["DEVICE_EVENT_RATE"], settings["DEVICE_EVENT_BURST"])
+    events = app.extensions["device_events"] = DeviceEvents(service, notifier, limiter)
 
     api.init_app(app)
     for module in (system, devices, tasks):
         api.register_blueprint(module.blp)
     app.register_blueprint(plainws.blueprint)
+    plainws.limit_frame_size(settings["MAX_BODY_BYTES"])
+    security.init_app(app)
     errors.init_app(app)
 
-    socketio.init_app(app, async_mode="gevent", cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None)
-    socketio.on_namespace(DeviceNamespace(service, notifier))
+    socketio.init_app(
+        app,
+        async_mode="gevent",
+        cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None,
+        max_http_buffer_size=settings["MAX_BODY_BYTES"],
+    )
+    socketio.on_namespace(DeviceNamespace(events))
     watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
     if settings["WATCHDOG_INTERVAL"] > 0:
         watchdog.start(socketio.start_background_task)
         app.extensions["watchdog"] = watchdog
     metrics.watch(service, app.extensions.get("watchdog"))
     return app
+
+
+def check_security(settings):
+    """Production refuses to start open; development starts open but says so loudly."""
+    problems = production_problems(settings)
+    if settings["ENV_NAME"] == "production" and problems:
+        raise SystemExit("taskserver: production mode refuses to start: " + "; ".join(problems))
+    if settings["ENV_NAME"] == "development" and problems:
+        logging.getLogger("taskserver").warning(
+            "DEVELOPMENT MODE, OPEN SERVER: %s. Anyone who reaches this port can dispatch tasks and register "
+            "devices. Set TASKSERVER_ENV=production (with the tokens) before exposing it.",
+            "; ".join(problems),
+        )

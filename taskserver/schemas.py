@@ -72,6 +72,7 @@ class DeviceRegisterSchema(Schema):
     device_id = Identifier(required=True)
     device_name = fields.String(validate=validate.Length(max=MAX_ID), allow_none=True)
     device_info = fields.Nested(DeviceInfoSchema, load_default=dict)
+    token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
 
 
 class HeartbeatSchema(Schema):
@@ -443,6 +444,17 @@ class DeviceDetailSchema(Schema):
     device = fields.Nested(DeviceDetailOutSchema)
 
 
+class DevicePathSchema(Schema):
+    device_id = Identifier(required=True)
+
+
+class DeviceTokenSchema(Schema):
+    success = fields.Boolean()
+    device_id = fields.String()
+    token = fields.String()
+    message = fields.String()
+
+
 class DeletedSchema(Schema):
     success = fields.Boolean()
     message = fields.String()
@@ -476,6 +488,68 @@ class ReadinessSchema(Schema):
     message = fields.String()
     error_code = fields.String()
     checks = fields.Nested(ChecksSchema)
+
+
+# ---- the console's read-only endpoints (task types, throughput, devices online) ----
+
+
+class StatsQuerySchema(Schema):
+    """Query of ``GET /api/stats/*``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    minutes = fields.Integer(
+        load_default=60, validate=validate.Range(1, 1440), metadata={"description": "最近多少分钟（含当前分钟）"}
+    )
+
+
+class ThroughputMinuteSchema(Schema):
+    at = fields.String(metadata={"description": "这一分钟的开始"})
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+
+
+class ThroughputTotalsSchema(Schema):
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+
+
+class ThroughputSchema(Schema):
+    success = fields.Boolean()
+    minutes = fields.Integer()
+    totals = fields.Nested(ThroughputTotalsSchema)
+    per_minute = fields.List(fields.Nested(ThroughputMinuteSchema))
+
+
+class FleetMinuteSchema(Schema):
+    at = fields.String(metadata={"description": "这一分钟的开始"})
+    online = fields.Integer(allow_none=True, metadata={"description": "在线（已连接）的设备数；无采样为 null"})
+    busy = fields.Integer(allow_none=True)
+
+
+class FleetNowSchema(Schema):
+    online = fields.Integer()
+    busy = fields.Integer()
+
+
+class FleetHistorySchema(Schema):
+    success = fields.Boolean()
+    minutes = fields.Integer()
+    now = fields.Nested(FleetNowSchema)
+    per_minute = fields.List(fields.Nested(FleetMinuteSchema))
+
+
+class TaskTypeOutSchema(Schema):
+    task_type = fields.String()
+    data_schema = fields.Dict(metadata={"description": "data 的 JSON Schema（必填字段、默认值、范围）"})
+
+
+class TaskTypesSchema(Schema):
+    success = fields.Boolean()
+    task_types = fields.List(fields.Nested(TaskTypeOutSchema))
 
 
 def load_payload(schema, payload):

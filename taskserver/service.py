@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
-from taskserver import domain, logs
+from taskserver import auth, domain, logs
 from taskserver.domain import ACTIVE, Device, Event, Task, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
 from taskserver.metrics import Metrics
@@ -53,13 +53,49 @@ class TaskService:
         self.metrics = metrics or Metrics()
         self._connections = {}  # device_id -> Connection
         self._device_of_sid = {}  # sid -> device_id
+        self._connect_tokens = {}  # sid -> the token the connection presented when it opened
 
     # ---- devices ----
 
+    def connect(self, sid, token=None):
+        """A connection opens: a token it presents must be valid when device tokens are required."""
+        if token and self.config["DEVICE_TOKENS"] and not self._known_device_token(token):
+            raise Unauthorized("设备令牌无效，连接被拒绝", "UNAUTHORIZED")
+        if token:
+            self._connect_tokens[sid] = token
+
+    def _known_device_token(self, token):
+        return auth.token_in(token, self.config["DEVICE_TOKENS"]) or (
+            self.store.device_id_for_token_hash(auth.hash_token(token)) is not None
+        )
+
+    def _authorize_device(self, device_id, token):
+        """A device id with its own token registers only with it; otherwise a fleet token, if any are set."""
+        bound = self.store.device_token_hash(device_id)
+        if bound is not None:
+            if not token or not auth.token_in(auth.hash_token(token), [bound]):
+                raise Unauthorized(f"设备 {device_id} 需要其专属令牌", "UNAUTHORIZED")
+        elif self.config["DEVICE_TOKENS"] and not auth.token_in(token, self.config["DEVICE_TOKENS"]):
+            raise Unauthorized("需要有效的设备令牌（连接的 auth.token 或 device_register 的 token）", "UNAUTHORIZED")
+
+    def issue_device_token(self, device_id):
+        """A new token bound to ``device_id`` (replacing any earlier one); only its hash is kept."""
+        token = auth.new_token()
+        self.store.set_device_token(device_id, auth.hash_token(token), self.clock())
+        logs.event(log, "device token issued", device_id=device_id)
+        return token
+
+    def revoke_device_token(self, device_id):
+        """Forget the device's own token, or 404 if it has none."""
+        if not self.store.delete_device_token(device_id):
+            raise NotFound(f"设备 {device_id} 没有专属令牌", "TOKEN_NOT_FOUND")
+        logs.event(log, "device token revoked", device_id=device_id)
+
     def register(self, sid, payload):
         """Bind the connection to its device id, resend what the device missed, and hand it work."""
-        now = self.clock()
         device_id = payload["device_id"]
+        self._authorize_device(device_id, payload.get("token") or self._connect_tokens.get(sid))
+        now = self.clock()
         previous = self.store.get_device(device_id)
         info = payload.get("device_info") or {}
         device = Device(
@@ -114,6 +150,7 @@ class TaskService:
         self._connections[device_id].heartbeats = True
         self.metrics.device_event("heartbeat")
         self.store.record_heartbeat(device_id, now)
+        self.notifier.device_changed(device_id)
         answer = {"success": True, "server_time": iso(now)}
         self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
         return answer
@@ -121,6 +158,7 @@ class TaskService:
     def disconnect(self, sid):
         """The connection closed: its device, if it still belongs to it, is offline from now."""
         self.metrics.device_event("disconnect")
+        self._connect_tokens.pop(sid, None)
         self._release_sid(sid, self.clock())
 
     def _release_sid(self, sid, now, reason="disconnected"):
@@ -133,6 +171,7 @@ class TaskService:
         if self.store.mark_disconnected(device_id, sid, now):
             self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
             logs.event(log, "device offline", device_id=device_id, reason=reason)
+            self.notifier.device_changed(device_id)
 
     def _device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
@@ -172,6 +211,7 @@ class TaskService:
             idempotency_key=request.idempotency_key,
         )
         self.store.add_task(task, Event("created", "operator", request.device_id, {"task_type": task.task_type}))
+        self.notifier.task_changed(task)
         self.metrics.created.labels(task.task_type).inc()
         logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
         self.dispatch_pending(now)
@@ -238,6 +278,7 @@ class TaskService:
             kind = "disabled" if disabled else "enabled"
             self.store.add_device_event(device_id, now, Event(kind, "operator", device_id))
             logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
+            self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatch_pending(now)
         return self.get_device(device_id)
@@ -255,6 +296,7 @@ class TaskService:
         if not self.store.delete_device(device_id):  # its tasks changed between the checks and the delete
             raise InvalidState(f"设备 {device_id} 还有任务，无法删除", "DEVICE_HAS_ACTIVE_TASKS")
         logs.event(log, "device forgotten", device_id=device_id)
+        self.notifier.device_changed(device_id)
 
     def store_health(self):
         """``(True, None)`` if the store takes a write now, else ``(False, reason)``."""
@@ -288,6 +330,8 @@ class TaskService:
             updated = self.store.update_task_if(
                 task.task_id, [task.status], changes, event, expect_device=device_id, expect_attempt=task.attempt
             )
+            if updated is not None:
+                self.notifier.task_changed(updated)
         if updated is None:
             return self.report_progress(sid, payload)
         if task.status == TaskStatus.DISPATCHED:
@@ -451,7 +495,7 @@ class TaskService:
         """Apply one allowed transition to the task as it was read; None if it changed meanwhile."""
         domain.check_transition(task.status, target)
         event = Event(kind, actor, device_id or task.device_id, detail)
-        return self.store.update_task_if(
+        updated = self.store.update_task_if(
             task.task_id,
             [task.status],
             {**changes, "status": target, "updated_at": now},
@@ -460,6 +504,9 @@ class TaskService:
             expect_attempt=task.attempt,
             owe_cancel_to=owe_cancel_to,
         )
+        if updated is not None:
+            self.notifier.task_changed(updated, (task.device_id, updated.device_id))
+        return updated
 
     def _live_sid(self, device_id):
         connection = self._connections.get(device_id)

@@ -84,9 +84,10 @@ class NoAckClient(socketio.Client):
 class Device:
     """A phone on a real Socket.IO connection that records every event it receives."""
 
-    def __init__(self, url, device_id, ack_new_task=True, **device_info):
+    def __init__(self, url, device_id, ack_new_task=True, token=None, **device_info):
         self.url = url
         self.device_id = device_id
+        self.auth = {"token": token} if token else None
         self.device_info = {"type": "android", "version": "13", **device_info}
         self.sio = (socketio.Client if ack_new_task else NoAckClient)(reconnection=False)
         self.events = defaultdict(list)
@@ -96,7 +97,7 @@ class Device:
         self.events[event].append(args[0] if args else None)
 
     def connect(self, register=True):
-        self.sio.connect(self.url, transports=["websocket"], wait_timeout=5)
+        self.sio.connect(self.url, transports=["websocket"], wait_timeout=5, auth=self.auth)
         if register:
             answer = self.call("device_register", {"device_id": self.device_id, "device_info": self.device_info})
             assert answer["success"], answer

@@ -45,8 +45,9 @@ def procfile_command(port):
 class ServerProcess:
     """A server process in its own session, logging to a file; ``stop``/``kill`` end it and all its children."""
 
-    def __init__(self, command, tmp_path, database=None, port=None, **env):
+    def __init__(self, command, tmp_path, database=None, port=None, api_token=None, **env):
         self.port = port or free_port()
+        self.headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self.database = database or tmp_path / "taskserver.db"
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
@@ -98,12 +99,12 @@ class ServerProcess:
     # ---- HTTP helpers ----
 
     def get(self, path, **kwargs):
-        return requests.get(self.url + path, timeout=10, **kwargs)
+        return requests.get(self.url + path, timeout=10, headers=self.headers, **kwargs)
 
     def dispatch(self, expect=(200, 202), **body):
         body.setdefault("task_type", "DELIST")
         body.setdefault("data", {"product_ids": ["123", "456"]})
-        response = requests.post(self.url + "/api/dispatch-task", json=body, timeout=10)
+        response = requests.post(self.url + "/api/dispatch-task", json=body, timeout=10, headers=self.headers)
         assert response.status_code in expect, response.text
         return response.json()
 
@@ -115,7 +116,7 @@ class PollingDevice(Device):
     """A ``conftest.Device`` on the client's default transports (long-polling, then upgrade), like the apps."""
 
     def connect(self, register=True):
-        self.sio.connect(self.url, wait_timeout=5)
+        self.sio.connect(self.url, wait_timeout=5, auth=self.auth)
         if register:
             answer = self.call("device_register", {"device_id": self.device_id, "device_info": self.device_info})
             assert answer["success"], answer
@@ -123,13 +124,24 @@ class PollingDevice(Device):
 
 
 APP_PY = [str(VENV_BIN / "python"), "app.py"]
+API_TOKEN = "operator-secret-for-tests"
+PRODUCTION_ENV = {
+    "TASKSERVER_API_TOKENS": API_TOKEN,
+    "TASKSERVER_DEVICE_TOKENS": "fleet-secret-for-tests",
+    "SECRET_KEY": "secret-key-for-tests",
+}
 
 
 @pytest.fixture(params=["python app.py", "Procfile (gunicorn)"])
 def running_server(request, tmp_path):
-    """The server as a process started one documented way; always stopped at the end."""
-    command = APP_PY if request.param == "python app.py" else procfile_command("{port}")
-    server = ServerProcess(command, tmp_path)
+    """The server as a process started one documented way; always stopped at the end.
+
+    The Procfile runs production mode, which needs its tokens and secret key."""
+    if request.param == "python app.py":
+        server = ServerProcess(APP_PY, tmp_path)
+    else:
+        server = ServerProcess(procfile_command("{port}"), tmp_path, api_token=API_TOKEN, **PRODUCTION_ENV)
+    server.device_token = PRODUCTION_ENV["TASKSERVER_DEVICE_TOKENS"] if request.param != "python app.py" else None
     try:
         yield server.start()
     finally:
@@ -158,7 +170,8 @@ def test_server_process_serves_http_and_devices(running_server):
     assert status["port"] == server.port
     assert server.get("/healthz").json()["status"] == "ok"
 
-    phones = [Device(server.url, "android_ws"), PollingDevice(server.url, "android_poll")]
+    token = server.device_token
+    phones = [Device(server.url, "android_ws", token=token), PollingDevice(server.url, "android_poll", token=token)]
     try:
         for phone in phones:
             phone.connect()

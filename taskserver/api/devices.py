@@ -56,6 +56,27 @@ def forget_device(device_id):
     return {"success": True, "message": "设备已删除", "device_id": device_id}
 
 
+@blp.route("/device/<device_id>/token", methods=["POST"])
+@blp.arguments(schemas.DevicePathSchema(), location="path", as_kwargs=True)
+@blp.response(201, schemas.DeviceTokenSchema)
+@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+def issue_device_token(device_id):
+    """Issue a token bound to this device id (it may not have registered yet); it is shown once, stored hashed.
+
+    From then on only this token can register the id; issuing again replaces it."""
+    token = service().issue_device_token(device_id)
+    return {"success": True, "device_id": device_id, "token": token, "message": "令牌只显示这一次，请妥善保存"}, 201
+
+
+@blp.route("/device/<device_id>/token", methods=["DELETE"])
+@blp.response(200, schemas.DeletedSchema)
+@blp.alt_response(404, **error_doc("TOKEN_NOT_FOUND"))
+def revoke_device_token(device_id):
+    """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set)."""
+    service().revoke_device_token(device_id)
+    return {"success": True, "message": "设备专属令牌已撤销", "device_id": device_id}
+
+
 def _detail(device):
     store = service().store
     return device_detail(

@@ -1,4 +1,5 @@
-"""The device events both transports accept: one table, one function that validates, calls the service and acks."""
+"""The device events both transports accept: one table, and one object that validates, limits, calls the service
+and acks."""
 
 import logging
 
@@ -16,17 +17,32 @@ DEVICE_EVENTS = {
 }
 
 
-def handle_device_event(service, notifier, sid, event, payload):
-    """Run one device event; return the ack. A refused event also gets an ``error`` event on its connection."""
-    schema, method, legacy_error_event = DEVICE_EVENTS.get(event, (None, None, None))
-    try:
-        if schema is None:
-            raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
-        return getattr(service, method)(sid, schemas.load_payload(schema, payload))
-    except TaskServerError as error:
-        refused = error
-    except Exception:
-        log.exception("device event %s failed", event)
-        refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
-    notifier.error(sid, refused, legacy_error_event)
-    return refused.to_dict()
+class DeviceEvents:
+    """Handles one device event from either transport and returns its ack."""
+
+    def __init__(self, service, notifier, limiter):
+        self.service = service
+        self.notifier = notifier
+        self.limiter = limiter
+
+    def handle(self, sid, event, payload):
+        """Run one event; a refused one also gets an ``error`` event on its connection."""
+        schema, method, legacy_error_event = DEVICE_EVENTS.get(event, (None, None, None))
+        try:
+            if not self.limiter.allow(sid):
+                raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
+            if schema is None:
+                raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
+            return getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+        except TaskServerError as error:
+            refused = error
+        except Exception:
+            log.exception("device event %s failed", event)
+            refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
+        self.notifier.error(sid, refused, legacy_error_event)
+        return refused.to_dict()
+
+    def closed(self, sid):
+        """The connection closed: its device goes offline and its rate bucket is dropped."""
+        self.limiter.forget(sid)
+        self.service.disconnect(sid)

@@ -11,6 +11,7 @@ class Notifier:
     def __init__(self, socketio, plain_sockets):
         self.socketio = socketio
         self.plain_sockets = plain_sockets
+        self.dashboard = None  # the consoles' feed (realtime/dashboard.py), told of every stored change
 
     def _emit(self, sid, event, data, callback=None):
         if sid in self.plain_sockets:
@@ -19,8 +20,9 @@ class Notifier:
             self.socketio.emit(event, data, to=sid, namespace=NAMESPACE, callback=callback)
 
     def registered(self, sid, answer):
-        """``register_success``."""
+        """``register_success`` (and the consoles learn that the device is online)."""
         self._emit(sid, "register_success", answer)
+        self.device_changed(answer["device_id"])
 
     def heartbeat_ack(self, sid, answer):
         """``heartbeat_ack``."""
@@ -49,6 +51,16 @@ class Notifier:
         message = f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭"
         self._emit(sid, "error", {"message": message, "error_code": "DEVICE_REPLACED"})
         self.disconnect(sid)
+
+    def task_changed(self, task, devices=()):
+        """A task's stored state changed; ``devices`` are those whose load may have changed with it."""
+        if self.dashboard is not None:
+            self.dashboard.task_changed(task, devices)
+
+    def device_changed(self, device_id):
+        """A device's stored state changed (connection, heartbeat, disabled, forgotten)."""
+        if self.dashboard is not None:
+            self.dashboard.device_changed(device_id)
 
     def disconnect(self, sid):
         """Close the connection."""

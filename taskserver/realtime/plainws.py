@@ -10,12 +10,14 @@ import json
 import logging
 import threading
 import uuid
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, request
-from geventwebsocket.exceptions import WebSocketError
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+from geventwebsocket.websocket import Header
 
+from taskserver.auth import request_token
 from taskserver.errors import TaskServerError, ValidationFailed
-from taskserver.realtime.events import handle_device_event
 
 log = logging.getLogger("taskserver.plainws")
 
@@ -72,34 +74,65 @@ class PlainSockets:
         if connection is not None:
             connection.close()
 
-    def serve(self, ws, service, notifier):
+    def serve(self, ws, events, token=None):
         """Serve one connection until it closes; then its device (if any) is offline."""
         sid = f"ws_{uuid.uuid4().hex}"
         connection = self._connections[sid] = PlainConnection(ws)
         try:
+            events.service.connect(sid, token)
+        except TaskServerError as error:
+            connection.send({"event": "error", "data": {"message": error.message, "error_code": error.error_code}})
+            del self._connections[sid]
+            connection.close()
+            return
+        try:
             connection.send({"event": "connected", "data": {"message": "连接成功", "sid": sid}})
             while (raw := ws.receive()) is not None:
-                self._handle_frame(sid, connection, raw, service, notifier)
+                self._handle_frame(sid, connection, raw, events)
         except WebSocketError:
             pass
         finally:
             del self._connections[sid]
-            service.disconnect(sid)
+            events.closed(sid)
 
-    def _handle_frame(self, sid, connection, raw, service, notifier):
+    def _handle_frame(self, sid, connection, raw, events):
         try:
             message = parse_frame(raw)
         except TaskServerError as error:
-            notifier.error(sid, error)
+            events.notifier.error(sid, error)
             return
         if message["event"] == "ack":
             callback = connection.callbacks.pop(message.get("id"), None)
             if callback is not None:
                 callback(message.get("data"))
             return
-        ack = handle_device_event(service, notifier, sid, message["event"], message.get("data"))
+        ack = events.handle(sid, message["event"], message.get("data"))
         if "id" in message:
             connection.send({"event": "ack", "id": message["id"], "data": ack})
+
+
+def limit_frame_size(max_bytes):
+    """Refuse WebSocket frames longer than ``max_bytes`` before reading them (gevent-websocket has no limit)."""
+    if getattr(Header.decode_header, "limited", False):
+        return
+    decode = Header.decode_header
+
+    def decode_header(stream):
+        header = decode(stream)
+        if header.length > max_bytes:
+            raise ProtocolError(f"frame of {header.length} bytes is over the {max_bytes}-byte limit")
+        return header
+
+    decode_header.limited = True
+    Header.decode_header = staticmethod(decode_header)
+
+
+def origin_allowed(origin, host, allowed_origins):
+    """Browsers may open a plain WebSocket only from this server's own pages or from a configured origin;
+    clients that send no Origin (devices, scripts) are not browsers and pass."""
+    if not origin:
+        return True
+    return urlsplit(origin).netloc == host or origin in allowed_origins
 
 
 def parse_frame(raw):
@@ -120,6 +153,9 @@ def plain_websocket():
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
         raise TaskServerError("需要 WebSocket 升级请求", "WEBSOCKET_REQUIRED")
-    sockets, service = current_app.extensions["plainws"], current_app.extensions["taskserver"]
-    sockets.serve(ws, service, service.notifier)
+    if not origin_allowed(request.headers.get("Origin"), request.host, current_app.config["CORS_ORIGINS"]):
+        ws.close(1008, b"origin not allowed")
+        return "", 204
+    sockets, events = current_app.extensions["plainws"], current_app.extensions["device_events"]
+    sockets.serve(ws, events, request_token(request.headers, request.args))
     return "", 204

@@ -40,6 +40,22 @@ class Store:
         """The device's dispatched and running tasks, oldest first."""
         raise NotImplementedError
 
+    def set_device_token(self, device_id, token_hash, now):
+        """Bind a (hashed) token to the device id, replacing any earlier one."""
+        raise NotImplementedError
+
+    def device_token_hash(self, device_id):
+        """The hash of the device's own token, or None if it has none."""
+        raise NotImplementedError
+
+    def device_id_for_token_hash(self, token_hash):
+        """The device id a (hashed) per-device token belongs to, or None."""
+        raise NotImplementedError
+
+    def delete_device_token(self, device_id):
+        """Revoke the device's own token; True if it had one."""
+        raise NotImplementedError
+
     def take_owed_cancels(self, device_id):
         """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
         raise NotImplementedError
@@ -54,6 +70,11 @@ class Store:
 
     def count_tasks_by_status(self):
         """A mapping of status value to the number of tasks in it."""
+        raise NotImplementedError
+
+    def count_finished_by_minute(self, since, until):
+        """How many tasks ended (``finished_at``) in each minute of ``since <= t < until``, by final status:
+        ``{(minute index from since, status value): count}``."""
         raise NotImplementedError
 
     def count_tasks_by_status_and_type(self):

@@ -44,6 +44,13 @@ CREATE INDEX IF NOT EXISTS tasks_type_created ON tasks (task_type, created_at);
 CREATE INDEX IF NOT EXISTS tasks_target ON tasks (target_device_id);
 CREATE INDEX IF NOT EXISTS tasks_status_type ON tasks (status, task_type);
 CREATE INDEX IF NOT EXISTS tasks_idempotency ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, status) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS device_tokens (
+    device_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS owed_cancels (
     device_id TEXT NOT NULL,
@@ -290,6 +297,30 @@ class SQLiteStore(Store):
         )
         return [_task(row) for row in rows]
 
+    def set_device_token(self, device_id, token_hash, now):
+        """Bind a (hashed) token to the device id, replacing any earlier one."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO device_tokens VALUES (?, ?, ?) ON CONFLICT (device_id) "
+                "DO UPDATE SET token_hash = excluded.token_hash, created_at = excluded.created_at",
+                (device_id, token_hash, now),
+            )
+
+    def device_token_hash(self, device_id):
+        """The hash of the device's own token, or None if it has none."""
+        rows = self._query("SELECT token_hash FROM device_tokens WHERE device_id = ?", (device_id,))
+        return rows[0][0] if rows else None
+
+    def device_id_for_token_hash(self, token_hash):
+        """The device id a (hashed) per-device token belongs to, or None."""
+        rows = self._query("SELECT device_id FROM device_tokens WHERE token_hash = ?", (token_hash,))
+        return rows[0][0] if rows else None
+
+    def delete_device_token(self, device_id):
+        """Revoke the device's own token; True if it had one."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM device_tokens WHERE device_id = ?", (device_id,)).rowcount == 1
+
     def take_owed_cancels(self, device_id):
         """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
         with self._transaction() as db:
@@ -316,6 +347,15 @@ class SQLiteStore(Store):
     def count_tasks_by_status(self):
         """A mapping of status value to the number of tasks in it."""
         return dict(self._query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+
+    def count_finished_by_minute(self, since, until):
+        """How many tasks ended in each minute of ``since <= finished_at < until``, by final status."""
+        rows = self._query(
+            """SELECT CAST((finished_at - ?) / 60 AS INTEGER), status, COUNT(*) FROM tasks
+               WHERE finished_at >= ? AND finished_at < ? GROUP BY 1, 2""",
+            (since, since, until),
+        )
+        return {(minute, status): count for minute, status, count in rows}
 
     def task_events(self, task_id):
         """The task's history, oldest first."""

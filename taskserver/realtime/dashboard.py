@@ -1,0 +1,144 @@
+"""The web console's live feed: Socket.IO namespace "/dashboard", open to operators only.
+
+The service tells the notifier of every stored change; the notifier hands it to the ``DashboardFeed``, which only
+notes the task or device while a console watches, and a background greenlet sends what changed as one ``changes``
+event at most every ``FLUSH_INTERVAL`` seconds. However busy the fleet, a console gets two small messages a second.
+"""
+
+import logging
+import time
+
+from flask import request
+from flask_socketio import ConnectionRefusedError, Namespace, emit
+
+from taskserver import auth
+from taskserver.present import device_summary, iso, task_summary
+
+log = logging.getLogger("taskserver.dashboard")
+
+NAMESPACE = "/dashboard"
+FLUSH_INTERVAL = 0.5  # seconds between two ``changes`` events, at most
+SAMPLE_INTERVAL = 15.0  # seconds between two samples of the fleet for the "devices online" chart
+MAX_TASKS_PER_FLUSH = 200  # beyond this many changed tasks, consoles are told to reload the list instead
+
+
+def task_brief(task):
+    """A task as the console's list shows it: the list's fields without ``data`` (which can be large)."""
+    brief = task_summary(task)
+    del brief["data"]
+    brief["progress_message"] = task.progress_message
+    return brief
+
+
+class DashboardFeed:
+    """Collects what changed while consoles watch and sends it, coalesced, from one background greenlet.
+
+    ``keep_running`` (a server with its watchdog on) keeps the greenlet alive with no console open, so that the
+    fleet is sampled every ``SAMPLE_INTERVAL`` for the "devices online" chart; otherwise (tests) it runs while
+    a console is connected."""
+
+    def __init__(self, socketio, store, history, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
+        self.socketio = socketio
+        self.store = store
+        self.history = history
+        self.clock = clock
+        self.keep_running = keep_running
+        self.interval = interval
+        self.watchers = set()  # sids of connected consoles
+        self._tasks = {}  # task_id -> the task as last stored
+        self._devices = set()  # ids of devices that changed
+        self._running = False
+        self._last_sample = None
+
+    # ---- called by the notifier (after the change is stored): cheap, never emits ----
+
+    def task_changed(self, task, devices=()):
+        """Note a task (and the devices whose load it changed) for the next flush, if anyone watches."""
+        if self.watchers:
+            self._tasks[task.task_id] = task
+            self._devices.update(device_id for device_id in devices if device_id)
+
+    def device_changed(self, device_id):
+        """Note a device for the next flush, if anyone watches."""
+        if self.watchers:
+            self._devices.add(device_id)
+
+    # ---- consoles ----
+
+    def watch(self, sid):
+        """A console connected: start the greenlet if it is not running."""
+        self.watchers.add(sid)
+        self.start()
+
+    def unwatch(self, sid):
+        """A console left; with none left, nothing more is collected."""
+        self.watchers.discard(sid)
+        if not self.watchers:
+            self._tasks.clear()
+            self._devices.clear()
+
+    def start(self):
+        """Run the flush loop in the background unless it runs already."""
+        if not self._running:
+            self._running = True
+            self.socketio.start_background_task(self.run)
+
+    def run(self):
+        """Flush every ``interval`` and sample the fleet every ``SAMPLE_INTERVAL`` while watched (or always)."""
+        try:
+            while self.keep_running or self.watchers:
+                self.socketio.sleep(self.interval)
+                try:
+                    self.flush()
+                    self.sample_if_due()
+                except Exception:
+                    log.exception("dashboard flush failed")
+        finally:
+            self._running = False
+
+    def sample_if_due(self):
+        """Record how many devices are online, at most every ``SAMPLE_INTERVAL`` seconds."""
+        now = time.monotonic()
+        if self._last_sample is None or now - self._last_sample >= SAMPLE_INTERVAL:
+            self._last_sample = now
+            self.history.sample(self.store, self.clock())
+
+    def flush(self):
+        """Send one ``changes`` event with what changed since the last flush; return it (None if nothing did)."""
+        if not (self._tasks or self._devices) or not self.watchers:
+            return None
+        tasks, self._tasks = self._tasks, {}
+        device_ids, self._devices = self._devices, set()
+        changes = {"at": iso(self.clock()), "tasks": [], "devices": [], "removed_devices": [], "reload_tasks": False}
+        if len(tasks) > MAX_TASKS_PER_FLUSH:
+            changes["reload_tasks"] = True
+        else:
+            changes["tasks"] = [task_brief(task) for task in tasks.values()]
+        for device_id in sorted(device_ids):
+            device = self.store.get_device(device_id)
+            if device is None:
+                changes["removed_devices"].append(device_id)
+            else:
+                changes["devices"].append(device_summary(device))
+        self.socketio.emit("changes", changes, namespace=NAMESPACE)
+        return changes
+
+
+class DashboardNamespace(Namespace):
+    """Consoles connect here with ``auth: {token}``; without an operator token (when some are set) they are refused."""
+
+    def __init__(self, feed, config):
+        super().__init__(NAMESPACE)
+        self.feed = feed
+        self.config = config
+
+    def on_connect(self, auth_data=None):
+        token = auth_data.get("token") if isinstance(auth_data, dict) else None
+        if not auth.operator_allowed(self.config, token):
+            message = "操作员令牌无效，控制台拒绝连接" if token else "需要操作员令牌才能打开控制台"
+            raise ConnectionRefusedError(message, {"message": message, "error_code": "UNAUTHORIZED"})
+        self.feed.watch(request.sid)
+        emit("hello", {"flush_interval": self.feed.interval, "server_time": iso(self.feed.clock())})
+
+    def on_disconnect(self, reason=None):
+        self.feed.unwatch(request.sid)

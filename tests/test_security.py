@@ -1,0 +1,339 @@
+"""Security against the real server: operator and device tokens, per-device tokens, production mode, limits, CORS,
+and nothing leaking into responses or logs."""
+
+import json
+import logging
+import subprocess
+
+import pytest
+import requests
+import socketio
+import websocket
+from test_run_server import APP_PY, ROOT, server_env
+
+from conftest import Device, LiveServer, wait_until
+
+OPERATOR = "op-token-0123456789"
+FLEET = "fleet-token-0123456789"
+
+
+@pytest.fixture
+def secured(tmp_path):
+    """A server with operator and fleet tokens configured."""
+    live = LiveServer(tmp_path / "secured.db", API_TOKENS=(OPERATOR,), DEVICE_TOKENS=(FLEET,))
+    live.session.headers["Authorization"] = f"Bearer {OPERATOR}"
+    yield live
+    live.stop()
+
+
+def anonymous(server, method, path, **kwargs):
+    """A request without the operator token."""
+    return requests.request(method, server.url + path, timeout=10, **kwargs)
+
+
+def assert_unauthorized(response):
+    assert response.status_code == 401, response.text
+    body = response.json()
+    assert body["success"] is False and body["error_code"] == "UNAUTHORIZED" and body["message"]
+
+
+# ---- operators ----
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/api/tasks"),
+        ("GET", "/api/devices"),
+        ("POST", "/api/dispatch-task"),
+        ("GET", "/api/task/task_x/status"),
+        ("POST", "/api/task/task_x/cancel"),
+        ("POST", "/api/device/android_001/token"),
+        ("GET", "/metrics"),
+    ],
+)
+def test_api_needs_an_operator_token(secured, method, path):
+    assert_unauthorized(anonymous(secured, method, path))
+    assert_unauthorized(anonymous(secured, method, path, headers={"Authorization": "Bearer wrong"}))
+    assert_unauthorized(anonymous(secured, method, path, headers={"Authorization": f"Bearer {FLEET}"}))
+    assert_unauthorized(anonymous(secured, method, path, headers={"Authorization": OPERATOR}))
+
+
+def test_operator_token_as_bearer_or_api_key(secured):
+    assert anonymous(secured, "GET", "/api/tasks", headers={"Authorization": f"Bearer {OPERATOR}"}).ok
+    assert anonymous(secured, "GET", "/api/tasks", headers={"X-API-Key": OPERATOR}).ok
+    assert secured.dispatch(expect=(202,))["success"]
+
+
+def test_rejected_dispatch_stores_nothing(secured):
+    anonymous(secured, "POST", "/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["1"]}})
+    assert secured.get("/api/tasks").json()["total"] == 0
+
+
+def test_status_and_health_stay_open_and_reveal_nothing(secured):
+    Device(secured.url, "android_001", token=FLEET).connect().disconnect()
+    for path in ("/", "/healthz", "/api/openapi.json"):
+        response = anonymous(secured, "GET", path)
+        assert response.status_code == 200, path
+        assert OPERATOR not in response.text and FLEET not in response.text
+    assert set(anonymous(secured, "GET", "/").json()) >= {"system", "status", "connected_devices"}
+
+
+# ---- devices ----
+
+
+def test_device_with_a_fleet_token_in_auth_registers(secured):
+    phone = Device(secured.url, "android_001", token=FLEET).connect()
+    try:
+        assert phone.wait("register_success")["device_id"] == "android_001"
+    finally:
+        phone.disconnect()
+
+
+def test_wrong_token_at_connect_is_refused(secured):
+    client = socketio.Client(reconnection=False)
+    refusals = []
+    client.on("connect_error", refusals.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(secured.url, transports=["websocket"], auth={"token": "nope"}, wait_timeout=5)
+    assert refusals[0]["data"]["error_code"] == "UNAUTHORIZED" and refusals[0]["message"], refusals
+    client.disconnect()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(secured.url, transports=["websocket"], auth={"token": OPERATOR}, wait_timeout=5)
+    client.disconnect()
+
+
+def test_token_in_device_register_for_clients_without_auth(secured):
+    phone = Device(secured.url, "android_001").connect(register=False)
+    try:
+        refused = phone.call("device_register", {"device_id": "android_001"})
+        assert refused["success"] is False and refused["error_code"] == "UNAUTHORIZED"
+        assert phone.wait("register_error")["error_code"] == "UNAUTHORIZED"
+        assert phone.call("device_register", {"device_id": "android_001", "token": OPERATOR})["success"] is False
+        assert phone.call("device_register", {"device_id": "android_001", "token": FLEET})["success"] is True
+    finally:
+        phone.disconnect()
+    assert [d["device_id"] for d in secured.get("/api/devices").json()["devices"]] == ["android_001"]
+
+
+def test_query_string_token_is_accepted(secured):
+    client = socketio.Client(reconnection=False)
+    client.connect(f"{secured.url}?token={FLEET}", transports=["websocket"], wait_timeout=5)
+    try:
+        assert client.call("device_register", {"device_id": "android_001"}, timeout=5)["success"]
+    finally:
+        client.disconnect()
+
+
+def test_plain_websocket_takes_the_token_as_header_or_query(secured):
+    url = secured.url.replace("http://", "ws://")
+    refused = websocket.create_connection(url + "/ws?token=nope", timeout=5)
+    assert json.loads(refused.recv())["data"]["error_code"] == "UNAUTHORIZED"
+    refused.close()
+    for ws in (
+        websocket.create_connection(url + f"/ws?token={FLEET}", timeout=5),
+        websocket.create_connection(url + "/ws", timeout=5, header=[f"Authorization: Bearer {FLEET}"]),
+    ):
+        assert json.loads(ws.recv())["event"] == "connected"
+        ws.send(json.dumps({"event": "device_register", "data": {"device_id": "autojs_1"}, "id": 1}))
+        frames = [json.loads(ws.recv()) for _ in range(2)]
+        assert any(f["event"] == "ack" and f["data"]["success"] for f in frames), frames
+        ws.close()
+
+
+# ---- per-device tokens ----
+
+
+def test_per_device_token_is_the_only_key_for_its_id(secured):
+    issued = secured.post("/api/device/android_001/token")
+    assert issued.status_code == 201
+    token = issued.json()["token"]
+    assert secured.service.store.device_token_hash("android_001") not in (None, token)
+
+    with_fleet = Device(secured.url, "android_001", token=FLEET).connect(register=False)
+    assert with_fleet.call("device_register", {"device_id": "android_001"})["error_code"] == "UNAUTHORIZED"
+    with_fleet.disconnect()
+
+    own = Device(secured.url, "android_001", token=token).connect()
+    assert own.wait("register_success")["device_id"] == "android_001"
+    assert own.call("device_register", {"device_id": "android_002"})["error_code"] == "UNAUTHORIZED"
+    own.disconnect()
+
+    assert_unauthorized(anonymous(secured, "GET", "/api/tasks", headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_reissue_replaces_and_revoke_removes(secured):
+    first = secured.post("/api/device/android_001/token").json()["token"]
+    second = secured.post("/api/device/android_001/token").json()["token"]
+    stale = Device(secured.url, "android_001").connect(register=False)
+    assert stale.call("device_register", {"device_id": "android_001", "token": first})["error_code"] == "UNAUTHORIZED"
+    assert stale.call("device_register", {"device_id": "android_001", "token": second})["success"]
+    stale.disconnect()
+
+    assert secured.session.delete(secured.url + "/api/device/android_001/token").status_code == 200
+    assert secured.session.delete(secured.url + "/api/device/android_001/token").status_code == 404
+    assert Device(secured.url, "android_001", token=FLEET).connect().wait("register_success")
+
+
+def test_per_device_token_binds_the_id_even_on_an_open_server(server):
+    token = server.post("/api/device/android_001/token").json()["token"]
+    intruder = Device(server.url, "android_001").connect(register=False)
+    assert intruder.call("device_register", {"device_id": "android_001"})["error_code"] == "UNAUTHORIZED"
+    assert intruder.call("device_register", {"device_id": "android_001", "token": token})["success"]
+    intruder.disconnect()
+
+
+def test_bad_device_id_for_a_token_is_a_validation_error(server):
+    response = server.post("/api/device/" + "x" * 200 + "/token")
+    assert response.status_code == 400 and response.json()["error_code"] == "VALIDATION_ERROR"
+
+
+# ---- production mode ----
+
+
+def run_app(tmp_path, **env):
+    """Start ``python app.py`` and return it once it exits or after 3 s of running."""
+    process = subprocess.Popen(
+        APP_PY,
+        cwd=ROOT,
+        env=server_env(0, tmp_path / "prod.db", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return process.returncode, output
+
+
+def test_production_refuses_to_start_open(tmp_path):
+    code, output = run_app(tmp_path, TASKSERVER_ENV="production")
+    assert code not in (0, None) and code != -9, output
+    assert "production mode refuses to start" in output
+    assert "TASKSERVER_API_TOKENS" in output and "TASKSERVER_DEVICE_TOKENS" in output and "SECRET_KEY" in output
+
+
+def test_production_starts_with_everything_set(tmp_path):
+    code, output = run_app(
+        tmp_path,
+        TASKSERVER_ENV="production",
+        TASKSERVER_API_TOKENS=OPERATOR,
+        TASKSERVER_DEVICE_TOKENS=FLEET,
+        SECRET_KEY="s3cret",
+        PORT="0",
+    )
+    assert code == -9, output  # still running after 3 s: it started
+    assert "refuses" not in output
+
+
+def test_development_mode_warns_that_it_is_open(caplog, tmp_path):
+    with caplog.at_level(logging.WARNING, logger="taskserver"):
+        LiveServer(tmp_path / "dev.db").stop()
+    assert any("OPEN SERVER" in record.getMessage() for record in caplog.records)
+
+
+# ---- limits ----
+
+
+def test_oversized_body_is_413_json(server):
+    body = json.dumps({"task_type": "DELIST", "data": {"product_ids": ["1" * 100] * 11_000}})
+    response = server.post("/api/dispatch-task", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert server.get("/api/tasks").json()["total"] == 0
+
+
+def test_oversized_socket_message_closes_only_that_connection(server, devices):
+    bystander = devices("android_002")
+    flooder = devices("android_001")
+    flooder.sio.emit("task_progress", {"task_id": "x" * (2 * 1024 * 1024), "progress": 1})
+    wait_until(lambda: not flooder.sio.connected, message="server to close the oversized connection")
+    assert bystander.call("heartbeat", {"device_id": "android_002"})["success"]
+
+
+def test_oversized_plain_websocket_frame_closes_the_connection(server):
+    ws = websocket.create_connection(server.url.replace("http://", "ws://") + "/ws", timeout=5)
+    ws.recv()
+    with pytest.raises((websocket.WebSocketException, OSError)):
+        ws.send("x" * (2 * 1024 * 1024))
+        while True:
+            ws.recv()
+    assert server.get("/healthz").ok
+
+
+def test_event_flood_is_rate_limited_without_slowing_others(tmp_path):
+    live = LiveServer(tmp_path / "flood.db", DEVICE_EVENT_RATE=5, DEVICE_EVENT_BURST=10)
+    try:
+        flooder = Device(live.url, "android_001").connect()
+        calm = Device(live.url, "android_002").connect()
+        answers = [flooder.call("heartbeat", {"device_id": "android_001"}) for _ in range(30)]
+        limited = [a for a in answers if a.get("error_code") == "RATE_LIMITED"]
+        assert len(limited) >= 15, answers
+        assert calm.call("heartbeat", {"device_id": "android_002"})["success"]
+        task_id = live.dispatch(device_id="android_002")["task_id"]
+        calm.wait("new_task")
+        assert calm.result(task_id)["status"] == "completed"
+        flooder.disconnect()
+        calm.disconnect()
+    finally:
+        live.stop()
+
+
+def test_dispatch_rate_limit_per_token(tmp_path):
+    live = LiveServer(tmp_path / "rate.db", DISPATCH_RATE=1, DISPATCH_BURST=3)
+    try:
+        codes = [
+            live.post("/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["1"]}})
+            for _ in range(6)
+        ]
+        assert [r.status_code for r in codes].count(202) == 3
+        limited = [r for r in codes if r.status_code == 429]
+        assert len(limited) == 3 and limited[0].json()["error_code"] == "RATE_LIMITED"
+        assert live.get("/api/tasks").json()["total"] == 3
+    finally:
+        live.stop()
+
+
+# ---- browsers ----
+
+
+def test_cors_is_same_origin_by_default(server):
+    response = server.get("/api/tasks", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    refused = requests.get(
+        server.url + "/socket.io/?EIO=4&transport=polling", headers={"Origin": "http://evil.example"}, timeout=5
+    )
+    assert refused.status_code == 400
+    ws = websocket.create_connection(
+        server.url.replace("http://", "ws://") + "/ws", timeout=5, header=["Origin: http://evil.example"]
+    )
+    with pytest.raises((websocket.WebSocketException, OSError)):
+        ws.recv()
+
+
+def test_configured_origin_is_allowed(tmp_path):
+    live = LiveServer(tmp_path / "cors.db", CORS_ORIGINS=("https://console.example",))
+    try:
+        response = live.get("/api/tasks", headers={"Origin": "https://console.example"})
+        assert response.headers["Access-Control-Allow-Origin"] == "https://console.example"
+        assert "Access-Control-Allow-Origin" not in live.get("/api/tasks", headers={"Origin": "http://evil"}).headers
+    finally:
+        live.stop()
+
+
+# ---- nothing leaks ----
+
+
+def test_tokens_never_reach_the_logs(secured, caplog):
+    with caplog.at_level(logging.DEBUG):
+        token = secured.post("/api/device/android_009/token").json()["token"]
+        phone = Device(secured.url, "android_009", token=token).connect()
+        phone.wait("register_success")
+        anonymous(secured, "GET", "/api/tasks", headers={"Authorization": "Bearer wrong-token-xyz"})
+        secured.dispatch()
+        phone.disconnect()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    for secret in (OPERATOR, FLEET, token, "wrong-token-xyz"):
+        assert secret not in text
