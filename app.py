@@ -5,8 +5,9 @@ from gevent import monkey
 monkey.patch_all()
 
 from taskserver import create_app  # noqa: E402
-from taskserver.serving import wsgi_server  # noqa: E402
+from taskserver.serving import tune_gc, wsgi_server  # noqa: E402
 
+tune_gc()
 app = create_app()
 
 if __name__ == "__main__":
