@@ -5,17 +5,19 @@ import logging
 from flask import Flask
 
 from config import load_config, production_problems
-from taskserver import logs
-from taskserver.api import devices, errors, security, system, tasks
+from taskserver import dashboard, logs
+from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
 from taskserver.extensions import api, socketio
 from taskserver.metrics import Metrics
 from taskserver.ratelimit import RateLimiter
 from taskserver.realtime import plainws
+from taskserver.realtime.dashboard import DashboardFeed, DashboardNamespace
 from taskserver.realtime.devices import DeviceNamespace
 from taskserver.realtime.events import DeviceEvents
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
+from taskserver.stats import FleetHistory
 from taskserver.store import open_store
 from taskserver.watchdog import Watchdog
 
@@ -50,13 +52,17 @@ def create_app(config=None, clock=None):
     service.recover_on_start()
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets
+    history = app.extensions["fleet_history"] = FleetHistory()
+    feed = DashboardFeed(socketio, store, history, service.clock, keep_running=settings["WATCHDOG_INTERVAL"] > 0)
+    notifier.dashboard = app.extensions["dashboard"] = feed
     limiter = RateLimiter(settings["DEVICE_EVENT_RATE"], settings["DEVICE_EVENT_BURST"])
     events = app.extensions["device_events"] = DeviceEvents(service, notifier, limiter)
 
     api.init_app(app)
-    for module in (system, devices, tasks):
+    for module in (system, devices, tasks, console):
         api.register_blueprint(module.blp)
     app.register_blueprint(plainws.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     plainws.limit_frame_size(settings["MAX_BODY_BYTES"])
     security.init_app(app)
     errors.init_app(app)
@@ -68,10 +74,13 @@ def create_app(config=None, clock=None):
         max_http_buffer_size=settings["MAX_BODY_BYTES"],
     )
     socketio.on_namespace(DeviceNamespace(events))
+    socketio.on_namespace(DashboardNamespace(feed, app.config))
     watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
     if settings["WATCHDOG_INTERVAL"] > 0:
         watchdog.start(socketio.start_background_task)
         app.extensions["watchdog"] = watchdog
+    if feed.keep_running:
+        feed.start()
     metrics.watch(service, app.extensions.get("watchdog"))
     return app
 

@@ -150,7 +150,7 @@ class TaskService:
         self._connections[device_id].heartbeats = True
         self.metrics.device_event("heartbeat")
         self.store.record_heartbeat(device_id, now)
-        self.notifier.device_changed(device_id)
+        self.notifier.device_changed(device_id, heartbeat=now)
         answer = {"success": True, "server_time": iso(now)}
         self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
         return answer

@@ -386,6 +386,19 @@ class TestStoreContract:
         move(store, "task_1", DISPATCHED, RUNNING, 300.0)
         assert store.count_tasks_by_status() == {"pending": 2, "dispatched": 1, "running": 1}
 
+    def test_count_finished_by_minute(self, store):
+        store.save_device(make_device("android_001", capacity=10))
+        for n, (status, finished_at) in enumerate(
+            [(COMPLETED, 600.0), (COMPLETED, 659.9), (FAILED, 660.0), (CANCELLED, 779.0), (COMPLETED, 780.0)]
+        ):
+            add(store, make_task(f"task_{n}"))
+            dispatch(store, f"task_{n}", "android_001")
+            move(store, f"task_{n}", DISPATCHED, status, finished_at, finished_at=finished_at)
+        add(store, make_task("task_open"))  # not ended: not counted
+        counts = store.count_finished_by_minute(600.0, 780.0)  # since <= finished_at < until
+        assert counts == {(0, "completed"): 2, (1, "failed"): 1, (2, "cancelled"): 1}
+        assert store.count_finished_by_minute(0.0, 600.0) == {}
+
     # ---- idempotency ----
 
     def test_idempotency_key_lookup_respects_since(self, store):

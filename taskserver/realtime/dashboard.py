@@ -20,6 +20,7 @@ NAMESPACE = "/dashboard"
 FLUSH_INTERVAL = 0.5  # seconds between two ``changes`` events, at most
 SAMPLE_INTERVAL = 15.0  # seconds between two samples of the fleet for the "devices online" chart
 MAX_TASKS_PER_FLUSH = 200  # beyond this many changed tasks, consoles are told to reload the list instead
+MAX_DEVICES_PER_FLUSH = 200  # the same for devices (heartbeats alone do not count: they travel as times)
 
 
 def task_brief(task):
@@ -47,6 +48,7 @@ class DashboardFeed:
         self.watchers = set()  # sids of connected consoles
         self._tasks = {}  # task_id -> the task as last stored
         self._devices = set()  # ids of devices that changed
+        self._heartbeats = {}  # device_id -> time of its latest heartbeat, for devices that only sent heartbeats
         self._running = False
         self._last_sample = None
 
@@ -58,10 +60,14 @@ class DashboardFeed:
             self._tasks[task.task_id] = task
             self._devices.update(device_id for device_id in devices if device_id)
 
-    def device_changed(self, device_id):
-        """Note a device for the next flush, if anyone watches."""
-        if self.watchers:
+    def device_changed(self, device_id, heartbeat=None):
+        """Note a device for the next flush, if anyone watches; a heartbeat alone travels as its time, nothing more."""
+        if not self.watchers:
+            return
+        if heartbeat is None:
             self._devices.add(device_id)
+        else:
+            self._heartbeats[device_id] = heartbeat
 
     # ---- consoles ----
 
@@ -76,6 +82,7 @@ class DashboardFeed:
         if not self.watchers:
             self._tasks.clear()
             self._devices.clear()
+            self._heartbeats.clear()
 
     def start(self):
         """Run the flush loop in the background unless it runs already."""
@@ -88,6 +95,9 @@ class DashboardFeed:
         try:
             while self.keep_running or self.watchers:
                 self.socketio.sleep(self.interval)
+                self._forget_closed()
+                if not (self.keep_running or self.watchers):
+                    break
                 try:
                     self.flush()
                     self.sample_if_due()
@@ -95,6 +105,12 @@ class DashboardFeed:
                     log.exception("dashboard flush failed")
         finally:
             self._running = False
+
+    def _forget_closed(self):
+        """Drop consoles whose connection is gone without a disconnect event (e.g. a server that was stopped)."""
+        manager = self.socketio.server.manager if self.socketio.server else None
+        for sid in [sid for sid in self.watchers if manager is None or not manager.is_connected(sid, NAMESPACE)]:
+            self.unwatch(sid)
 
     def sample_if_due(self):
         """Record how many devices are online, at most every ``SAMPLE_INTERVAL`` seconds."""
@@ -104,24 +120,39 @@ class DashboardFeed:
             self.history.sample(self.store, self.clock())
 
     def flush(self):
-        """Send one ``changes`` event with what changed since the last flush; return it (None if nothing did)."""
-        if not (self._tasks or self._devices) or not self.watchers:
+        """Send one ``changes`` event with what changed since the last flush; return it (None if nothing did).
+
+        ``tasks``: compact summaries; ``devices``: as ``GET /api/devices`` lists them (``removed_devices``: ids of
+        forgotten ones); ``heartbeats``: ``{device_id: time}`` for devices that only sent heartbeats;
+        ``reload_tasks`` / ``reload_devices``: too many changed, the console should reload its list instead."""
+        if not (self._tasks or self._devices or self._heartbeats) or not self.watchers:
             return None
         tasks, self._tasks = self._tasks, {}
         device_ids, self._devices = self._devices, set()
-        changes = {"at": iso(self.clock()), "tasks": [], "devices": [], "removed_devices": [], "reload_tasks": False}
-        if len(tasks) > MAX_TASKS_PER_FLUSH:
-            changes["reload_tasks"] = True
-        else:
+        heartbeats, self._heartbeats = self._heartbeats, {}
+        changes = {
+            "at": iso(self.clock()),
+            "tasks": [],
+            "devices": [],
+            "removed_devices": [],
+            "heartbeats": {device_id: iso(at) for device_id, at in heartbeats.items() if device_id not in device_ids},
+            "reload_tasks": len(tasks) > MAX_TASKS_PER_FLUSH,
+            "reload_devices": len(device_ids) > MAX_DEVICES_PER_FLUSH,
+        }
+        if not changes["reload_tasks"]:
             changes["tasks"] = [task_brief(task) for task in tasks.values()]
+        if not changes["reload_devices"]:
+            self._describe_devices(changes, device_ids)
+        self.socketio.emit("changes", changes, namespace=NAMESPACE)
+        return changes
+
+    def _describe_devices(self, changes, device_ids):
         for device_id in sorted(device_ids):
             device = self.store.get_device(device_id)
             if device is None:
                 changes["removed_devices"].append(device_id)
             else:
                 changes["devices"].append(device_summary(device))
-        self.socketio.emit("changes", changes, namespace=NAMESPACE)
-        return changes
 
 
 class DashboardNamespace(Namespace):

@@ -57,10 +57,10 @@ class Notifier:
         if self.dashboard is not None:
             self.dashboard.task_changed(task, devices)
 
-    def device_changed(self, device_id):
-        """A device's stored state changed (connection, heartbeat, disabled, forgotten)."""
+    def device_changed(self, device_id, heartbeat=None):
+        """A device's stored state changed (connection, disabled, forgotten), or only its ``heartbeat`` time."""
         if self.dashboard is not None:
-            self.dashboard.device_changed(device_id)
+            self.dashboard.device_changed(device_id, heartbeat)
 
     def disconnect(self, sid):
         """Close the connection."""
