@@ -6,7 +6,9 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
-from taskserver import auth, domain, logs
+from taskserver import domain, logs
+from taskserver.connections import Connections
+from taskserver.credentials import DeviceCredentials
 from taskserver.domain import ACTIVE, Device, Event, Task, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
 from taskserver.metrics import Metrics
@@ -17,15 +19,6 @@ log = logging.getLogger("taskserver")
 SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
 PROGRESS_MILESTONES = (25, 50, 75, 100)
 DISPATCH_BATCH = 32  # pending tasks considered per round of dispatch_pending
-
-
-@dataclass
-class Connection:
-    """A live connection of a registered device (process memory: connections die with the process)."""
-
-    sid: str
-    last_seen: float
-    heartbeats: bool = False  # only devices that send heartbeats are held to the heartbeat timeout
 
 
 @dataclass(frozen=True)
@@ -51,50 +44,20 @@ class TaskService:
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self._connections = {}  # device_id -> Connection
-        self._device_of_sid = {}  # sid -> device_id
-        self._connect_tokens = {}  # sid -> the token the connection presented when it opened
+        self.connections = Connections()
+        self.credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
 
     # ---- devices ----
 
     def connect(self, sid, token=None):
         """A connection opens: a token it presents must be valid when device tokens are required."""
-        if token and self.config["DEVICE_TOKENS"] and not self._known_device_token(token):
-            raise Unauthorized("设备令牌无效，连接被拒绝", "UNAUTHORIZED")
-        if token:
-            self._connect_tokens[sid] = token
-
-    def _known_device_token(self, token):
-        return auth.token_in(token, self.config["DEVICE_TOKENS"]) or (
-            self.store.device_id_for_token_hash(auth.hash_token(token)) is not None
-        )
-
-    def _authorize_device(self, device_id, token):
-        """A device id with its own token registers only with it; otherwise a fleet token, if any are set."""
-        bound = self.store.device_token_hash(device_id)
-        if bound is not None:
-            if not token or not auth.token_in(auth.hash_token(token), [bound]):
-                raise Unauthorized(f"设备 {device_id} 需要其专属令牌", "UNAUTHORIZED")
-        elif self.config["DEVICE_TOKENS"] and not auth.token_in(token, self.config["DEVICE_TOKENS"]):
-            raise Unauthorized("需要有效的设备令牌（连接的 auth.token 或 device_register 的 token）", "UNAUTHORIZED")
-
-    def issue_device_token(self, device_id):
-        """A new token bound to ``device_id`` (replacing any earlier one); only its hash is kept."""
-        token = auth.new_token()
-        self.store.set_device_token(device_id, auth.hash_token(token), self.clock())
-        logs.event(log, "device token issued", device_id=device_id)
-        return token
-
-    def revoke_device_token(self, device_id):
-        """Forget the device's own token, or 404 if it has none."""
-        if not self.store.delete_device_token(device_id):
-            raise NotFound(f"设备 {device_id} 没有专属令牌", "TOKEN_NOT_FOUND")
-        logs.event(log, "device token revoked", device_id=device_id)
+        self.credentials.check_connection(token)
+        self.connections.opened(sid, token)
 
     def register(self, sid, payload):
         """Bind the connection to its device id, resend what the device missed, and hand it work."""
         device_id = payload["device_id"]
-        self._authorize_device(device_id, payload.get("token") or self._connect_tokens.get(sid))
+        self.credentials.check_registration(device_id, payload.get("token") or self.connections.token(sid))
         now = self.clock()
         previous = self.store.get_device(device_id)
         info = payload.get("device_info") or {}
@@ -111,12 +74,9 @@ class TaskService:
         )
         self._release_sid(sid, now)
         self.store.save_device(device)
-        replaced = self._connections.get(device_id)
-        self._connections[device_id] = Connection(sid, now)
-        self._device_of_sid[sid] = device_id
-        if replaced is not None and replaced.sid != sid:
-            self._device_of_sid.pop(replaced.sid, None)
-            self.notifier.replaced(replaced.sid, device_id)
+        replaced_sid = self.connections.bind(sid, device_id, now)
+        if replaced_sid is not None:
+            self.notifier.replaced(replaced_sid, device_id)
         active = self.store.active_tasks_of(device_id)
         answer = {
             "success": True,
@@ -147,7 +107,7 @@ class TaskService:
         """Note that the device is alive (by the server's clock) and answer with the server time."""
         device_id = self._device_for(sid, payload.get("device_id"))
         now = self.clock()
-        self._connections[device_id].heartbeats = True
+        self.connections.heard_from(device_id, now, heartbeat=True)
         self.metrics.device_event("heartbeat")
         self.store.record_heartbeat(device_id, now)
         self.notifier.device_changed(device_id, heartbeat=now)
@@ -158,16 +118,13 @@ class TaskService:
     def disconnect(self, sid):
         """The connection closed: its device, if it still belongs to it, is offline from now."""
         self.metrics.device_event("disconnect")
-        self._connect_tokens.pop(sid, None)
         self._release_sid(sid, self.clock())
+        self.connections.closed(sid)
 
     def _release_sid(self, sid, now, reason="disconnected"):
-        device_id = self._device_of_sid.pop(sid, None)
+        device_id = self.connections.release(sid)
         if device_id is None:
             return
-        connection = self._connections.get(device_id)
-        if connection is not None and connection.sid == sid:
-            del self._connections[device_id]
         if self.store.mark_disconnected(device_id, sid, now):
             self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
             logs.event(log, "device offline", device_id=device_id, reason=reason)
@@ -175,12 +132,12 @@ class TaskService:
 
     def _device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
-        device_id = self._device_of_sid.get(sid)
+        device_id = self.connections.device_of(sid)
         if device_id is None:
             raise Unauthorized("设备未注册，请先发送 device_register", "NOT_REGISTERED")
         if claimed_device_id is not None and claimed_device_id != device_id:
             raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", "FORBIDDEN")
-        self._connections[device_id].last_seen = self.clock()
+        self.connections.heard_from(device_id, self.clock())
         return device_id
 
     # ---- operator ----
@@ -223,7 +180,7 @@ class TaskService:
         if task.is_terminal:
             raise InvalidState(f"任务已结束（{task.status.value}），无法取消", "INVALID_STATE")
         now = self.clock()
-        sid = self._live_sid(task.device_id) if task.status in ACTIVE else None
+        sid = self.connections.sid_of(task.device_id) if task.status in ACTIVE else None
         owed_to = task.device_id if task.status in ACTIVE and sid is None else None
         changes = {"finished_at": now, "error_code": "TASK_CANCELLED"}
         updated = self._move(task, TaskStatus.CANCELLED, changes, "cancelled", "operator", now, owe_cancel_to=owed_to)
@@ -256,7 +213,7 @@ class TaskService:
         """Counts for ``GET /``."""
         counts = self.store.count_tasks_by_status()
         return {
-            "connected_devices": len(self._connections),
+            "connected_devices": len(self.connections),
             "active_tasks": sum(counts.get(s.value, 0) for s in ACTIVE),
             "pending_tasks": counts.get(TaskStatus.PENDING.value, 0),
             "timestamp": iso(self.clock()),
@@ -473,7 +430,7 @@ class TaskService:
             changes["finished_at"] = now
             target, kind = TaskStatus.FAILED, "failed"
             detail_extra = {}
-        sid = self._live_sid(task.device_id) if tell_device else None
+        sid = self.connections.sid_of(task.device_id) if tell_device else None
         owed_to = task.device_id if tell_device and sid is None else None
         detail = {"error_code": error_code, **detail_extra}
         updated = self._move(task, target, changes, kind, actor, now, task.device_id, detail, owe_cancel_to=owed_to)
@@ -508,10 +465,6 @@ class TaskService:
             self.notifier.task_changed(updated, (task.device_id, updated.device_id))
         return updated
 
-    def _live_sid(self, device_id):
-        connection = self._connections.get(device_id)
-        return connection.sid if connection is not None else None
-
     # ---- time passing (called by the watchdog) ----
 
     def expire_silent_devices(self, now):
@@ -520,12 +473,10 @@ class TaskService:
         A device that never sends heartbeats (the spec's JavaScript example) is watched by the transport's
         own ping/pong instead, so that such a client is not cut off every 90 seconds."""
         limit = self.config["HEARTBEAT_TIMEOUT"]
-        for device_id, connection in list(self._connections.items()):
-            if connection.heartbeats and now - connection.last_seen >= limit:
-                silent = round(now - connection.last_seen)
-                logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=silent)
-                self._release_sid(connection.sid, now, reason="heartbeat_timeout")
-                self.notifier.disconnect(connection.sid)
+        for device_id, sid in self.connections.silent(now, limit):
+            logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=limit)
+            self._release_sid(sid, now, reason="heartbeat_timeout")
+            self.notifier.disconnect(sid)
 
     def expire_timeouts(self, now):
         """End attempts that outlived their timeout; the device is told to stop."""

@@ -5,6 +5,8 @@ backend (PostgreSQL, ...) joins by adding a line there (and to ``DURABLE_BACKEND
 The tests drive the store only through its verbs, with ``domain`` objects and explicit times, as the service does.
 """
 
+import sqlite3
+
 import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
@@ -294,6 +296,21 @@ class TestStoreContract:
         assert ids(store.due_pending_tasks(199.9, 10)) == ["now"]
         assert ids(store.due_pending_tasks(200.0, 10)) == ["later", "now"]
 
+    def test_free_devices_least_loaded_first_and_slot_count(self, store):
+        store.save_device(make_device("busy", capacity=1))
+        store.save_device(make_device("half", capacity=3, registered_at=101.0))
+        store.save_device(make_device("idle", capacity=2, registered_at=102.0))
+        store.save_device(make_device("away", connected=False, capacity=5))
+        add(store, make_task("task_1"))
+        add(store, make_task("task_2"))
+        dispatch(store, "task_1", "busy")
+        dispatch(store, "task_2", "half")
+        assert [d.device_id for d in store.free_devices()] == ["idle", "half"]
+        assert [d.device_id for d in store.free_devices(limit=1)] == ["idle"]
+        assert [d.device_id for d in store.free_devices(limit=1, include=["half", "busy"])] == ["idle", "half"]
+        assert store.free_slot_count(at_most=10) == 4
+        assert store.free_slot_count(at_most=1) == 2  # counted over the first free device only
+
     def test_due_pending_tasks_need_their_target_free(self, store):
         store.save_device(make_device("free"))
         store.save_device(make_device("offline", connected=False))
@@ -443,6 +460,15 @@ class TestStoreContract:
         assert store.get_device("android_003").active_tasks == 1
         assert ids(store.tasks_of_lost_devices(999.0)) == []
         assert sorted(ids(store.tasks_of_lost_devices(1000.0))) == ["task_1", "task_2"]
+
+
+def test_sqlite_file_of_another_schema_version_is_refused(tmp_path):
+    path = str(tmp_path / "old.db")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 999")
+    with pytest.raises(RuntimeError, match="schema version 999"):
+        SQLiteStore(path)
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)

@@ -5,8 +5,8 @@ from flask import current_app
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
+from taskserver.api.responses import ErrorResponseSchema
 from taskserver.errors import TaskServerError, ValidationFailed
-from taskserver.schemas import ErrorResponseSchema
 
 
 class JsonBodyParser(FlaskParser):

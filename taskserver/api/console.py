@@ -8,7 +8,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import current_app
 
 from taskserver import schemas
-from taskserver.api import Blueprint, error_doc, service
+from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.present import iso
 from taskserver.stats import throughput
 
@@ -18,7 +18,7 @@ FREE_FORM = {"type": "object", "additionalProperties": True}
 
 
 @blp.route("/task-types")
-@blp.response(200, schemas.TaskTypesSchema)
+@blp.response(200, responses.TaskTypesSchema)
 def task_types():
     """Every task type this server accepts, with the JSON Schema of its ``data`` (required fields, defaults,
     bounds); types enabled by ``TASKSERVER_EXTRA_TASK_TYPES`` take any JSON object."""
@@ -29,7 +29,7 @@ def task_types():
 
 @blp.route("/stats/throughput")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
-@blp.response(200, schemas.ThroughputSchema)
+@blp.response(200, responses.ThroughputSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def stats_throughput(query):
     """Tasks that ended in each of the last ``minutes`` minutes (the current one included), oldest first:
@@ -42,7 +42,7 @@ def stats_throughput(query):
 
 @blp.route("/stats/devices")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
-@blp.response(200, schemas.FleetHistorySchema)
+@blp.response(200, responses.FleetHistorySchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def stats_devices(query):
     """Devices online (connected) and busy in each of the last ``minutes`` minutes, oldest first, as sampled in

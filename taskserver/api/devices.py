@@ -1,7 +1,7 @@
 """``GET /api/devices``, and one device: detail, disable / enable (drain), forget."""
 
 from taskserver import schemas
-from taskserver.api import Blueprint, error_doc, service
+from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.present import device_detail, device_summary
 
 blp = Blueprint("devices", __name__, url_prefix="/api", description="设备管理")
@@ -11,7 +11,7 @@ RECENT_HISTORY = 50
 
 @blp.route("/devices")
 @blp.arguments(schemas.DeviceListQuerySchema(), location="query")
-@blp.response(200, schemas.DeviceListSchema)
+@blp.response(200, responses.DeviceListSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def list_devices(query):
     """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
@@ -21,7 +21,7 @@ def list_devices(query):
 
 
 @blp.route("/device/<device_id>")
-@blp.response(200, schemas.DeviceDetailSchema)
+@blp.response(200, responses.DeviceDetailSchema)
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def get_device(device_id):
     """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
@@ -29,7 +29,7 @@ def get_device(device_id):
 
 
 @blp.route("/device/<device_id>/disable", methods=["POST"])
-@blp.response(200, schemas.DeviceDetailSchema)
+@blp.response(200, responses.DeviceDetailSchema)
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def disable_device(device_id):
     """Drain a device: it gets no new tasks (tasks pinned to it wait as pending); its running tasks finish."""
@@ -38,7 +38,7 @@ def disable_device(device_id):
 
 
 @blp.route("/device/<device_id>/enable", methods=["POST"])
-@blp.response(200, schemas.DeviceDetailSchema)
+@blp.response(200, responses.DeviceDetailSchema)
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def enable_device(device_id):
     """Undo ``disable``: the device takes new tasks again, starting with those waiting for it."""
@@ -47,7 +47,7 @@ def enable_device(device_id):
 
 
 @blp.route("/device/<device_id>", methods=["DELETE"])
-@blp.response(200, schemas.DeletedSchema)
+@blp.response(200, responses.DeletedSchema)
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 @blp.alt_response(409, **error_doc("DEVICE_ONLINE", "DEVICE_HAS_ACTIVE_TASKS", "DEVICE_HAS_PENDING_TASKS"))
 def forget_device(device_id):
@@ -58,22 +58,22 @@ def forget_device(device_id):
 
 @blp.route("/device/<device_id>/token", methods=["POST"])
 @blp.arguments(schemas.DevicePathSchema(), location="path", as_kwargs=True)
-@blp.response(201, schemas.DeviceTokenSchema)
+@blp.response(201, responses.DeviceTokenSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def issue_device_token(device_id):
     """Issue a token bound to this device id (it may not have registered yet); it is shown once, stored hashed.
 
     From then on only this token can register the id; issuing again replaces it."""
-    token = service().issue_device_token(device_id)
+    token = service().credentials.issue(device_id)
     return {"success": True, "device_id": device_id, "token": token, "message": "令牌只显示这一次，请妥善保存"}, 201
 
 
 @blp.route("/device/<device_id>/token", methods=["DELETE"])
-@blp.response(200, schemas.DeletedSchema)
+@blp.response(200, responses.DeletedSchema)
 @blp.alt_response(404, **error_doc("TOKEN_NOT_FOUND"))
 def revoke_device_token(device_id):
     """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set)."""
-    service().revoke_device_token(device_id)
+    service().credentials.revoke(device_id)
     return {"success": True, "message": "设备专属令牌已撤销", "device_id": device_id}
 
 

@@ -4,8 +4,7 @@ import flask
 from flask import Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from taskserver import schemas
-from taskserver.api import Blueprint, service
+from taskserver.api import Blueprint, responses, service
 
 blp = Blueprint("system", __name__, description="系统状态")
 
@@ -14,7 +13,7 @@ VERSION = "1.0.0"
 
 
 @blp.route("/")
-@blp.response(200, schemas.SystemSchema)
+@blp.response(200, responses.SystemSchema)
 def system_status():
     """System status, exactly the spec's fields plus ``pending_tasks``."""
     return {
@@ -27,15 +26,15 @@ def system_status():
 
 
 @blp.route("/healthz")
-@blp.response(200, schemas.HealthSchema, description="进程存活")
+@blp.response(200, responses.HealthSchema, description="进程存活")
 def healthz():
     """Liveness: the process answers (nothing else is checked, so a busy store never gets the process restarted)."""
     return {"success": True, "status": "ok"}
 
 
 @blp.route("/readyz")
-@blp.response(200, schemas.ReadinessSchema, description="就绪")
-@blp.alt_response(503, schema=schemas.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
+@blp.response(200, responses.ReadinessSchema, description="就绪")
+@blp.alt_response(503, schema=responses.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
 def readyz():
     """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s)."""
     store_ok, store_reason = service().store_health()

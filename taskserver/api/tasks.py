@@ -3,7 +3,7 @@
 from flask import current_app, request
 
 from taskserver import schemas
-from taskserver.api import Blueprint, error_doc, service
+from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import TaskStatus
 from taskserver.errors import ValidationFailed
 from taskserver.present import task_detail, task_event, task_status, task_summary
@@ -14,7 +14,7 @@ blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理"
 
 @blp.route("/tasks")
 @blp.arguments(schemas.TaskListQuerySchema(), location="query")
-@blp.response(200, schemas.TaskListSchema)
+@blp.response(200, responses.TaskListSchema)
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
 def list_tasks(query):
     """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``created_after``,
@@ -34,8 +34,8 @@ def list_tasks(query):
 
 @blp.route("/dispatch-task", methods=["POST"])
 @blp.arguments(schemas.DispatchSchema())
-@blp.response(200, schemas.DispatchOutSchema, description="已分发到设备")
-@blp.alt_response(202, schema=schemas.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
+@blp.response(200, responses.DispatchOutSchema, description="已分发到设备")
+@blp.alt_response(202, schema=responses.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR", "INVALID_JSON", "UNKNOWN_TASK_TYPE"))
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def dispatch_task(body):
@@ -90,7 +90,7 @@ def _dispatch_answer(task):
 
 
 @blp.route("/task/<task_id>")
-@blp.response(200, schemas.TaskDetailSchema)
+@blp.response(200, responses.TaskDetailSchema)
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task(task_id):
     """The whole task: data, result, error code, every timing and each attempt (device, times, outcome)."""
@@ -99,7 +99,7 @@ def get_task(task_id):
 
 
 @blp.route("/task/<task_id>/events")
-@blp.response(200, schemas.TaskEventsSchema)
+@blp.response(200, responses.TaskEventsSchema)
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task_events(task_id):
     """The task's history, oldest first: created, dispatched, delivered, progress milestones, result, timeout,
@@ -110,7 +110,7 @@ def get_task_events(task_id):
 
 
 @blp.route("/task/<task_id>/status")
-@blp.response(200, schemas.TaskStatusSchema)
+@blp.response(200, responses.TaskStatusSchema)
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
@@ -118,7 +118,7 @@ def get_task_status(task_id):
 
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
-@blp.response(200, schemas.TaskStatusSchema)
+@blp.response(200, responses.TaskStatusSchema)
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 @blp.alt_response(409, **error_doc("INVALID_STATE"))
 def cancel_task(task_id):

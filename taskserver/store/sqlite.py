@@ -6,103 +6,15 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
 from taskserver.store.base import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    task_type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    status TEXT NOT NULL,
-    device_id TEXT,
-    target_device_id TEXT,
-    avoid_device_id TEXT,
-    priority INTEGER NOT NULL DEFAULT 0,
-    timeout INTEGER NOT NULL,
-    max_retries INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    progress INTEGER NOT NULL DEFAULT 0,
-    progress_message TEXT,
-    result TEXT,
-    error_code TEXT,
-    created_at REAL NOT NULL,
-    dispatched_at REAL,
-    delivered_at REAL,
-    started_at REAL,
-    finished_at REAL,
-    updated_at REAL NOT NULL,
-    not_before REAL,
-    idempotency_key TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (status, priority DESC, created_at);
-CREATE INDEX IF NOT EXISTS tasks_device ON tasks (device_id, status);
-CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
-CREATE INDEX IF NOT EXISTS tasks_status_created ON tasks (status, created_at);
-CREATE INDEX IF NOT EXISTS tasks_type_created ON tasks (task_type, created_at);
-CREATE INDEX IF NOT EXISTS tasks_target ON tasks (target_device_id);
-CREATE INDEX IF NOT EXISTS tasks_status_type ON tasks (status, task_type);
-CREATE INDEX IF NOT EXISTS tasks_idempotency ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, status) WHERE finished_at IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS device_tokens (
-    device_id TEXT PRIMARY KEY,
-    token_hash TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS owed_cancels (
-    device_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    PRIMARY KEY (device_id, task_id)
-);
-
-CREATE TABLE IF NOT EXISTS task_events (
-    id INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    device_id TEXT,
-    attempt INTEGER,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, id);
-CREATE INDEX IF NOT EXISTS task_events_device ON task_events (device_id, at);
-
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    device_name TEXT NOT NULL,
-    device_info TEXT NOT NULL,
-    capacity INTEGER NOT NULL,
-    connected INTEGER NOT NULL DEFAULT 0,
-    sid TEXT,
-    registered_at REAL,
-    last_heartbeat REAL,
-    disconnected_at REAL,
-    created_at REAL NOT NULL,
-    active_tasks INTEGER NOT NULL DEFAULT 0,
-    disabled INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS devices_connected ON devices (connected);
-CREATE INDEX IF NOT EXISTS devices_least_loaded ON devices (active_tasks, registered_at) WHERE connected = 1;
-
-CREATE TABLE IF NOT EXISTS device_events (
-    id INTEGER PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS device_events_device ON device_events (device_id, at);
-
-CREATE TABLE IF NOT EXISTS store_health (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    checked_at REAL NOT NULL
-);
-"""
+SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
+SCHEMA_VERSION = 1
+# the devices that can take a task now, read through the partial index that holds exactly them
+FREE = "FROM devices INDEXED BY devices_free WHERE connected = 1 AND disabled = 0 AND active_tasks < capacity"
 
 JSON_COLUMNS = {"data", "result", "device_info", "detail"}
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
@@ -153,7 +65,19 @@ class SQLiteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._create_schema()
+
+    def _create_schema(self):
+        """Create the tables of a new file; refuse a file written by another version of the schema."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
+                "use a new TASKSERVER_DATABASE file or migrate this one"
+            )
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self):
@@ -409,24 +333,20 @@ class SQLiteStore(Store):
     def free_slot_count(self, at_most):
         """How many more tasks the connected, enabled devices can take now, counted up to ``at_most`` devices."""
         rows = self._query(
-            """SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM (
-                   SELECT capacity, active_tasks FROM devices
-                   WHERE connected = 1 AND disabled = 0 AND active_tasks < capacity LIMIT ?)""",
+            f"SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM (SELECT capacity, active_tasks {FREE} LIMIT ?)",
             (at_most,),
         )
         return rows[0][0]
 
     def free_devices(self, limit=None, include=()):
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
-        free = "connected = 1 AND disabled = 0 AND active_tasks < capacity"
         rows = self._query(
-            f"SELECT * FROM devices WHERE {free} ORDER BY active_tasks, registered_at LIMIT ?",
-            (-1 if limit is None else limit,),
+            f"SELECT * {FREE} ORDER BY active_tasks, registered_at LIMIT ?", (-1 if limit is None else limit,)
         )
         named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
         if named:
             marks = ", ".join("?" for _ in named)
-            rows += self._query(f"SELECT * FROM devices WHERE {free} AND device_id IN ({marks})", named)
+            rows += self._query(f"SELECT * {FREE} AND device_id IN ({marks})", named)
         return [_device(row) for row in rows]
 
     def connected_devices(self):
