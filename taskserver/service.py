@@ -72,7 +72,8 @@ class TaskService:
             last_heartbeat=previous.last_heartbeat if previous else None,
             created_at=previous.created_at if previous else now,
         )
-        self._release_sid(sid, now)
+        if self.connections.device_of(sid) not in (None, device_id):
+            self._release_sid(sid, now)  # the connection switches to another device id
         self.store.save_device(device)
         replaced_sid = self.connections.bind(sid, device_id, now)
         if replaced_sid is not None:

@@ -67,3 +67,19 @@ def test_disconnect_marks_device_offline(server, devices):
     phone = devices("android_001")
     phone.disconnect()
     wait_until(lambda: server.get("/api/devices").json()["devices"][0]["status"] == "offline")
+
+
+def test_registering_again_on_the_same_connection_keeps_the_device_online(server, devices):
+    phone = devices("android_001")
+    assert phone.call("device_register", {"device_id": "android_001"})["success"]
+    history = server.get("/api/device/android_001").json()["device"]["recent_history"]
+    assert [event["kind"] for event in history].count("offline") == 0
+    assert server.get("/api/devices").json()["devices"][0]["status"] == "online"
+
+
+def test_a_connection_that_registers_another_id_leaves_the_first_offline(server, devices):
+    phone = devices("android_001")
+    assert phone.call("device_register", {"device_id": "android_002"})["success"]
+    statuses = {d["device_id"]: d["status"] for d in server.get("/api/devices").json()["devices"]}
+    assert statuses == {"android_001": "offline", "android_002": "online"}
+    assert phone.call("heartbeat", {"device_id": "android_001"})["error_code"] == "FORBIDDEN"
