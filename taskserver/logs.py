@@ -30,6 +30,9 @@ def configure(level, log_format="text"):
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    # gevent-websocket's access log writes every request line, query string included: Socket.IO session ids and
+    # ?token= credentials would land in the log. Lifecycle events are logged by the service instead.
+    logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
 
 
 def is_secret(key):
