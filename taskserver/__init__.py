@@ -21,6 +21,8 @@ from taskserver.stats import FleetHistory
 from taskserver.store import open_store
 from taskserver.watchdog import Watchdog
 
+REFUSED_TO_START = 3  # gunicorn's "worker failed to boot": the master stops too instead of restarting the worker
+
 OPENAPI = {
     "API_TITLE": "taskserver",
     "API_VERSION": system.VERSION,
@@ -89,7 +91,8 @@ def check_security(settings):
     """Production refuses to start open; development starts open but says so loudly."""
     problems = production_problems(settings)
     if settings["ENV_NAME"] == "production" and problems:
-        raise SystemExit("taskserver: production mode refuses to start: " + "; ".join(problems))
+        logging.getLogger("taskserver").critical("production mode refuses to start: %s", "; ".join(problems))
+        raise SystemExit(REFUSED_TO_START)
     if settings["ENV_NAME"] == "development" and problems:
         logging.getLogger("taskserver").warning(
             "DEVELOPMENT MODE, OPEN SERVER: %s. Anyone who reaches this port can dispatch tasks and register "

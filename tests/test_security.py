@@ -9,7 +9,7 @@ import pytest
 import requests
 import socketio
 import websocket
-from test_run_server import APP_PY, ROOT, server_env
+from test_run_server import APP_PY, ROOT, free_port, procfile_command, server_env
 
 from conftest import Device, LiveServer, wait_until
 
@@ -191,10 +191,10 @@ def test_bad_device_id_for_a_token_is_a_validation_error(server):
 # ---- production mode ----
 
 
-def run_app(tmp_path, **env):
-    """Start ``python app.py`` and return it once it exits or after 3 s of running."""
+def run_app(tmp_path, command=APP_PY, wait=3, **env):
+    """Start ``command`` (``python app.py``) and return its exit code and output once it exits or after ``wait`` s."""
     process = subprocess.Popen(
-        APP_PY,
+        command,
         cwd=ROOT,
         env=server_env(0, tmp_path / "prod.db", **env),
         stdout=subprocess.PIPE,
@@ -202,7 +202,7 @@ def run_app(tmp_path, **env):
         text=True,
     )
     try:
-        output, _ = process.communicate(timeout=3)
+        output, _ = process.communicate(timeout=wait)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
@@ -214,6 +214,12 @@ def test_production_refuses_to_start_open(tmp_path):
     assert code not in (0, None) and code != -9, output
     assert "production mode refuses to start" in output
     assert "TASKSERVER_API_TOKENS" in output and "TASKSERVER_DEVICE_TOKENS" in output and "SECRET_KEY" in output
+
+
+def test_procfile_refuses_to_start_open_and_gunicorn_stops(tmp_path):
+    code, output = run_app(tmp_path, command=procfile_command(free_port()), wait=20)
+    assert code == 3, output  # gunicorn's "worker failed to boot": the master exits instead of looping
+    assert "production mode refuses to start" in output and "Worker failed to boot" in output
 
 
 def test_production_starts_with_everything_set(tmp_path):
