@@ -3,6 +3,8 @@
 Time-based rules move the server's fake clock and run one watchdog sweep; nothing sleeps."""
 
 from conftest import wait_until
+from taskserver.extensions import socketio
+from taskserver.realtime.notifier import MAX_PENDING_ACKS
 
 
 def events_of(server, task_id):
@@ -327,3 +329,14 @@ def test_newest_connection_wins(server, devices):
     assert len(listed) == 1 and listed[0]["status"] == "busy"
     assert listed[0]["connection_info"]["sid"] == new.sio.get_sid("/")
     assert new.result(task_id)["status"] == "completed"
+
+
+def test_a_device_that_never_acks_does_not_grow_the_servers_memory(server, devices):
+    phone = devices("android_001", ack_new_task=False, max_concurrent_tasks=100)
+    for batch in range(2):
+        task_ids = [server.dispatch()["task_id"] for _ in range(100)]
+        phone.wait("new_task", count=100 * (batch + 1), timeout=10)
+        for task_id in task_ids:  # operator cancels free the slots without the phone saying anything
+            assert server.post(f"/api/task/{task_id}/cancel").status_code == 200
+    owed = socketio.server.manager.callbacks[phone.sio.get_sid("/")]
+    assert 100 <= len(owed) - 1 <= MAX_PENDING_ACKS  # the newest acks are still awaited, no more

@@ -6,6 +6,7 @@ import pytest
 import websocket
 
 from conftest import wait_until
+from taskserver.realtime.notifier import MAX_PENDING_ACKS
 
 
 class PlainDevice:
@@ -121,3 +122,16 @@ def test_socketio_and_plain_devices_share_one_fleet(server, plain, devices):
 def test_plain_http_get_on_ws_path_is_a_json_error(server):
     response = server.get("/ws")
     assert response.status_code in (400, 404) and response.json()["success"] is False
+
+
+def test_unanswered_new_task_acks_are_bounded(server, plain):
+    phone = plain()
+    sid = phone.wait("connected")["data"]["sid"]
+    phone.call("device_register", {"device_id": "autojs_1", "device_info": {"max_concurrent_tasks": 100}})
+    for _ in range(2):
+        task_ids = [server.dispatch()["task_id"] for _ in range(100)]
+        for _ in task_ids:
+            phone.wait("new_task")
+        for task_id in task_ids:
+            server.post(f"/api/task/{task_id}/cancel")
+    assert len(server.app.extensions["plainws"].ack_callbacks(sid)) == MAX_PENDING_ACKS

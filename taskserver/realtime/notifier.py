@@ -3,6 +3,16 @@
 from taskserver.present import cancel_task_message, new_task_message
 
 NAMESPACE = "/"
+# Acks a connection may owe at once: the Android app never acks new_task, and every unanswered ack callback would
+# otherwise stay in memory for as long as its connection lives (days, for a phone on a rack's Wi-Fi).
+MAX_PENDING_ACKS = 100
+
+
+def drop_oldest_acks(callbacks, keep=MAX_PENDING_ACKS):
+    """Forget all but the newest ``keep`` ack callbacks of one connection (``callbacks`` maps ascending ids)."""
+    ids = [key for key in callbacks if key != 0]  # python-socketio keeps its id counter under key 0
+    for key in ids[: max(len(ids) - keep, 0)]:
+        del callbacks[key]
 
 
 class Notifier:
@@ -31,6 +41,15 @@ class Notifier:
     def new_task(self, sid, task, on_ack):
         """``new_task`` in the spec's shape; ``on_ack`` runs if the device acknowledges it."""
         self._emit(sid, "new_task", new_task_message(task), callback=on_ack)
+        self._bound_acks(sid)
+
+    def _bound_acks(self, sid):
+        if sid in self.plain_sockets:
+            callbacks = self.plain_sockets.ack_callbacks(sid)
+        else:  # python-socketio (pinned) keeps them per sid in its manager until the connection closes
+            callbacks = self.socketio.server.manager.callbacks.get(sid)
+        if callbacks is not None and len(callbacks) > MAX_PENDING_ACKS + 1:
+            drop_oldest_acks(callbacks)
 
     def cancel_task(self, sid, task_id):
         """``cancel_task``."""

@@ -68,6 +68,11 @@ class PlainSockets:
             connection.callbacks[frame["id"]] = callback
         connection.send(frame)
 
+    def ack_callbacks(self, sid):
+        """The callbacks waiting for the acks of ``sid`` (by id), or None."""
+        connection = self._connections.get(sid)
+        return connection.callbacks if connection is not None else None
+
     def close(self, sid):
         """Close the connection of ``sid``, if it is open."""
         connection = self._connections.get(sid)
