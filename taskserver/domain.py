@@ -144,11 +144,6 @@ def retries_left(task):
     return task.attempt <= task.max_retries
 
 
-def timed_out(task, now):
-    """True when an active task has outlived its timeout, counted from dispatch."""
-    return task.status in ACTIVE and task.dispatched_at is not None and now >= task.dispatched_at + task.timeout
-
-
 def pick_device(task, devices):
     """The device a pending task should go to, or None: its target, else the least-loaded, avoiding a failed one."""
     free = [d for d in devices if d.free_slots > 0]

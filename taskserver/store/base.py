@@ -114,10 +114,6 @@ class Store:
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
         raise NotImplementedError
 
-    def connected_devices(self):
-        """Every device the store believes connected."""
-        raise NotImplementedError
-
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
         raise NotImplementedError

@@ -349,10 +349,6 @@ class SQLiteStore(Store):
             rows += self._query(f"SELECT * {FREE} AND device_id IN ({marks})", named)
         return [_device(row) for row in rows]
 
-    def connected_devices(self):
-        """Every device the store believes connected."""
-        return [_device(row) for row in self._query("SELECT * FROM devices WHERE connected = 1")]
-
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
         with self._transaction() as db:
