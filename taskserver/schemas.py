@@ -75,6 +75,15 @@ class DeviceRegisterSchema(Schema):
     token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
 
 
+class ConnectSchema(Schema):
+    """What a connection presents when it opens: an optional device token."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
+
+
 class HeartbeatSchema(Schema):
     """``heartbeat``: ``timestamp`` is informational only; liveness uses the server's clock."""
 

@@ -103,6 +103,18 @@ def test_wrong_token_at_connect_is_refused(secured):
     client.disconnect()
 
 
+@pytest.mark.parametrize("token", [{"nested": 1}, 12345, ["fleet"], "x" * 600])
+def test_malformed_token_at_connect_is_refused_in_the_error_shape(secured, token):
+    client = socketio.Client(reconnection=False)
+    refusals = []
+    client.on("connect_error", refusals.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(secured.url, transports=["websocket"], auth={"token": token}, wait_timeout=5)
+    assert refusals[0]["data"]["error_code"] == "VALIDATION_ERROR" and refusals[0]["message"], refusals
+    client.disconnect()
+    assert Device(secured.url, "android_001", token=FLEET).connect().wait("register_success")
+
+
 def test_token_in_device_register_for_clients_without_auth(secured):
     phone = Device(secured.url, "android_001").connect(register=False)
     try:

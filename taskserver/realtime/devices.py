@@ -23,7 +23,7 @@ class DeviceNamespace(Namespace):
         """Refuse a connection whose token (``auth.token`` or ``?token=``) is not a device token."""
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            self.events.service.connect(request.sid, token or request.args.get("token"))
+            self.events.opened(request.sid, token or request.args.get("token"))
         except TaskServerError as error:
             raise ConnectionRefusedError(error.message, {"error_code": error.error_code}) from error
         emit("connected", {"message": "连接成功", "sid": request.sid})

@@ -17,6 +17,9 @@ DEVICE_EVENTS = {
 }
 
 
+CONNECT_SCHEMA = schemas.ConnectSchema()
+
+
 class DeviceEvents:
     """Handles one device event from either transport and returns its ack."""
 
@@ -41,6 +44,11 @@ class DeviceEvents:
             refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
         self.notifier.error(sid, refused, legacy_error_event)
         return refused.to_dict()
+
+    def opened(self, sid, token):
+        """A connection opens: its token (if any) is checked before any event is handled; raises if refused."""
+        credentials = schemas.load_payload(CONNECT_SCHEMA, {"token": token or None})
+        self.service.connect(sid, credentials["token"])
 
     def closed(self, sid):
         """The connection closed: its device goes offline and its rate bucket is dropped."""

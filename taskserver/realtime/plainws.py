@@ -84,7 +84,7 @@ class PlainSockets:
         sid = f"ws_{uuid.uuid4().hex}"
         connection = self._connections[sid] = PlainConnection(ws)
         try:
-            events.service.connect(sid, token)
+            events.opened(sid, token)
         except TaskServerError as error:
             connection.send({"event": "error", "data": {"message": error.message, "error_code": error.error_code}})
             del self._connections[sid]
