@@ -48,7 +48,7 @@ def create_app(config=None, clock=None):
 
     store = open_store(settings)
     plain_sockets = plainws.PlainSockets()
-    notifier = Notifier(socketio, plain_sockets)
+    notifier = Notifier(socketio, plain_sockets, store.after_commit)
     metrics = Metrics(task_types=[*TaskType, *settings["EXTRA_TASK_TYPES"]])
     service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
     service.recover_on_start()
@@ -68,6 +68,7 @@ def create_app(config=None, clock=None):
     plainws.limit_frame_size(settings["MAX_BODY_BYTES"])
     security.init_app(app)
     errors.init_app(app)
+    app.after_request(answer_when_stored(store))
 
     socketio.init_app(
         app,
@@ -85,6 +86,16 @@ def create_app(config=None, clock=None):
         feed.start()
     metrics.watch(service, app.extensions.get("watchdog"))
     return app
+
+
+def answer_when_stored(store):
+    """An ``after_request`` hook: no response leaves before the writes it reports (or read) are committed."""
+
+    def wait_for_commit(response):
+        store.durable()
+        return response
+
+    return wait_for_commit
 
 
 def check_security(settings):

@@ -172,8 +172,8 @@ class TaskService:
         self.notifier.task_changed(task)
         self.metrics.created.labels(task.task_type).inc()
         logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
-        self.dispatch_pending(now)
-        return self.store.get_task(task.task_id), True
+        sent = self.dispatch_pending(now)
+        return next((sent_task for sent_task in sent if sent_task.task_id == task.task_id), task), True
 
     def cancel(self, task_id):
         """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
@@ -371,27 +371,31 @@ class TaskService:
     # ---- moving tasks ----
 
     def dispatch_pending(self, now=None):
-        """Give due pending tasks to devices with free slots: priority first, then age, least-loaded device first.
+        """Give due pending tasks to devices with free slots: priority first, then age, least-loaded device first;
+        return the tasks sent.
 
         Reads no more tasks than there are free slots, and only as many devices as could take them, so it stays
         cheap with a large fleet and a long queue."""
         now = self.clock() if now is None else now
+        sent = []
         while (wanted := min(self.store.free_slot_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
             tasks = self.store.due_pending_tasks(now, wanted)
             if not tasks:
-                return
+                break
             targets = {task.target_device_id for task in tasks} - {None}
             devices = self.store.free_devices(limit=len(tasks) + 1, include=targets)
-            sent = 0
+            sent_before = len(sent)
             for task in tasks:
                 device = domain.pick_device(task, devices)
-                if device is not None and self._assign(task, device, now):
+                if device is not None and (updated := self._assign(task, device, now)) is not None:
                     device.active_tasks += 1
-                    sent += 1
-            if sent == 0 or len(tasks) < wanted:
-                return
+                    sent.append(updated)
+            if len(sent) == sent_before or len(tasks) < wanted:
+                break
+        return sent
 
     def _assign(self, task, device, now):
+        """Send the task to the device; return it as stored, or None if it changed meanwhile."""
         changes = {
             "device_id": device.device_id,
             "dispatched_at": now,
@@ -402,11 +406,11 @@ class TaskService:
         }
         updated = self._move(task, TaskStatus.DISPATCHED, changes, "dispatched", "server", now, device.device_id)
         if updated is None:
-            return False
+            return None
         self.metrics.dispatches.labels(task.task_type).inc()
         logs.event(log, "task dispatched", task_id=task.task_id, device_id=device.device_id, attempt=task.attempt)
         self._send_task(device.sid, updated)
-        return True
+        return updated
 
     def _send_task(self, sid, task):
         on_ack = partial(self.task_delivered, task.task_id, task.device_id, task.attempt)

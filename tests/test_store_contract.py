@@ -493,3 +493,71 @@ def test_data_survives_close_and_reopen(tmp_path, open_store):
         assert second.list_tasks()[1] == 2
     finally:
         second.close()
+
+
+# ---- group commit: output waits for the commit of what it reports ----
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_after_commit_runs_once_the_writes_are_visible_to_another_connection(tmp_path, open_store):
+    store = open_store(tmp_path)
+    seen_by_others = []
+
+    def look():
+        reader = sqlite3.connect(str(tmp_path / "store.db"))
+        seen_by_others.append(reader.execute("SELECT status FROM tasks WHERE task_id = 'task_1'").fetchall())
+        reader.close()
+
+    add(store, make_task("task_1"))
+    store.after_commit(look)
+    look()  # not committed yet: another connection does not see it
+    assert seen_by_others == [[]]
+    store.durable()
+    assert seen_by_others == [[], [("pending",)]]
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_after_commit_keeps_order_and_runs_at_once_when_nothing_waits(tmp_path, backend):
+    store = backend(tmp_path)
+    calls = []
+    store.after_commit(lambda: calls.append("idle"))
+    assert calls == ["idle"]
+    add(store, make_task("task_1"))
+    for name in ("first", "second", "third"):
+        store.after_commit(lambda name=name: calls.append(name))
+    assert calls == ["idle"]
+    store.durable()
+    assert calls == ["idle", "first", "second", "third"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_verb_undoes_only_itself_in_a_shared_commit(tmp_path, backend):
+    store = backend(tmp_path)
+    add(store, make_task("task_1"))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_task(make_task("task_1", created_at=105.0), CREATED)  # same id: refused, in the same batch
+    add(store, make_task("task_2"))
+    store.durable()
+    assert store.list_tasks()[1] == 2 and store.get_task("task_1").created_at == 100.0
+    assert [e["kind"] for e in store.task_events("task_1")] == ["created"]  # the refused verb left no event
+
+
+def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_path):
+    store = sqlite_file(tmp_path)
+    store._db.executescript(  # a deferred foreign key makes COMMIT itself fail, as a full disk would
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    sent = []
+    add(store, make_task("task_1"))
+    with store._transaction() as db:
+        db.execute("INSERT INTO child VALUES (42)")
+    store.after_commit(lambda: sent.append("new_task"))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.durable()
+    assert sent == [] and store.get_task("task_1") is None
+    add(store, make_task("task_2"))  # the store goes on with the next batch
+    store.durable()
+    assert store.get_task("task_2") is not None
+    store.close()

@@ -36,7 +36,9 @@ class DeviceEvents:
                 raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
             if schema is None:
                 raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
-            return getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+            answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+            self.service.store.durable()  # an ack promises that what it reports is stored
+            return answer
         except TaskServerError as error:
             refused = error
         except Exception:

@@ -1,4 +1,6 @@
-"""Every message the server sends to a device goes out here, after the state change is stored."""
+"""Every message the server sends to a device goes out here, once the state change behind it is committed."""
+
+from functools import partial
 
 from taskserver.present import cancel_task_message, new_task_message
 
@@ -18,12 +20,16 @@ def drop_oldest_acks(callbacks, keep=MAX_PENDING_ACKS):
 class Notifier:
     """Emits to one device connection by its sid, over Socket.IO or the plain WebSocket it came on."""
 
-    def __init__(self, socketio, plain_sockets):
+    def __init__(self, socketio, plain_sockets, after_commit):
         self.socketio = socketio
         self.plain_sockets = plain_sockets
+        self.after_commit = after_commit  # the store's: output waits until what it reports is committed
         self.dashboard = None  # the consoles' feed (realtime/dashboard.py), told of every stored change
 
     def _emit(self, sid, event, data, callback=None):
+        self.after_commit(partial(self._send, sid, event, data, callback))
+
+    def _send(self, sid, event, data, callback=None):
         if sid in self.plain_sockets:
             self.plain_sockets.send(sid, event, data, callback)
         else:
@@ -40,7 +46,10 @@ class Notifier:
 
     def new_task(self, sid, task, on_ack):
         """``new_task`` in the spec's shape; ``on_ack`` runs if the device acknowledges it."""
-        self._emit(sid, "new_task", new_task_message(task), callback=on_ack)
+        self.after_commit(partial(self._send_new_task, sid, new_task_message(task), on_ack))
+
+    def _send_new_task(self, sid, message, on_ack):
+        self._send(sid, "new_task", message, on_ack)
         self._bound_acks(sid)
 
     def _bound_acks(self, sid):
@@ -82,7 +91,10 @@ class Notifier:
             self.dashboard.device_changed(device_id, heartbeat)
 
     def disconnect(self, sid):
-        """Close the connection."""
+        """Close the connection (after what was sent to it before)."""
+        self.after_commit(partial(self._close, sid))
+
+    def _close(self, sid):
         if sid in self.plain_sockets:
             self.plain_sockets.close(sid)
         else:

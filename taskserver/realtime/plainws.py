@@ -8,10 +8,11 @@ import contextlib
 import itertools
 import json
 import logging
-import threading
 import uuid
 from urllib.parse import urlsplit
 
+import gevent
+import gevent.queue
 from flask import Blueprint, current_app, request
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.websocket import Header
@@ -22,27 +23,35 @@ from taskserver.errors import TaskServerError, ValidationFailed
 log = logging.getLogger("taskserver.plainws")
 
 blueprint = Blueprint("plainws", __name__)
+WRITER_GRACE = 5  # seconds a closing connection may take to send what was queued for it
 
 
 class PlainConnection:
-    """One open plain WebSocket: serialised sends and the callbacks waiting for the client's acks."""
+    """One open plain WebSocket: frames to send, written in order by a greenlet of its own (so that a sender never
+    waits on a slow client), and the callbacks waiting for the client's acks."""
+
+    CLOSE = object()  # queued after the last frame: the writer closes the socket when it gets there
 
     def __init__(self, ws):
         self.ws = ws
-        self.lock = threading.Lock()
         self.callbacks = {}
+        self.outbox = gevent.queue.Queue()
+        self.writer = gevent.spawn(self._write)
 
     def send(self, frame):
-        """Send one JSON frame; a dead socket is closed instead of raising."""
-        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-        try:
-            with self.lock:
-                self.ws.send(text)
-        except (WebSocketError, OSError):
-            self.close()
+        """Queue one JSON frame."""
+        self.outbox.put(frame)
 
     def close(self):
-        """Close the socket (the receive loop then ends and the device goes offline)."""
+        """Close the socket once the frames queued before are sent (the receive loop then ends)."""
+        self.outbox.put(self.CLOSE)
+
+    def _write(self):
+        while (frame := self.outbox.get()) is not self.CLOSE:
+            try:
+                self.ws.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+            except (WebSocketError, OSError):
+                break
         with contextlib.suppress(WebSocketError, OSError):
             self.ws.close()
 
@@ -88,7 +97,7 @@ class PlainSockets:
         except TaskServerError as error:
             connection.send({"event": "error", "data": {"message": error.message, "error_code": error.error_code}})
             del self._connections[sid]
-            connection.close()
+            self._finish(connection)
             return
         try:
             connection.send({"event": "connected", "data": {"message": "连接成功", "sid": sid}})
@@ -99,6 +108,14 @@ class PlainSockets:
         finally:
             del self._connections[sid]
             events.closed(sid)
+            self._finish(connection)
+
+    @staticmethod
+    def _finish(connection):
+        """Send what is queued (for a few seconds at most), then close."""
+        connection.close()
+        connection.writer.join(timeout=WRITER_GRACE)
+        connection.writer.kill()  # nothing, if it has ended
 
     def _handle_frame(self, sid, connection, raw, events):
         try:

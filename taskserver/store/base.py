@@ -1,5 +1,7 @@
 """The store interface: small verbs, each atomic, each returning copies; one contract suite tests every backend."""
 
+UNCHECKED = object()  # ``update_task_if``'s default for the device: any, where None would mean "no device"
+
 
 class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
@@ -18,10 +20,18 @@ class Store:
         raise NotImplementedError
 
     def update_task_if(
-        self, task_id, expect_status, changes, event=None, expect_device=None, expect_attempt=None, owe_cancel_to=None
+        self,
+        task_id,
+        expect_status,
+        changes,
+        event=None,
+        expect_device=UNCHECKED,
+        expect_attempt=None,
+        owe_cancel_to=None,
     ):
         """Apply ``changes``, append ``event`` and record a ``cancel_task`` owed to ``owe_cancel_to``, only if the
-        task still has one of ``expect_status`` (and the given device and attempt); return it updated, or None."""
+        task still has one of ``expect_status`` (and, if given, that device, None included, and that attempt);
+        return it updated, or None."""
         raise NotImplementedError
 
     def list_tasks(
@@ -151,6 +161,16 @@ class Store:
         """Write one tiny row in a transaction; raise if the store cannot take writes."""
         raise NotImplementedError
 
+    def durable(self):
+        """Return once every write made so far is committed (a backend may group the writes of many requests into
+        one commit); raise if that commit failed. Transports call it before they answer."""
+        raise NotImplementedError
+
+    def after_commit(self, callback):
+        """Run ``callback`` once every write made so far is committed, or now if none waits; never if the commit
+        fails. Messages to devices go out through it, so that no device hears of a state that was not stored."""
+        raise NotImplementedError
+
     def close(self):
-        """Release the store's resources."""
+        """Commit what is open and release the store's resources."""
         raise NotImplementedError

@@ -1,15 +1,21 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import gevent
+from gevent.event import Event as Signal
+
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
-from taskserver.store.base import Store
+from taskserver.store.base import UNCHECKED, Store
+
+log = logging.getLogger("taskserver.store")
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
 SCHEMA_VERSION = 1
@@ -53,8 +59,19 @@ def _device(row):
     return Device(**values)
 
 
+@dataclass(eq=False)
+class Batch:
+    """The writes of one turn of the event loop, committed together, and what waits for their commit."""
+
+    committed: Signal = field(default_factory=Signal)
+    callbacks: list = field(default_factory=list)
+    error: Exception | None = None
+
+
 class SQLiteStore(Store):
-    """Store on one ``sqlite3`` connection guarded by a lock; every verb is one transaction and never yields."""
+    """Store on one ``sqlite3`` connection guarded by a lock. No verb yields; each is atomic (a savepoint), and the
+    writes of all greenlets in one turn of the event loop share one commit (group commit): ``durable()`` waits for
+    it, ``after_commit()`` defers output until it."""
 
     def __init__(self, path, synchronous="NORMAL"):
         if path != ":memory:":
@@ -62,6 +79,7 @@ class SQLiteStore(Store):
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -81,14 +99,56 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _transaction(self):
+        """One atomic verb inside the open batch (a new batch, and its commit, start with the first write)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._batch is None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._batch = Batch()
+                gevent.spawn(self._commit)
+            self._db.execute("SAVEPOINT verb")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK TO verb")
+                self._db.execute("RELEASE verb")
                 raise
-            self._db.execute("COMMIT")
+            self._db.execute("RELEASE verb")
+
+    def _commit(self):
+        """Commit the open batch, then run what waited for it; if the commit fails, its writes and output are gone."""
+        with self._lock:
+            batch, self._batch = self._batch, None
+            if batch is None:
+                return
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), exc)
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                batch.error = exc
+        if batch.error is None:
+            for callback in batch.callbacks:
+                try:
+                    callback()
+                except Exception:  # one failed send must not keep the others from going out
+                    log.exception("deferred output failed")
+        batch.committed.set()
+
+    def durable(self):
+        """Return once every write made so far is committed; raise the commit's error if it failed."""
+        batch = self._batch
+        if batch is not None:
+            batch.committed.wait()
+            if batch.error is not None:
+                raise batch.error
+
+    def after_commit(self, callback):
+        """Run ``callback`` once every write made so far is committed (now, if none waits); never if that fails."""
+        if self._batch is None:
+            callback()
+        else:
+            self._batch.callbacks.append(callback)
 
     def _query(self, sql, params=()):
         with self._lock:
@@ -132,29 +192,42 @@ class SQLiteStore(Store):
         return _task(rows[0]) if rows else None
 
     def update_task_if(
-        self, task_id, expect_status, changes, event=None, expect_device=None, expect_attempt=None, owe_cancel_to=None
+        self,
+        task_id,
+        expect_status,
+        changes,
+        event=None,
+        expect_device=UNCHECKED,
+        expect_attempt=None,
+        owe_cancel_to=None,
     ):
         """Apply ``changes`` (and ``event``, and an owed cancel) only if the task still matches; return it, or None."""
         expected = [TaskStatus(s).value for s in expect_status]
         where = f"task_id = ? AND status IN ({', '.join('?' for _ in expected)})"
         params = [task_id, *expected]
-        if expect_device is not None:
-            where += " AND device_id = ?"
+        if expect_device is not UNCHECKED:
+            where += " AND device_id IS ?"
             params.append(expect_device)
         if expect_attempt is not None:
             where += " AND attempt = ?"
             params.append(expect_attempt)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         with self._transaction() as db:
-            before = db.execute(f"SELECT status, device_id FROM tasks WHERE {where}", params).fetchall()
-            if not before:
-                return None
+            if len(expected) == 1 and expect_device is not UNCHECKED:  # the row as it was is known: no need to read it
+                before = (expected[0], expect_device)
+            else:
+                rows = db.execute(f"SELECT status, device_id FROM tasks WHERE {where}", params).fetchall()
+                if not rows:
+                    return None
+                before = tuple(rows[0])
             rows = db.execute(
-                f"UPDATE tasks SET {assignments} WHERE task_id = ? RETURNING *",
-                [_to_db(name, value) for name, value in changes.items()] + [task_id],
+                f"UPDATE tasks SET {assignments} WHERE {where} RETURNING *",
+                [_to_db(name, value) for name, value in changes.items()] + params,
             ).fetchall()
+            if not rows:
+                return None
             after = _task(rows[0])
-            self._move_active_count(db, TaskStatus(before[0]["status"]), before[0]["device_id"], after)
+            self._move_active_count(db, TaskStatus(before[0]), before[1], after)
             if event is not None:
                 self._insert_event(db, task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
@@ -442,6 +515,7 @@ class SQLiteStore(Store):
             db.execute("INSERT OR REPLACE INTO store_health (id, checked_at) VALUES (1, ?)", (now,))
 
     def close(self):
-        """Release the store's resources."""
+        """Commit what is open and release the store's resources."""
+        self._commit()
         with self._lock:
             self._db.close()
