@@ -2,7 +2,6 @@
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from functools import partial
 
@@ -156,7 +155,7 @@ class TaskService:
         if request.device_id is not None and self.store.get_device(request.device_id) is None:
             raise NotFound(f"设备 {request.device_id} 不存在", "DEVICE_NOT_FOUND")
         task = Task(
-            task_id=f"task_{uuid.uuid4().hex}",
+            task_id=domain.new_task_id(),
             task_type=request.task_type,
             data=request.data,
             target_device_id=request.device_id,
@@ -285,9 +284,7 @@ class TaskService:
             detail = {"progress": progress, "message": message}
             updated = self._move(task, TaskStatus.RUNNING, changes, "started", device_id, now, detail=detail)
         else:
-            updated = self.store.update_task_if(
-                task.task_id, [task.status], changes, event, expect_device=device_id, expect_attempt=task.attempt
-            )
+            updated = self.store.update_task_if(task, changes, event)
             if updated is not None:
                 self.notifier.task_changed(updated)
         if updated is None:
@@ -378,7 +375,7 @@ class TaskService:
         cheap with a large fleet and a long queue."""
         now = self.clock() if now is None else now
         sent = []
-        while (wanted := min(self.store.free_slot_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
+        while (wanted := min(self.store.dispatchable_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
             tasks = self.store.due_pending_tasks(now, wanted)
             if not tasks:
                 break
@@ -458,13 +455,7 @@ class TaskService:
         domain.check_transition(task.status, target)
         event = Event(kind, actor, device_id or task.device_id, detail)
         updated = self.store.update_task_if(
-            task.task_id,
-            [task.status],
-            {**changes, "status": target, "updated_at": now},
-            event,
-            expect_device=task.device_id,
-            expect_attempt=task.attempt,
-            owe_cancel_to=owe_cancel_to,
+            task, {**changes, "status": target, "updated_at": now}, event, owe_cancel_to=owe_cancel_to
         )
         if updated is not None:
             self.notifier.task_changed(updated, (task.device_id, updated.device_id))

@@ -1,5 +1,8 @@
 """Pure rules: the transition table, backoff, retries, timeouts and device choice."""
 
+import re
+import time
+
 import pytest
 
 from taskserver.domain import (
@@ -9,6 +12,7 @@ from taskserver.domain import (
     Task,
     TaskStatus,
     check_transition,
+    new_task_id,
     pick_device,
     retries_left,
     retry_backoff,
@@ -78,3 +82,12 @@ def test_device_status_follows_connection_and_load():
     assert phone("a").status == "online"
     assert phone("a", active=1).status == "busy"
     assert phone("a", connected=False).status == "offline"
+
+
+def test_task_ids_are_32_hex_digits_in_creation_order():
+    first = new_task_id()
+    time.sleep(0.001)
+    later = [new_task_id() for _ in range(1000)]
+    assert all(re.fullmatch(r"task_[0-9a-f]{32}", task_id) for task_id in [first, *later])
+    assert all(first < task_id for task_id in later)  # what the store's indexes rely on to stay compact
+    assert len(set(later)) == 1000

@@ -6,6 +6,7 @@ The tests drive the store only through its verbs, with ``domain`` objects and ex
 """
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -62,10 +63,16 @@ def add(store, task):
     return task
 
 
+def as_read(store, task_id, **fields):
+    """The task as a caller read it (``fields`` pretend it read something else)."""
+    return replace(store.get_task(task_id) or make_task(task_id), **fields)
+
+
 def move(store, task_id, expect, status, now, **changes):
-    """One conditional status move, as the service makes it."""
+    """One conditional status move, as the service makes it, from a read that found ``expect``."""
     event = Event(str(TaskStatus(status)), "test", changes.get("device_id"))
-    return store.update_task_if(task_id, [expect], {"status": status, "updated_at": now, **changes}, event)
+    task = as_read(store, task_id, status=expect)
+    return store.update_task_if(task, {"status": status, "updated_at": now, **changes}, event)
 
 
 def dispatch(store, task_id, device_id, now=200.0):
@@ -137,21 +144,23 @@ class TestStoreContract:
         assert updated.updated_at == 300.0 and updated.finished_at == 300.0
         assert store.get_task("task_1") == updated
 
-    def test_update_accepts_any_of_several_expected_statuses(self, store):
+    def test_update_refuses_a_stale_read(self, store):
         add(store, make_task("task_1"))
-        changes = {"status": CANCELLED, "updated_at": 300.0}
-        assert store.update_task_if("task_1", [DISPATCHED, RUNNING, PENDING], changes).status == CANCELLED
+        stale = store.get_task("task_1")
+        assert move(store, "task_1", PENDING, CANCELLED, 300.0) is not None
+        assert store.update_task_if(stale, {"status": DISPATCHED, "updated_at": 301.0}) is None
+        assert store.get_task("task_1").status == CANCELLED
 
     def test_update_refuses_a_different_status(self, store):
         add(store, make_task("task_1"))
         before = store.get_task("task_1")
         assert move(store, "task_1", RUNNING, COMPLETED, 300.0) is None
-        assert store.update_task_if("task_1", [DISPATCHED, RUNNING], {"progress": 50}) is None
+        assert store.update_task_if(as_read(store, "task_1", status=DISPATCHED), {"progress": 50}) is None
         assert store.get_task("task_1") == before
         assert [e["kind"] for e in store.task_events("task_1")] == ["created"]
 
     def test_update_of_an_unknown_task_is_none(self, store):
-        assert store.update_task_if("task_missing", [PENDING], {"progress": 1}) is None
+        assert store.update_task_if(make_task("task_missing"), {"progress": 1}) is None
 
     def test_update_checks_the_expected_device_and_attempt(self, store):
         store.save_device(make_device("android_001", capacity=5))
@@ -160,24 +169,26 @@ class TestStoreContract:
         before = store.get_task("task_1")
         assert before.attempt == 1
 
-        def progress(**expect):
-            return store.update_task_if("task_1", [DISPATCHED], {"progress": 10}, **expect)
+        def progress(**read):
+            return store.update_task_if(replace(before, **read), {"progress": 10})
 
-        assert progress(expect_device="android_002") is None
-        assert progress(expect_attempt=2) is None
-        assert progress(expect_device="android_002", expect_attempt=1) is None
-        assert progress(expect_device="android_001", expect_attempt=2) is None
+        assert progress(device_id="android_002") is None
+        assert progress(device_id=None) is None
+        assert progress(attempt=2) is None
+        assert progress(device_id="android_002", attempt=1) is None
         assert store.get_task("task_1") == before
-        assert progress(expect_device="android_001", expect_attempt=1).progress == 10
+        assert progress().progress == 10
+        assert store.get_task("task_1").progress == 10
 
     def test_event_history_is_appended_in_order(self, store):
         store.save_device(make_device("android_001"))
         add(store, make_task("task_1", created_at=100.0))
         dispatch(store, "task_1", "android_001", now=200.0)
         store.add_event("task_1", 250.0, Event("note", "server", "android_001", {"n": 1}), 1)
-        store.update_task_if("task_1", [DISPATCHED], {"progress": 5, "updated_at": 260.0})  # no event
+        store.update_task_if(store.get_task("task_1"), {"progress": 5, "updated_at": 260.0})  # no event
         changes = {"status": PENDING, "device_id": None, "attempt": 2, "updated_at": 300.0}
-        store.update_task_if("task_1", [DISPATCHED], changes, Event("retry_scheduled", "watchdog", "android_001"))
+        retry = Event("retry_scheduled", "watchdog", "android_001")
+        store.update_task_if(store.get_task("task_1"), changes, retry)
         events = store.task_events("task_1")
         assert [e["kind"] for e in events] == ["created", "dispatched", "note", "retry_scheduled"]
         assert [e["at"] for e in events] == [100.0, 200.0, 250.0, 300.0]
@@ -202,7 +213,7 @@ class TestStoreContract:
             add(store, make_task(task_id))
             dispatch(store, task_id, device_id)
             changes = {"status": CANCELLED, "updated_at": 300.0}
-            assert store.update_task_if(task_id, [DISPATCHED], changes, owe_cancel_to=device_id) is not None
+            assert store.update_task_if(store.get_task(task_id), changes, owe_cancel_to=device_id) is not None
         assert sorted(store.take_owed_cancels("android_001")) == ["task_1", "task_2"]
         assert store.take_owed_cancels("android_001") == []
         assert store.take_owed_cancels("android_002") == ["task_3"]
@@ -211,7 +222,8 @@ class TestStoreContract:
     def test_refused_update_owes_no_cancel(self, store):
         add(store, make_task("task_1"))
         changes = {"status": CANCELLED, "updated_at": 300.0}
-        assert store.update_task_if("task_1", [RUNNING], changes, owe_cancel_to="android_001") is None
+        stale = as_read(store, "task_1", status=RUNNING)
+        assert store.update_task_if(stale, changes, owe_cancel_to="android_001") is None
         assert store.take_owed_cancels("android_001") == []
 
     # ---- the active task counter ----
@@ -296,7 +308,7 @@ class TestStoreContract:
         assert ids(store.due_pending_tasks(199.9, 10)) == ["now"]
         assert ids(store.due_pending_tasks(200.0, 10)) == ["later", "now"]
 
-    def test_free_devices_least_loaded_first_and_slot_count(self, store):
+    def test_free_devices_least_loaded_first_and_dispatchable_count(self, store):
         store.save_device(make_device("busy", capacity=1))
         store.save_device(make_device("half", capacity=3, registered_at=101.0))
         store.save_device(make_device("idle", capacity=2, registered_at=102.0))
@@ -308,8 +320,10 @@ class TestStoreContract:
         assert [d.device_id for d in store.free_devices()] == ["idle", "half"]
         assert [d.device_id for d in store.free_devices(limit=1)] == ["idle"]
         assert [d.device_id for d in store.free_devices(limit=1, include=["half", "busy"])] == ["idle", "half"]
-        assert store.free_slot_count(at_most=10) == 4
-        assert store.free_slot_count(at_most=1) == 2  # counted over the first free device only
+        assert store.dispatchable_count(at_most=10) == 0  # no task is pending
+        add(store, make_task("task_3"))
+        assert store.dispatchable_count(at_most=10) == 4
+        assert store.dispatchable_count(at_most=1) == 2  # counted over the first free device only
 
     def test_due_pending_tasks_need_their_target_free(self, store):
         store.save_device(make_device("free"))
@@ -478,7 +492,8 @@ def test_data_survives_close_and_reopen(tmp_path, open_store):
     add(first, make_task("task_1", created_at=100.0, idempotency_key="k"))
     add(first, make_task("task_2", created_at=101.0))
     dispatch(first, "task_1", "android_001")
-    first.update_task_if("task_2", [PENDING], {"status": CANCELLED, "updated_at": 300.0}, owe_cancel_to="android_001")
+    cancel = {"status": CANCELLED, "updated_at": 300.0}
+    first.update_task_if(first.get_task("task_2"), cancel, owe_cancel_to="android_001")
     task_1, device = first.get_task("task_1"), first.get_device("android_001")
     first.close()
 

@@ -1,7 +1,5 @@
 """The store interface: small verbs, each atomic, each returning copies; one contract suite tests every backend."""
 
-UNCHECKED = object()  # ``update_task_if``'s default for the device: any, where None would mean "no device"
-
 
 class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
@@ -19,19 +17,10 @@ class Store:
         """The newest task created with ``key`` at or after ``since``, or None."""
         raise NotImplementedError
 
-    def update_task_if(
-        self,
-        task_id,
-        expect_status,
-        changes,
-        event=None,
-        expect_device=UNCHECKED,
-        expect_attempt=None,
-        owe_cancel_to=None,
-    ):
+    def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
         """Apply ``changes``, append ``event`` and record a ``cancel_task`` owed to ``owe_cancel_to``, only if the
-        task still has one of ``expect_status`` (and, if given, that device, None included, and that attempt);
-        return it updated, or None."""
+        stored task still has the status, device and attempt of ``task`` (as the caller read it); return the task
+        updated, or None."""
         raise NotImplementedError
 
     def list_tasks(
@@ -116,8 +105,9 @@ class Store:
         """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
         raise NotImplementedError
 
-    def free_slot_count(self, at_most):
-        """How many more tasks the connected, enabled devices can take now, counted up to ``at_most`` devices."""
+    def dispatchable_count(self, at_most):
+        """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
+        ``at_most`` devices), or 0 when no task is pending."""
         raise NotImplementedError
 
     def free_devices(self, limit=None, include=()):

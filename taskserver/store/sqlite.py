@@ -6,14 +6,14 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import gevent
 from gevent.event import Event as Signal
 
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
-from taskserver.store.base import UNCHECKED, Store
+from taskserver.store.base import Store
 
 log = logging.getLogger("taskserver.store")
 
@@ -80,6 +80,9 @@ class SQLiteStore(Store):
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
+        # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
+        # it changed, and most changes are single rows in random places (a device's counter, its index entries).
+        self._db.execute("PRAGMA page_size=2048")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -191,55 +194,32 @@ class SQLiteStore(Store):
         )
         return _task(rows[0]) if rows else None
 
-    def update_task_if(
-        self,
-        task_id,
-        expect_status,
-        changes,
-        event=None,
-        expect_device=UNCHECKED,
-        expect_attempt=None,
-        owe_cancel_to=None,
-    ):
-        """Apply ``changes`` (and ``event``, and an owed cancel) only if the task still matches; return it, or None."""
-        expected = [TaskStatus(s).value for s in expect_status]
-        where = f"task_id = ? AND status IN ({', '.join('?' for _ in expected)})"
-        params = [task_id, *expected]
-        if expect_device is not UNCHECKED:
-            where += " AND device_id IS ?"
-            params.append(expect_device)
-        if expect_attempt is not None:
-            where += " AND attempt = ?"
-            params.append(expect_attempt)
+    def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
+        """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
+        and attempt of ``task`` as the caller read it; return it updated, or None."""
         assignments = ", ".join(f"{name} = ?" for name in changes)
         with self._transaction() as db:
-            if len(expected) == 1 and expect_device is not UNCHECKED:  # the row as it was is known: no need to read it
-                before = (expected[0], expect_device)
-            else:
-                rows = db.execute(f"SELECT status, device_id FROM tasks WHERE {where}", params).fetchall()
-                if not rows:
-                    return None
-                before = tuple(rows[0])
-            rows = db.execute(
-                f"UPDATE tasks SET {assignments} WHERE {where} RETURNING *",
-                [_to_db(name, value) for name, value in changes.items()] + params,
-            ).fetchall()
-            if not rows:
+            cursor = db.execute(
+                f"UPDATE tasks SET {assignments} WHERE task_id = ? AND status = ? AND device_id IS ? AND attempt = ?",
+                [_to_db(name, value) for name, value in changes.items()]
+                + [task.task_id, task.status.value, task.device_id, task.attempt],
+            )
+            if cursor.rowcount != 1:
                 return None
-            after = _task(rows[0])
-            self._move_active_count(db, TaskStatus(before[0]), before[1], after)
+            after = replace(task, **changes)
+            self._move_active_count(db, task, after)
             if event is not None:
-                self._insert_event(db, task_id, after.updated_at, event, after.attempt)
+                self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
-                db.execute("INSERT OR IGNORE INTO owed_cancels VALUES (?, ?)", (owe_cancel_to, task_id))
+                db.execute("INSERT OR IGNORE INTO owed_cancels VALUES (?, ?)", (owe_cancel_to, task.task_id))
             return after
 
-    def _move_active_count(self, db, status_before, device_before, after):
+    def _move_active_count(self, db, before, after):
         """Keep ``devices.active_tasks`` equal to the device's dispatched and running tasks."""
-        if device_before == after.device_id and (status_before in ACTIVE) == (after.status in ACTIVE):
+        if before.device_id == after.device_id and (before.status in ACTIVE) == (after.status in ACTIVE):
             return
-        if status_before in ACTIVE:
-            self._shift_active(db, device_before, -1)
+        if before.status in ACTIVE:
+            self._shift_active(db, before.device_id, -1)
         if after.status in ACTIVE:
             self._shift_active(db, after.device_id, +1)
 
@@ -403,10 +383,14 @@ class SQLiteStore(Store):
         rows = self._query(f"SELECT * FROM devices {where} ORDER BY registered_at DESC, device_id", params)
         return [_device(row) for row in rows]
 
-    def free_slot_count(self, at_most):
-        """How many more tasks the connected, enabled devices can take now, counted up to ``at_most`` devices."""
+    def dispatchable_count(self, at_most):
+        """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
+        ``at_most`` devices), or 0 when no task is pending."""
         rows = self._query(
-            f"SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM (SELECT capacity, active_tasks {FREE} LIMIT ?)",
+            f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')
+                THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
+                      (SELECT capacity, active_tasks {FREE} LIMIT ?))
+                ELSE 0 END""",
             (at_most,),
         )
         return rows[0][0]
