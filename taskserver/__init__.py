@@ -3,6 +3,7 @@
 import logging
 
 from flask import Flask
+from flask.sessions import SessionInterface
 
 from config import load_config, production_problems
 from taskserver import dashboard, logs
@@ -45,6 +46,7 @@ def create_app(config=None, clock=None):
     app.config.update(settings, MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], **OPENAPI)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.session_interface = NoSessions()
 
     store = open_store(settings)
     plain_sockets = plainws.PlainSockets()
@@ -86,6 +88,17 @@ def create_app(config=None, clock=None):
         feed.start()
     metrics.watch(service, app.extensions.get("watchdog"))
     return app
+
+
+class NoSessions(SessionInterface):
+    """Every request carries its own token: no cookie session is read or written (Flask's default would build a
+    signing serializer for every request)."""
+
+    def open_session(self, app, request):
+        return self.make_null_session(app)
+
+    def save_session(self, app, session, response):
+        pass
 
 
 def answer_when_stored(store):

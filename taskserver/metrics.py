@@ -55,8 +55,7 @@ class Metrics:
             for outcome in ("success", "failure"):
                 self.results.labels(task_type, outcome)
             self.latency.labels(task_type)
-        for name in DEVICE_EVENTS:
-            self.device_events.labels(name)
+        self._device_event_counters = {name: self.device_events.labels(name) for name in DEVICE_EVENTS}
 
     def watch(self, service, watchdog=None):
         """Add the gauges read at scrape time: devices and tasks from the store, the watchdog's health."""
@@ -68,7 +67,7 @@ class Metrics:
 
     def device_event(self, name):
         """Count one event handled for a device."""
-        self.device_events.labels(name).inc()
+        self._device_event_counters[name].inc()
 
     def result(self, task_type, success, seconds):
         """Count a device's result and observe how long its attempt took."""

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from taskserver import domain, logs
@@ -167,12 +167,30 @@ class TaskService:
             not_before=request.not_before,
             idempotency_key=request.idempotency_key,
         )
-        self.store.add_task(task, Event("created", "operator", request.device_id, {"task_type": task.task_type}))
-        self.notifier.task_changed(task)
+        created = Event("created", "operator", request.device_id, {"task_type": task.task_type})
+        device = self._device_for_new(task, now)
+        if device is not None:  # nothing waits before it: store it already dispatched, in one write
+            domain.check_transition(task.status, TaskStatus.DISPATCHED)
+            dispatched = replace(task, **self._dispatch_changes(device, now))
+            self.store.add_task(dispatched, created, Event("dispatched", "server", device.device_id))
+        else:
+            self.store.add_task(task, created)
         self.metrics.created.labels(task.task_type).inc()
         logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
+        if device is not None:
+            self.notifier.task_changed(dispatched, (device.device_id,))
+            self._sent(dispatched, device)
+            return dispatched, True
+        self.notifier.task_changed(task)
         sent = self.dispatch_pending(now)
         return next((sent_task for sent_task in sent if sent_task.task_id == task.task_id), task), True
+
+    def _device_for_new(self, task, now):
+        """A free device for a new task due now, if no task is pending (else it queues behind them), or None."""
+        if (task.not_before is not None and task.not_before > now) or self.store.has_pending_tasks():
+            return None
+        include = [task.target_device_id] if task.target_device_id else []
+        return domain.pick_device(task, self.store.free_devices(limit=1, include=include))
 
     def cancel(self, task_id):
         """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
@@ -392,22 +410,32 @@ class TaskService:
         return sent
 
     def _assign(self, task, device, now):
-        """Send the task to the device; return it as stored, or None if it changed meanwhile."""
-        changes = {
+        """Send the pending task to the device; return it as stored, or None if it changed meanwhile."""
+        changes = self._dispatch_changes(device, now)
+        updated = self._move(task, TaskStatus.DISPATCHED, changes, "dispatched", "server", now, device.device_id)
+        if updated is not None:
+            self._sent(updated, device)
+        return updated
+
+    @staticmethod
+    def _dispatch_changes(device, now):
+        """The changes that dispatch a task to ``device``."""
+        return {
+            "status": TaskStatus.DISPATCHED,
             "device_id": device.device_id,
             "dispatched_at": now,
+            "updated_at": now,
             "delivered_at": None,
             "started_at": None,
             "progress": 0,
             "progress_message": None,
         }
-        updated = self._move(task, TaskStatus.DISPATCHED, changes, "dispatched", "server", now, device.device_id)
-        if updated is None:
-            return None
+
+    def _sent(self, task, device):
+        """Count, log and send a task that was just stored as dispatched to ``device``."""
         self.metrics.dispatches.labels(task.task_type).inc()
         logs.event(log, "task dispatched", task_id=task.task_id, device_id=device.device_id, attempt=task.attempt)
-        self._send_task(device.sid, updated)
-        return updated
+        self._send_task(device.sid, task)
 
     def _send_task(self, sid, task):
         on_ack = partial(self.task_delivered, task.task_id, task.device_id, task.attempt)

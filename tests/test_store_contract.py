@@ -135,6 +135,22 @@ class TestStoreContract:
         assert event["at"] == 123.0 and event["attempt"] == 1
         assert event["detail"] == {"task_type": "DELIST"}
 
+    def test_a_task_added_already_dispatched_counts_on_its_device(self, store):
+        store.save_device(make_device("android_001", capacity=2))
+        task = make_task("task_1", status=DISPATCHED, device_id="android_001", dispatched_at=100.0)
+        store.add_task(task, CREATED, Event("dispatched", "server", "android_001"))
+        assert store.get_task("task_1") == task
+        assert store.get_device("android_001").active_tasks == 1
+        assert [e["kind"] for e in store.task_events("task_1")] == ["created", "dispatched"]
+        assert store.device_had_task("task_1", "android_001") is True
+
+    def test_has_pending_tasks_counts_scheduled_ones_too(self, store):
+        assert store.has_pending_tasks() is False
+        add(store, make_task("later", not_before=500.0))
+        assert store.has_pending_tasks() is True
+        move(store, "later", PENDING, CANCELLED, 300.0)
+        assert store.has_pending_tasks() is False
+
     # ---- update_task_if ----
 
     def test_update_applies_when_the_status_matches(self, store):

@@ -5,8 +5,12 @@ class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
 
     # tasks
-    def add_task(self, task, event):
-        """Insert a new task and its first history event in one transaction."""
+    def add_task(self, task, *events):
+        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
+        raise NotImplementedError
+
+    def has_pending_tasks(self):
+        """True if any task is pending (due now or scheduled)."""
         raise NotImplementedError
 
     def get_task(self, task_id):

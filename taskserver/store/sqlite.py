@@ -170,8 +170,8 @@ class SQLiteStore(Store):
             db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
 
     # tasks
-    def add_task(self, task, event):
-        """Insert a new task and its first history event in one transaction."""
+    def add_task(self, task, *events):
+        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
         columns = ", ".join(TASK_COLUMNS)
         marks = ", ".join("?" for _ in TASK_COLUMNS)
         with self._transaction() as db:
@@ -179,7 +179,14 @@ class SQLiteStore(Store):
                 f"INSERT INTO tasks ({columns}) VALUES ({marks})",
                 [_to_db(name, getattr(task, name)) for name in TASK_COLUMNS],
             )
-            self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
+            if task.status in ACTIVE:
+                self._shift_active(db, task.device_id, +1)
+            for event in events:
+                self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
+
+    def has_pending_tasks(self):
+        """True if any task is pending (due now or scheduled)."""
+        return bool(self._query("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')")[0][0])
 
     def get_task(self, task_id):
         """The task with this id, or None."""
