@@ -1,5 +1,9 @@
-"""Logging: one line per lifecycle event with its task and device ids, as text or JSON (``TASKSERVER_LOG_FORMAT``)."""
+"""Logging: one line per lifecycle event with its task and device ids, as text or JSON (``TASKSERVER_LOG_FORMAT``).
 
+INFO has what an operator follows (created, dispatched, ended, devices coming and going); DEBUG adds delivery
+and progress, which every task's history (``GET /api/task/<id>/events``) keeps anyway."""
+
+import functools
 import json
 import logging
 from datetime import UTC, datetime
@@ -38,6 +42,7 @@ def configure(level, log_format="text"):
     logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
 
 
+@functools.cache
 def is_secret(key):
     """True for field names that may carry credentials; such fields never reach a log."""
     key = key.lower()
@@ -46,6 +51,8 @@ def is_secret(key):
 
 def event(logger, what, level=logging.INFO, **fields):
     """Log ``what key=value ...``; JSON logs get ``event`` and each field as keys of their own."""
+    if not logger.isEnabledFor(level):
+        return
     fields = {key: value for key, value in fields.items() if not is_secret(key)}
     text = " ".join([what, *(f"{key}={value}" for key, value in fields.items())])
     logger.log(level, text, extra={"fields": {"event": what, **fields}})

@@ -307,10 +307,9 @@ class TaskService:
                 self.notifier.task_changed(updated)
         if updated is None:
             return self.report_progress(sid, payload)
-        if task.status == TaskStatus.DISPATCHED:
-            logs.event(log, "task started", task_id=task.task_id, device_id=device_id, progress=progress)
-        elif event is not None:
-            logs.event(log, "task progress", task_id=task.task_id, device_id=device_id, progress=progress)
+        if task.status == TaskStatus.DISPATCHED or event is not None:
+            what = "task started" if task.status == TaskStatus.DISPATCHED else "task progress"
+            logs.event(log, what, logging.DEBUG, task_id=task.task_id, device_id=device_id, progress=progress)
         return {"success": True, "task_id": task.task_id, "status": updated.status.value, "progress": progress}
 
     @staticmethod
@@ -381,7 +380,7 @@ class TaskService:
         now = self.clock()
         self.metrics.device_event("new_task_ack")
         if self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now):
-            logs.event(log, "task delivered", task_id=task_id, device_id=device_id, attempt=attempt)
+            logs.event(log, "task delivered", logging.DEBUG, task_id=task_id, device_id=device_id, attempt=attempt)
 
     # ---- moving tasks ----
 

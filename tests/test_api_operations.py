@@ -502,7 +502,7 @@ def test_openapi_document_describes_the_new_queries_and_bodies(server):
 
 
 def test_one_log_line_per_lifecycle_event_with_task_and_device_ids(server, devices, caplog):
-    caplog.set_level(logging.INFO, logger="taskserver")
+    caplog.set_level(logging.DEBUG, logger="taskserver")
     phone = devices("android_001", token="device-secret-123")
     task_id = server.dispatch(max_retries=1, timeout=10)["task_id"]
     phone.wait("new_task")
@@ -525,6 +525,9 @@ def test_one_log_line_per_lifecycle_event_with_task_and_device_ids(server, devic
     ]
     for start in expected:
         assert sum(line.startswith(start) for line in lines) == 1, (start, lines)
+    info = [record.getMessage() for record in caplog.records if record.levelno >= logging.INFO]
+    assert not any(line.startswith(("task delivered", "task progress", "task started")) for line in info)
+    assert sum(line.startswith(("task created", "task dispatched", "task result")) for line in info) == 4
     text = "\n".join(lines)
     assert "device-secret-123" not in text and phone.sio.get_sid("/") not in text
 
@@ -581,6 +584,7 @@ def test_json_logs_from_the_real_entry_point(tmp_path):
         "TASKSERVER_HOST": "127.0.0.1",
         "TASKSERVER_DATABASE": str(tmp_path / "json.db"),
         "TASKSERVER_LOG_FORMAT": "json",
+        "TASKSERVER_LOG_LEVEL": "DEBUG",
         "TASKSERVER_ENV": "development",
     }
     process = subprocess.Popen(

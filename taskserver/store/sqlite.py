@@ -80,6 +80,7 @@ class SQLiteStore(Store):
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
+        self._committing = None  # the Batch whose COMMIT is running
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
         self._db.execute("PRAGMA page_size=2048")
@@ -118,18 +119,24 @@ class SQLiteStore(Store):
             self._db.execute("RELEASE verb")
 
     def _commit(self):
-        """Commit the open batch, then run what waited for it; if the commit fails, its writes and output are gone."""
+        """Commit the open batch, then run what waited for it; if the commit fails, its writes and output are gone.
+
+        The COMMIT (writing the pages, and checkpoints) runs on a thread of gevent's pool: ``sqlite3`` releases the GIL
+        meanwhile, so the server goes on parsing and answering on the other core; the store stays locked until done."""
         with self._lock:
             batch, self._batch = self._batch, None
             if batch is None:
                 return
+            self._committing = batch
             try:
-                self._db.execute("COMMIT")
+                gevent.get_hub().threadpool.apply(self._db.execute, ("COMMIT",))
             except sqlite3.Error as exc:
                 log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), exc)
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 batch.error = exc
+            finally:
+                self._committing = None
         if batch.error is None:
             for callback in batch.callbacks:
                 try:
@@ -140,7 +147,7 @@ class SQLiteStore(Store):
 
     def durable(self):
         """Return once every write made so far is committed; raise the commit's error if it failed."""
-        batch = self._batch
+        batch = self._batch or self._committing
         if batch is not None:
             batch.committed.wait()
             if batch.error is not None:
