@@ -3,7 +3,7 @@
 import logging
 import time
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import partial, wraps
 
 from taskserver import domain, logs
 from taskserver.connections import Connections
@@ -18,6 +18,18 @@ log = logging.getLogger("taskserver")
 SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
 PROGRESS_MILESTONES = (25, 50, 75, 100)
 DISPATCH_BATCH = 32  # pending tasks considered per round of dispatch_pending
+
+
+def atomic(operation):
+    """Run the whole operation with the store to itself (``Store.atomically``): it may wait to start, while a
+    commit runs, but nothing comes between its reads and its writes."""
+
+    @wraps(operation)
+    def run(self, *args, **kwargs):
+        with self.store.atomically():
+            return operation(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class TaskService:
         self.credentials.check_connection(token)
         self.connections.opened(sid, token)
 
+    @atomic
     def register(self, sid, payload):
         """Bind the connection to its device id, resend what the device missed, and hand it work."""
         device_id = payload["device_id"]
@@ -103,6 +116,7 @@ class TaskService:
         for task_id in self.store.take_owed_cancels(device_id):
             self.notifier.cancel_task(sid, task_id)
 
+    @atomic
     def heartbeat(self, sid, payload):
         """Note that the device is alive (by the server's clock) and answer with the server time."""
         device_id = self._device_for(sid, payload.get("device_id"))
@@ -115,6 +129,7 @@ class TaskService:
         self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
         return answer
 
+    @atomic
     def disconnect(self, sid):
         """The connection closed: its device, if it still belongs to it, is offline from now."""
         self.metrics.device_event("disconnect")
@@ -142,6 +157,7 @@ class TaskService:
 
     # ---- operator ----
 
+    @atomic
     def dispatch(self, request):
         """Store a new task (or find the one this idempotency key made) and dispatch what can go now.
 
@@ -192,6 +208,7 @@ class TaskService:
         include = [task.target_device_id] if task.target_device_id else []
         return domain.pick_device(task, self.store.free_devices(limit=1, include=include))
 
+    @atomic
     def cancel(self, task_id):
         """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
         task = self.get_task(task_id)
@@ -244,6 +261,7 @@ class TaskService:
             raise NotFound(f"设备 {device_id} 不存在", "DEVICE_NOT_FOUND")
         return device
 
+    @atomic
     def set_device_disabled(self, device_id, disabled):
         """Drain (or undrain) a device: disabled, it keeps its tasks but gets no new ones."""
         device = self.get_device(device_id)
@@ -258,6 +276,7 @@ class TaskService:
                 self.dispatch_pending(now)
         return self.get_device(device_id)
 
+    @atomic
     def forget_device(self, device_id):
         """Delete an offline device with no active task and no task waiting for it; else 409."""
         device = self.get_device(device_id)
@@ -284,6 +303,7 @@ class TaskService:
 
     # ---- task reports from devices ----
 
+    @atomic
     def report_progress(self, sid, payload):
         """Record progress of the device's own current attempt; the first report marks the task running."""
         device_id = self._device_for(sid)
@@ -319,6 +339,7 @@ class TaskService:
             return None
         return Event("progress", device_id, device_id, {"progress": progress, "message": message})
 
+    @atomic
     def report_result(self, sid, payload):
         """Finish the device's current attempt; late, duplicate and foreign results change nothing."""
         device_id = self._device_for(sid)
@@ -370,6 +391,7 @@ class TaskService:
             raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
         raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
 
+    @atomic
     def task_delivered(self, task_id, device_id, attempt, *ack):
         """The device acknowledged ``new_task``: record delivery; the task is running from now."""
         task = self.store.get_task(task_id)
@@ -384,6 +406,7 @@ class TaskService:
 
     # ---- moving tasks ----
 
+    @atomic
     def dispatch_pending(self, now=None):
         """Give due pending tasks to devices with free slots: priority first, then age, least-loaded device first;
         return the tasks sent.
@@ -490,6 +513,7 @@ class TaskService:
 
     # ---- time passing (called by the watchdog) ----
 
+    @atomic
     def expire_silent_devices(self, now):
         """Close connections of heartbeating devices silent for longer than the heartbeat timeout.
 
@@ -501,16 +525,19 @@ class TaskService:
             self._release_sid(sid, now, reason="heartbeat_timeout")
             self.notifier.disconnect(sid)
 
+    @atomic
     def expire_timeouts(self, now):
         """End attempts that outlived their timeout; the device is told to stop."""
         for task in self.store.timed_out_tasks(now):
             self._end_attempt(task, "TASK_TIMEOUT", now, "watchdog", tell_device=True)
 
+    @atomic
     def expire_lost_devices(self, now):
         """End attempts whose device stayed away longer than the grace."""
         for task in self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"]):
             self._end_attempt(task, "DEVICE_OFFLINE", now, "watchdog", tell_device=True)
 
+    @atomic
     def recover_on_start(self):
         """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
         self.store.disconnect_all(self.clock())

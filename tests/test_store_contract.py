@@ -8,6 +8,7 @@ The tests drive the store only through its verbs, with ``domain`` objects and ex
 import sqlite3
 from dataclasses import replace
 
+import gevent
 import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
@@ -591,4 +592,35 @@ def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_pat
     add(store, make_task("task_2"))  # the store goes on with the next batch
     store.durable()
     assert store.get_task("task_2") is not None
+    store.close()
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_path, open_store):
+    store = open_store(tmp_path)
+    order, seen_by_others = [], []
+
+    def committed_tasks():
+        reader = sqlite3.connect(str(tmp_path / "store.db"))
+        count = reader.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+        reader.close()
+        return count
+
+    def operation():
+        with store.atomically():
+            add(store, make_task("task_1"))  # its commit is due at the next turn of the loop...
+            order.append("read and write")
+            gevent.sleep(0.05)  # ...but waits, as does every other greenlet, however long this takes
+            seen_by_others.append(committed_tasks())
+            order.append("operation done")
+
+    def other():
+        order.append("other starts")
+        store.get_task("task_1")
+        order.append("other done")
+
+    gevent.joinall([gevent.spawn(operation), gevent.spawn(other)])
+    store.durable()
+    assert order == ["read and write", "other starts", "operation done", "other done"]
+    assert seen_by_others == [0] and committed_tasks() == 1
     store.close()

@@ -155,6 +155,11 @@ class Store:
         """Write one tiny row in a transaction; raise if the store cannot take writes."""
         raise NotImplementedError
 
+    def atomically(self):
+        """A context manager giving the caller the store alone for a whole operation (it nests): nothing else reads
+        or writes, and no commit starts, between the operation's reads and its writes."""
+        raise NotImplementedError
+
     def durable(self):
         """Return once every write made so far is committed (a backend may group the writes of many requests into
         one commit); raise if that commit failed. Transports call it before they answer."""

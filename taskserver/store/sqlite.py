@@ -69,7 +69,7 @@ class Batch:
 
 
 class SQLiteStore(Store):
-    """Store on one ``sqlite3`` connection guarded by a lock. No verb yields; each is atomic (a savepoint), and the
+    """Store on one ``sqlite3`` connection guarded by a (greenlet) lock. Each verb is atomic (a savepoint), and the
     writes of all greenlets in one turn of the event loop share one commit (group commit): ``durable()`` waits for
     it, ``after_commit()`` defers output until it."""
 
@@ -80,7 +80,7 @@ class SQLiteStore(Store):
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
-        self._committing = None  # the Batch whose COMMIT is running
+        self._committing = None  # the Batch being committed, until its output is sent
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
         self._db.execute("PRAGMA page_size=2048")
@@ -119,31 +119,44 @@ class SQLiteStore(Store):
             self._db.execute("RELEASE verb")
 
     def _commit(self):
-        """Commit the open batch, then run what waited for it; if the commit fails, its writes and output are gone.
+        """Commit the open batch, then send what waited for it; if the commit fails, its writes and output are gone.
 
-        The COMMIT (writing the pages, and checkpoints) runs on a thread of gevent's pool: ``sqlite3`` releases the GIL
-        meanwhile, so the server goes on parsing and answering on the other core; the store stays locked until done."""
+        The COMMIT (writing the pages, and checkpoints) runs on a thread of gevent's pool: ``sqlite3`` releases the
+        GIL meanwhile, so the server goes on parsing and answering on the other core. The store stays locked until
+        the output is sent; the service's operations wait to start (``atomically``), never halfway."""
         with self._lock:
             batch, self._batch = self._batch, None
             if batch is None:
                 return
             self._committing = batch
             try:
-                gevent.get_hub().threadpool.apply(self._db.execute, ("COMMIT",))
-            except sqlite3.Error as exc:
-                log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), exc)
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                batch.error = exc
-            finally:
-                self._committing = None
-        if batch.error is None:
-            for callback in batch.callbacks:
-                try:
-                    callback()
-                except Exception:  # one failed send must not keep the others from going out
-                    log.exception("deferred output failed")
+                gevent.get_hub().threadpool.apply(self._finish, (batch,))
+            except sqlite3.Error as exc:  # the ROLLBACK failed too
+                batch.error = batch.error or exc
+            if batch.error is not None:
+                log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
+            else:
+                for callback in batch.callbacks:
+                    try:
+                        callback()
+                    except Exception:  # one failed send must not keep the others from going out
+                        log.exception("deferred output failed")
+            self._committing = None
         batch.committed.set()
+
+    def _finish(self, batch):
+        """On a pool thread: COMMIT the batch, or ROLLBACK if that fails."""
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            batch.error = exc
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def atomically(self):
+        """The store to the caller alone, for a whole operation (nests): no commit, no other greenlet comes between
+        its reads and its writes. Waiting for it is the only place a store call can yield."""
+        return self._lock
 
     def durable(self):
         """Return once every write made so far is committed; raise the commit's error if it failed."""
@@ -155,10 +168,11 @@ class SQLiteStore(Store):
 
     def after_commit(self, callback):
         """Run ``callback`` once every write made so far is committed (now, if none waits); never if that fails."""
-        if self._batch is None:
+        batch = self._batch or self._committing
+        if batch is None:
             callback()
         else:
-            self._batch.callbacks.append(callback)
+            batch.callbacks.append(callback)
 
     def _query(self, sql, params=()):
         with self._lock:
