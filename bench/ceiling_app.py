@@ -1,7 +1,9 @@
 """The ceiling: the benchmark's message pattern on bare Flask-SocketIO + gevent (no validation, store or logic).
 
-``python bench/ceiling_app.py PORT``: devices register, ``POST /api/dispatch-task`` emits ``new_task`` to the next
-registered device in turn, progress and results are acknowledged. taskserver's throughput is reported against it."""
+``python bench/ceiling_app.py PORT``: devices register, ``POST /api/dispatch-task`` emits ``new_task`` (asking for
+an ack, as taskserver does) to the next registered device in turn, progress and results are acknowledged and a
+result also gets ``task_result_ack``: on the wire, the same messages per task as taskserver sends. taskserver's
+throughput is reported against it."""
 
 from gevent import monkey
 
@@ -36,7 +38,12 @@ def progress(data):
 
 @socketio.on("task_result")
 def result(data):
+    socketio.emit("task_result_ack", {"task_id": data["task_id"], "status": "received"}, to=request.sid)
     return {"success": True, "status": "completed"}
+
+
+def delivered(*ack):
+    """The device acknowledged ``new_task`` (the benchmark's devices do not, like the Android app)."""
 
 
 @app.get("/")
@@ -49,7 +56,7 @@ def dispatch():
     body = request.get_json()
     task_id = uuid.uuid4().hex
     sid = registered[next(turn) % len(registered)]
-    socketio.emit("new_task", {"type": "new_task", "task_id": task_id, **body}, to=sid)
+    socketio.emit("new_task", {"type": "new_task", "task_id": task_id, **body}, to=sid, callback=delivered)
     return {"success": True, "task_id": task_id}
 
 

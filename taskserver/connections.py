@@ -9,6 +9,7 @@ class Connection:
 
     sid: str
     last_seen: float
+    device_name: str | None = None
     heartbeats: bool = False  # only devices that send heartbeats are held to the heartbeat timeout
 
 
@@ -32,10 +33,11 @@ class Connections:
         """The token the connection opened with, or None."""
         return self._tokens.get(sid)
 
-    def bind(self, sid, device_id, now):
-        """Make ``sid`` the device's connection; return the sid it replaces, if another one."""
+    def bind(self, sid, device_id, now, device_name=None):
+        """Make ``sid`` the device's connection (registered as ``device_name``); return the sid it replaces, if
+        another one."""
         replaced = self._by_device.get(device_id)
-        self._by_device[device_id] = Connection(sid, now)
+        self._by_device[device_id] = Connection(sid, now, device_name)
         self._device_of_sid[sid] = device_id
         if replaced is None or replaced.sid == sid:
             return None
@@ -53,6 +55,11 @@ class Connections:
         if connection is not None and connection.sid == sid:
             del self._by_device[device_id]
         return device_id
+
+    def name_of(self, device_id):
+        """The name a connected device registered with, or None."""
+        connection = self._by_device.get(device_id)
+        return connection.device_name if connection is not None else None
 
     def device_of(self, sid):
         """The device id ``sid`` registered as, or None."""

@@ -87,7 +87,7 @@ class TaskService:
         if self.connections.device_of(sid) not in (None, device_id):
             self._release_sid(sid, now)  # the connection switches to another device id
         self.store.save_device(device)
-        replaced_sid = self.connections.bind(sid, device_id, now)
+        replaced_sid = self.connections.bind(sid, device_id, now, device.device_name)
         if replaced_sid is not None:
             self.notifier.replaced(replaced_sid, device_id)
         active = self.store.active_tasks_of(device_id)
@@ -236,12 +236,14 @@ class TaskService:
         return task
 
     def device_names(self, device_ids):
-        """Map each known device id to its name."""
+        """Map each known device id to its name (a connected device's from memory)."""
         names = {}
         for device_id in set(device_ids) - {None}:
-            device = self.store.get_device(device_id)
-            if device is not None:
-                names[device_id] = device.device_name
+            name = self.connections.name_of(device_id)
+            if name is None and (device := self.store.get_device(device_id)) is not None:
+                name = device.device_name
+            if name is not None:
+                names[device_id] = name
         return names
 
     def system_status(self):

@@ -1,12 +1,13 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
+import copy
 import json
 import logging
 import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import gevent
@@ -39,6 +40,15 @@ def _to_db(name, value):
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def _changed(task, changes):
+    """A copy of ``task`` with ``changes`` applied (``dataclasses.replace`` without its per-call checks: the UPDATE
+    has already refused an unknown column)."""
+    after = copy.copy(task)
+    for name, value in changes.items():
+        setattr(after, name, value)
+    return after
 
 
 def _task(row):
@@ -234,7 +244,7 @@ class SQLiteStore(Store):
             )
             if cursor.rowcount != 1:
                 return None
-            after = replace(task, **changes)
+            after = _changed(task, changes)
             self._move_active_count(db, task, after)
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
