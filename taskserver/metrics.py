@@ -56,6 +56,7 @@ class Metrics:
                 self.results.labels(task_type, outcome)
             self.latency.labels(task_type)
         self._device_event_counters = {name: self.device_events.labels(name) for name in DEVICE_EVENTS}
+        self._children = {}  # (family, label values) -> the labelled child, so that counting skips labels()
 
     def watch(self, service, watchdog=None):
         """Add the gauges read at scrape time: devices and tasks from the store, the watchdog's health."""
@@ -65,24 +66,34 @@ class Metrics:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
+    def _child(self, family, *values):
+        child = self._children.get((family, values))
+        if child is None:
+            child = self._children[family, values] = family.labels(*values)
+        return child
+
+    def count(self, family, *values):
+        """Add one to ``family``'s series for these label values (``created``, ``dispatches``, ``cancels``, ...)."""
+        self._child(family, *values).inc()
+
     def device_event(self, name):
         """Count one event handled for a device."""
         self._device_event_counters[name].inc()
 
     def result(self, task_type, success, seconds):
         """Count a device's result and observe how long its attempt took."""
-        self.results.labels(task_type, "success" if success else "failure").inc()
+        self.count(self.results, task_type, "success" if success else "failure")
         if seconds is not None:
-            self.latency.labels(task_type).observe(max(seconds, 0.0))
+            self._child(self.latency, task_type).observe(max(seconds, 0.0))
 
     def attempt_ended(self, task_type, error_code, retried):
         """Count an attempt that ended in failure: timeouts, lost devices, retries."""
         if error_code == "TASK_TIMEOUT":
-            self.timeouts.labels(task_type).inc()
+            self.count(self.timeouts, task_type)
         elif error_code == "DEVICE_OFFLINE":
-            self.lost.labels(task_type).inc()
+            self.count(self.lost, task_type)
         if retried:
-            self.retries.labels(task_type).inc()
+            self.count(self.retries, task_type)
 
 
 class StateCollector:

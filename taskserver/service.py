@@ -191,7 +191,7 @@ class TaskService:
             self.store.add_task(dispatched, created, Event("dispatched", "server", device.device_id))
         else:
             self.store.add_task(task, created)
-        self.metrics.created.labels(task.task_type).inc()
+        self.metrics.count(self.metrics.created, task.task_type)
         logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
         if device is not None:
             self.notifier.task_changed(dispatched, (device.device_id,))
@@ -223,7 +223,7 @@ class TaskService:
             return self.cancel(task_id)
         if sid is not None:
             self.notifier.cancel_task(sid, task_id)
-        self.metrics.cancels.labels(task.task_type).inc()
+        self.metrics.count(self.metrics.cancels, task.task_type)
         logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
         self.dispatch_pending(now)
         return updated
@@ -457,7 +457,7 @@ class TaskService:
 
     def _sent(self, task, device):
         """Count, log and send a task that was just stored as dispatched to ``device``."""
-        self.metrics.dispatches.labels(task.task_type).inc()
+        self.metrics.count(self.metrics.dispatches, task.task_type)
         logs.event(log, "task dispatched", task_id=task.task_id, device_id=device.device_id, attempt=task.attempt)
         self._send_task(device.sid, task)
 

@@ -32,13 +32,9 @@ DEVICE_STATUS_SQL = "CASE WHEN connected = 0 THEN 'offline' WHEN active_tasks >=
 
 
 def _to_db(name, value):
-    """Encode one Python value for its column."""
+    """Encode one Python value for its column: JSON columns as text; statuses (str) and flags (int) bind as they are."""
     if name in JSON_COLUMNS and value is not None:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if isinstance(value, TaskStatus):
-        return value.value
-    if isinstance(value, bool):
-        return int(value)
     return value
 
 
