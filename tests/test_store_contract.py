@@ -152,6 +152,14 @@ class TestStoreContract:
         move(store, "later", PENDING, CANCELLED, 300.0)
         assert store.has_pending_tasks() is False
 
+    def test_has_pending_tasks_sees_a_task_sent_back_for_a_retry(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1"))
+        dispatch(store, "task_1", "android_001")
+        assert store.has_pending_tasks() is False and store.dispatchable_count(at_most=5) == 0
+        move(store, "task_1", DISPATCHED, PENDING, 300.0, device_id=None, attempt=2)
+        assert store.has_pending_tasks() is True and store.dispatchable_count(at_most=5) == 1
+
     # ---- update_task_if ----
 
     def test_update_applies_when_the_status_matches(self, store):
@@ -623,4 +631,24 @@ def test_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_pa
     store.durable()
     assert order == ["read and write", "other starts", "operation done", "other done"]
     assert seen_by_others == [0] and committed_tasks() == 1
+    store.close()
+
+
+def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
+    store = sqlite_file(tmp_path)
+    store._db.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    store.save_device(make_device("android_001"))
+    add(store, make_task("task_1"))
+    store.durable()
+    dispatch(store, "task_1", "android_001")  # the last pending task leaves, in a batch that will fail
+    assert store.has_pending_tasks() is False
+    with store._transaction() as db:
+        db.execute("INSERT INTO child VALUES (42)")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.durable()
+    assert store.get_task("task_1").status == PENDING
+    assert store.has_pending_tasks() is True
     store.close()

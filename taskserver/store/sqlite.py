@@ -87,6 +87,7 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
         self._committing = None  # the Batch being committed, until its output is sent
+        self._maybe_pending = True  # False once a query found no pending task and no write made one since
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
         self._db.execute("PRAGMA page_size=2048")
@@ -140,6 +141,7 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:  # the ROLLBACK failed too
                 batch.error = batch.error or exc
             if batch.error is not None:
+                self._maybe_pending = True  # the rolled-back batch may have taken the last pending task
                 log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
             else:
                 for callback in batch.callbacks:
@@ -208,12 +210,18 @@ class SQLiteStore(Store):
             )
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
+            self._maybe_pending |= task.status == TaskStatus.PENDING
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
 
     def has_pending_tasks(self):
-        """True if any task is pending (due now or scheduled)."""
-        return bool(self._query("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')")[0][0])
+        """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
+        until a write makes a task pending (or a commit fails)."""
+        if self._maybe_pending:
+            self._maybe_pending = bool(
+                self._query("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')")[0][0]
+            )
+        return self._maybe_pending
 
     def get_task(self, task_id):
         """The task with this id, or None."""
@@ -241,6 +249,7 @@ class SQLiteStore(Store):
             if cursor.rowcount != 1:
                 return None
             after = _changed(task, changes)
+            self._maybe_pending |= after.status == TaskStatus.PENDING
             self._move_active_count(db, task, after)
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
@@ -420,11 +429,10 @@ class SQLiteStore(Store):
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
         ``at_most`` devices), or 0 when no task is pending."""
+        if not self.has_pending_tasks():
+            return 0
         rows = self._query(
-            f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')
-                THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
-                      (SELECT capacity, active_tasks {FREE} LIMIT ?))
-                ELSE 0 END""",
+            f"SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM (SELECT capacity, active_tasks {FREE} LIMIT ?)",
             (at_most,),
         )
         return rows[0][0]
