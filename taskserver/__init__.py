@@ -77,6 +77,9 @@ def create_app(config=None, clock=None):
         async_mode="gevent",
         cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None,
         max_http_buffer_size=settings["MAX_BODY_BYTES"],
+        # A device's events are handled in order, in its connection's own greenlet: a result can never overtake the
+        # progress sent before it, and no greenlet is spawned per event.
+        async_handlers=False,
     )
     socketio.on_namespace(DeviceNamespace(events))
     socketio.on_namespace(DashboardNamespace(feed, app.config))
