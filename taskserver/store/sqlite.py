@@ -2,21 +2,14 @@
 
 import copy
 import json
-import logging
 import os
 import sqlite3
-import threading
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-
-import gevent
-from gevent.event import Event as Signal
 
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
 from taskserver.store.base import Store
-
-log = logging.getLogger("taskserver.store")
+from taskserver.store.commits import GroupCommit
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
 SCHEMA_VERSION = 1
@@ -65,28 +58,16 @@ def _device(row):
     return Device(**values)
 
 
-@dataclass(eq=False)
-class Batch:
-    """The writes of one turn of the event loop, committed together, and what waits for their commit."""
-
-    committed: Signal = field(default_factory=Signal)
-    callbacks: list = field(default_factory=list)
-    error: Exception | None = None
-
-
 class SQLiteStore(Store):
-    """Store on one ``sqlite3`` connection guarded by a (greenlet) lock. Each verb is atomic (a savepoint), and the
-    writes of all greenlets in one turn of the event loop share one commit (group commit): ``durable()`` waits for
-    it, ``after_commit()`` defers output until it."""
+    """Store on one ``sqlite3`` connection; its writes are grouped into commits by ``GroupCommit`` (commits.py)."""
 
     def __init__(self, path, synchronous="NORMAL"):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
-        self._committing = None  # the Batch being committed, until its output is sent
+        self._commits = GroupCommit(self._db, on_failure=self._forget_that_none_was_pending)
+        self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
@@ -108,58 +89,9 @@ class SQLiteStore(Store):
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @contextmanager
     def _transaction(self):
-        """One atomic verb inside the open batch (a new batch, and its commit, start with the first write)."""
-        with self._lock:
-            if self._batch is None:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._batch = Batch()
-                gevent.spawn(self._commit)
-            self._db.execute("SAVEPOINT verb")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK TO verb")
-                self._db.execute("RELEASE verb")
-                raise
-            self._db.execute("RELEASE verb")
-
-    def _commit(self):
-        """Commit the open batch, then send what waited for it; if the commit fails, its writes and output are gone.
-
-        The COMMIT (writing the pages, and checkpoints) runs on a thread of gevent's pool: ``sqlite3`` releases the
-        GIL meanwhile, so the server goes on parsing and answering on the other core. The store stays locked until
-        the output is sent; the service's operations wait to start (``atomically``), never halfway."""
-        with self._lock:
-            batch, self._batch = self._batch, None
-            if batch is None:
-                return
-            self._committing = batch
-            try:
-                gevent.get_hub().threadpool.apply(self._finish, (batch,))
-            except sqlite3.Error as exc:  # the ROLLBACK failed too
-                batch.error = batch.error or exc
-            if batch.error is not None:
-                self._maybe_pending = True  # the rolled-back batch may have taken the last pending task
-                log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
-            else:
-                for callback in batch.callbacks:
-                    try:
-                        callback()
-                    except Exception:  # one failed send must not keep the others from going out
-                        log.exception("deferred output failed")
-            self._committing = None
-        batch.committed.set()
-
-    def _finish(self, batch):
-        """On a pool thread: COMMIT the batch, or ROLLBACK if that fails."""
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            batch.error = exc
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+        """One atomic verb inside the open batch."""
+        return self._commits.verb()
 
     def atomically(self):
         """The store to the caller alone, for a whole operation (nests): no commit, no other greenlet comes between
@@ -168,19 +100,14 @@ class SQLiteStore(Store):
 
     def durable(self):
         """Return once every write made so far is committed; raise the commit's error if it failed."""
-        batch = self._batch or self._committing
-        if batch is not None:
-            batch.committed.wait()
-            if batch.error is not None:
-                raise batch.error
+        self._commits.durable()
 
     def after_commit(self, callback):
         """Run ``callback`` once every write made so far is committed (now, if none waits); never if that fails."""
-        batch = self._batch or self._committing
-        if batch is None:
-            callback()
-        else:
-            batch.callbacks.append(callback)
+        self._commits.after_commit(callback)
+
+    def _forget_that_none_was_pending(self):
+        self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
 
     def _query(self, sql, params=()):
         with self._lock:
@@ -542,6 +469,6 @@ class SQLiteStore(Store):
 
     def close(self):
         """Commit what is open and release the store's resources."""
-        self._commit()
+        self._commits.commit()
         with self._lock:
             self._db.close()

@@ -1,0 +1,105 @@
+"""Group commit for one ``sqlite3`` connection under gevent.
+
+Every write joins the open transaction as a savepoint of its own, and the writes of all greenlets in one turn of
+the event loop share one COMMIT, run on a thread of gevent's pool (``sqlite3`` releases the GIL meanwhile, so the
+server goes on parsing and answering on the other core). What reports a write waits for its commit: ``durable()``
+for answers, ``after_commit()`` for messages. A failed commit rolls its whole batch back and drops its output."""
+
+import logging
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import Event as Signal
+
+log = logging.getLogger("taskserver.store")
+
+
+@dataclass(eq=False)
+class Batch:
+    """The writes of one turn of the event loop, committed together, and what waits for their commit."""
+
+    committed: Signal = field(default_factory=Signal)
+    callbacks: list = field(default_factory=list)
+    error: Exception | None = None
+
+
+class GroupCommit:
+    """The connection's transactions. ``lock`` (reentrant, per greenlet) guards every use of the connection and is
+    held by a commit until its output is sent, so whoever holds it sees no commit and no other greenlet."""
+
+    def __init__(self, db, on_failure=None):
+        self._db = db
+        self._on_failure = on_failure  # called (holding the lock) after a commit failed and was rolled back
+        self.lock = threading.RLock()
+        self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
+        self._committing = None  # the Batch being committed, until its output is sent
+
+    @contextmanager
+    def verb(self):
+        """One atomic write inside the open batch (a new batch, and its commit, start with the first write)."""
+        with self.lock:
+            if self._batch is None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._batch = Batch()
+                gevent.spawn(self.commit)
+            self._db.execute("SAVEPOINT verb")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK TO verb")
+                self._db.execute("RELEASE verb")
+                raise
+            self._db.execute("RELEASE verb")
+
+    def commit(self):
+        """Commit the open batch (if any), then send what waited for it; if the commit fails, its writes and output
+        are gone and those waiting get the error."""
+        with self.lock:
+            batch, self._batch = self._batch, None
+            if batch is None:
+                return
+            self._committing = batch
+            try:
+                gevent.get_hub().threadpool.apply(self._finish, (batch,))
+            except sqlite3.Error as exc:  # the ROLLBACK failed too
+                batch.error = batch.error or exc
+            if batch.error is not None:
+                log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
+                if self._on_failure is not None:
+                    self._on_failure()
+            else:
+                for callback in batch.callbacks:
+                    try:
+                        callback()
+                    except Exception:  # one failed send must not keep the others from going out
+                        log.exception("deferred output failed")
+            self._committing = None
+        batch.committed.set()
+
+    def _finish(self, batch):
+        """On a pool thread: COMMIT the batch, or ROLLBACK if that fails."""
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            batch.error = exc
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def durable(self):
+        """Return once every write made so far is committed; raise the commit's error if it failed."""
+        batch = self._batch or self._committing
+        if batch is not None:
+            batch.committed.wait()
+            if batch.error is not None:
+                raise batch.error
+
+    def after_commit(self, callback):
+        """Run ``callback`` once every write made so far is committed (now, if none waits); never if that fails."""
+        batch = self._batch or self._committing
+        if batch is None:
+            callback()
+        else:
+            batch.callbacks.append(callback)
