@@ -55,8 +55,9 @@ class Metrics:
             for outcome in ("success", "failure"):
                 self.results.labels(task_type, outcome)
             self.latency.labels(task_type)
-        self._device_event_counters = {name: self.device_events.labels(name) for name in DEVICE_EVENTS}
         self._children = {}  # (family, label values) -> the labelled child, so that counting skips labels()
+        for name in DEVICE_EVENTS:
+            self._child(self.device_events, name)
 
     def watch(self, service, watchdog=None):
         """Add the gauges read at scrape time: devices and tasks from the store, the watchdog's health."""
@@ -78,7 +79,7 @@ class Metrics:
 
     def device_event(self, name):
         """Count one event handled for a device."""
-        self._device_event_counters[name].inc()
+        self.count(self.device_events, name)
 
     def result(self, task_type, success, seconds):
         """Count a device's result and observe how long its attempt took."""

@@ -215,17 +215,14 @@ class ReadinessSchema(Schema):
 # ---- the console's read-only endpoints (task types, throughput, devices online) ----
 
 
-class ThroughputMinuteSchema(Schema):
-    at = fields.String(metadata={"description": "这一分钟的开始"})
-    completed = fields.Integer()
-    failed = fields.Integer()
-    cancelled = fields.Integer()
-
-
 class ThroughputTotalsSchema(Schema):
     completed = fields.Integer()
     failed = fields.Integer()
     cancelled = fields.Integer()
+
+
+class ThroughputMinuteSchema(ThroughputTotalsSchema):
+    at = fields.String(metadata={"description": "这一分钟的开始"})
 
 
 class ThroughputSchema(Schema):
