@@ -1,6 +1,5 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
-import copy
 import json
 import os
 import sqlite3
@@ -34,9 +33,8 @@ def _to_db(name, value):
 def _changed(task, changes):
     """A copy of ``task`` with ``changes`` applied (``dataclasses.replace`` without its per-call checks: the UPDATE
     has already refused an unknown column)."""
-    after = copy.copy(task)
-    for name, value in changes.items():
-        setattr(after, name, value)
+    after = object.__new__(Task)
+    after.__dict__.update(task.__dict__, **changes)
     return after
 
 
@@ -66,9 +64,12 @@ class SQLiteStore(Store):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._commits = GroupCommit(self._db, on_failure=self._forget_that_none_was_pending)
+        self._commits = GroupCommit(self._db, on_failure=self._forget_what_a_failed_commit_undid)
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
+        # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
+        # times each, and only this connection writes tasks, so these reads need no query.
+        self._active = {}
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
         self._db.execute("PRAGMA page_size=2048")
@@ -106,8 +107,16 @@ class SQLiteStore(Store):
         """Run ``callback`` once every write made so far is committed (now, if none waits); never if that fails."""
         self._commits.after_commit(callback)
 
-    def _forget_that_none_was_pending(self):
+    def _forget_what_a_failed_commit_undid(self):
         self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
+        self._active.clear()  # ...and changed active tasks: read them from the file again
+
+    def _remember(self, task):
+        """Keep an active task in memory (and forget one that is no longer active)."""
+        if task.status in ACTIVE:
+            self._active[task.task_id] = task
+        else:
+            self._active.pop(task.task_id, None)
 
     def _query(self, sql, params=()):
         with self._lock:
@@ -140,6 +149,7 @@ class SQLiteStore(Store):
             self._maybe_pending |= task.status == TaskStatus.PENDING
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
+        self._remember(task)
 
     def has_pending_tasks(self):
         """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
@@ -151,9 +161,15 @@ class SQLiteStore(Store):
         return self._maybe_pending
 
     def get_task(self, task_id):
-        """The task with this id, or None."""
-        rows = self._query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
-        return _task(rows[0]) if rows else None
+        """The task with this id, or None (an active task from memory)."""
+        task = self._active.get(task_id)
+        if task is None:
+            rows = self._query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+            if not rows:
+                return None
+            task = _task(rows[0])
+            self._remember(task)
+        return task
 
     def find_task_by_idempotency_key(self, key, since):
         """The newest task created with ``key`` at or after ``since``, or None."""
@@ -182,7 +198,8 @@ class SQLiteStore(Store):
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
                 db.execute("INSERT OR IGNORE INTO owed_cancels VALUES (?, ?)", (owe_cancel_to, task.task_id))
-            return after
+        self._remember(after)
+        return after
 
     def _move_active_count(self, db, before, after):
         """Keep ``devices.active_tasks`` equal to the device's dispatched and running tasks."""
