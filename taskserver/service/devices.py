@@ -1,0 +1,171 @@
+"""Device operations of ``TaskService``: connections, registration, heartbeats, draining and forgetting."""
+
+import logging
+
+from taskserver import logs
+from taskserver.domain import Device, Event, TaskStatus
+from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
+from taskserver.present import iso
+from taskserver.service.atomic import atomic
+
+log = logging.getLogger("taskserver")
+
+
+class DeviceOperations:
+    """The part of ``TaskService`` that deals with devices and their connections."""
+
+    def connect(self, sid, token=None):
+        """A connection opens: a token it presents must be valid when device tokens are required."""
+        self.credentials.check_connection(token)
+        self.connections.opened(sid, token)
+
+    @atomic
+    def register(self, sid, payload):
+        """Bind the connection to its device id, resend what the device missed, and hand it work."""
+        device_id = payload["device_id"]
+        self.credentials.check_registration(device_id, payload.get("token") or self.connections.token(sid))
+        now = self.clock()
+        previous = self.store.get_device(device_id)
+        info = payload.get("device_info") or {}
+        device = Device(
+            device_id=device_id,
+            device_name=payload.get("device_name") or (previous.device_name if previous else device_id),
+            device_info=info,
+            capacity=info.get("max_concurrent_tasks") or self.config["DEFAULT_DEVICE_CAPACITY"],
+            connected=True,
+            sid=sid,
+            registered_at=now,
+            last_heartbeat=previous.last_heartbeat if previous else None,
+            created_at=previous.created_at if previous else now,
+        )
+        if self.connections.device_of(sid) not in (None, device_id):
+            self._release_sid(sid, now)  # the connection switches to another device id
+        self.store.save_device(device)
+        replaced_sid = self.connections.bind(sid, device_id, now, device.device_name)
+        if replaced_sid is not None:
+            self.notifier.replaced(replaced_sid, device_id)
+        active = self.store.active_tasks_of(device_id)
+        answer = {
+            "success": True,
+            "device_id": device_id,
+            "message": "注册成功",
+            "server_time": iso(now),
+            "active_tasks": [task.task_id for task in active],
+        }
+        self.notifier.registered(sid, answer)
+        self.metrics.device_event("device_register")
+        self.store.add_device_event(
+            device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
+        )
+        logs.event(log, "device registered", device_id=device_id, active=len(active))
+        self._catch_up(sid, device_id, active)
+        self.dispatch_pending(now)
+        return answer
+
+    def _catch_up(self, sid, device_id, active):
+        """Resend tasks the device had not started and the cancels it missed while away."""
+        for task in active:
+            if task.status == TaskStatus.DISPATCHED:
+                self._send_task(sid, task)
+        for task_id in self.store.take_owed_cancels(device_id):
+            self.notifier.cancel_task(sid, task_id)
+
+    @atomic
+    def heartbeat(self, sid, payload):
+        """Note that the device is alive (by the server's clock) and answer with the server time."""
+        device_id = self._device_for(sid, payload.get("device_id"))
+        now = self.clock()
+        self.connections.heard_from(device_id, now, heartbeat=True)
+        self.metrics.device_event("heartbeat")
+        self.store.record_heartbeat(device_id, now)
+        self.notifier.device_changed(device_id, heartbeat=now)
+        answer = {"success": True, "server_time": iso(now)}
+        self.notifier.heartbeat_ack(sid, {"server_time": answer["server_time"]})
+        return answer
+
+    @atomic
+    def disconnect(self, sid):
+        """The connection closed: its device, if it still belongs to it, is offline from now."""
+        self.metrics.device_event("disconnect")
+        self._release_sid(sid, self.clock())
+        self.connections.closed(sid)
+
+    def _release_sid(self, sid, now, reason="disconnected"):
+        device_id = self.connections.release(sid)
+        if device_id is None:
+            return
+        if self.store.mark_disconnected(device_id, sid, now):
+            self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
+            logs.event(log, "device offline", device_id=device_id, reason=reason)
+            self.notifier.device_changed(device_id)
+
+    def _device_for(self, sid, claimed_device_id=None):
+        """The device id this connection registered as; refuse unregistered or impersonating connections."""
+        device_id = self.connections.device_of(sid)
+        if device_id is None:
+            raise Unauthorized("设备未注册，请先发送 device_register", "NOT_REGISTERED")
+        if claimed_device_id is not None and claimed_device_id != device_id:
+            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", "FORBIDDEN")
+        self.connections.heard_from(device_id, self.clock())
+        return device_id
+
+    def device_names(self, device_ids):
+        """Map each known device id to its name (a connected device's from memory)."""
+        names = {}
+        for device_id in set(device_ids) - {None}:
+            name = self.connections.name_of(device_id)
+            if name is None and (device := self.store.get_device(device_id)) is not None:
+                name = device.device_name
+            if name is not None:
+                names[device_id] = name
+        return names
+
+    def get_device(self, device_id):
+        """The device, or 404 ``DEVICE_NOT_FOUND``."""
+        device = self.store.get_device(device_id)
+        if device is None:
+            raise NotFound(f"设备 {device_id} 不存在", "DEVICE_NOT_FOUND")
+        return device
+
+    @atomic
+    def set_device_disabled(self, device_id, disabled):
+        """Drain (or undrain) a device: disabled, it keeps its tasks but gets no new ones."""
+        device = self.get_device(device_id)
+        if device.disabled != disabled:
+            now = self.clock()
+            self.store.set_device_disabled(device_id, disabled)
+            kind = "disabled" if disabled else "enabled"
+            self.store.add_device_event(device_id, now, Event(kind, "operator", device_id))
+            logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
+            self.notifier.device_changed(device_id)
+            if not disabled:
+                self.dispatch_pending(now)
+        return self.get_device(device_id)
+
+    @atomic
+    def forget_device(self, device_id):
+        """Delete an offline device with no active task and no task waiting for it; else 409."""
+        device = self.get_device(device_id)
+        if device.connected:
+            raise InvalidState(f"设备 {device_id} 在线，无法删除", "DEVICE_ONLINE")
+        if device.active_tasks:
+            raise InvalidState(f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", "DEVICE_HAS_ACTIVE_TASKS")
+        _, waiting = self.store.list_tasks(statuses=[TaskStatus.PENDING], device_id=device_id, limit=1)
+        if waiting:
+            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", "DEVICE_HAS_PENDING_TASKS")
+        if not self.store.delete_device(device_id):  # its tasks changed between the checks and the delete
+            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", "DEVICE_HAS_ACTIVE_TASKS")
+        logs.event(log, "device forgotten", device_id=device_id)
+        self.notifier.device_changed(device_id)
+
+    @atomic
+    def expire_silent_devices(self, now):
+        """Close connections of heartbeating devices silent for longer than the heartbeat timeout.
+
+        A device that never sends heartbeats (the spec's JavaScript example) is watched by the transport's
+        own ping/pong instead, so that such a client is not cut off every 90 seconds."""
+        limit = self.config["HEARTBEAT_TIMEOUT"]
+        for device_id, sid in self.connections.silent(now, limit):
+            logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=limit)
+            self._release_sid(sid, now, reason="heartbeat_timeout")
+            self.notifier.disconnect(sid)
