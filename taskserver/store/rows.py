@@ -1,0 +1,44 @@
+"""How tasks and devices cross between Python and SQLite rows."""
+
+import json
+from dataclasses import fields
+
+from taskserver.domain import ACTIVE, Device, Task, TaskStatus
+
+JSON_COLUMNS = {"data", "result", "device_info", "detail"}
+ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
+TASK_COLUMNS = [f.name for f in fields(Task)]
+DEVICE_COLUMNS = [f.name for f in fields(Device)]
+
+
+def to_db(name, value):
+    """Encode one Python value for its column: JSON columns as text; statuses (str) and flags (int) bind as they are."""
+    if name in JSON_COLUMNS and value is not None:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
+
+
+def changed(task, changes):
+    """A copy of ``task`` with ``changes`` applied (``dataclasses.replace`` without its per-call checks: the UPDATE
+    has already refused an unknown column)."""
+    after = object.__new__(Task)
+    after.__dict__.update(task.__dict__, **changes)
+    return after
+
+
+def task_from_row(row):
+    """Build a Task from a row."""
+    values = dict(row)
+    values["data"] = json.loads(values["data"])
+    values["result"] = json.loads(values["result"]) if values["result"] is not None else None
+    values["status"] = TaskStatus(values["status"])
+    return Task(**values)
+
+
+def device_from_row(row):
+    """Build a Device from a row."""
+    values = dict(row)
+    values["device_info"] = json.loads(values["device_info"])
+    values["connected"] = bool(values["connected"])
+    values["disabled"] = bool(values["disabled"])
+    return Device(**values)
