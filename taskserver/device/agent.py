@@ -1,131 +1,32 @@
-"""Device SDK: run a phone (or any worker) against taskserver with plain functions as task handlers.
-
-    from taskserver.device import DeviceAgent
-
-    def delist(task, progress):
-        ids = task.data["product_ids"]
-        for done, product_id in enumerate(ids, 1):
-            if task.cancelled.is_set():
-                return False  # the agent reports TASK_CANCELLED
-            ...  # take product_id off sale
-            progress(100 * done // len(ids), f"已下架 {product_id}")
-        return {"processed_count": len(ids), "message": "下架完成"}
-
-    DeviceAgent("http://localhost:1888", "android_001", handlers={"DELIST": delist}).run_forever()
-
-The agent connects (python-socketio's client), registers on every connect, sends heartbeats, reconnects forever
-with exponential backoff and jitter, runs each task's handler in its own thread, and keeps every result in an
-in-memory outbox until the server acknowledges it. It needs no gevent monkey patching, and works under it too.
-"""
+"""The device SDK's agent: one connection to taskserver, its handlers, and the outbox of results."""
 
 import contextlib
 import functools
-import json
 import logging
 import random
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 
 import socketio
 from socketio.exceptions import SocketIOError
+
+from taskserver.device.work import (
+    FINAL_REFUSALS,
+    MAX_REFUSALS,
+    Outgoing,
+    Task,
+    failure,
+    result_of,
+    trimmed,
+    with_attempt,
+)
 
 log = logging.getLogger("taskserver.device")
 
 TRANSPORT_ERROR = socketio.Client.reason.TRANSPORT_ERROR
 SERVER_DISCONNECT = socketio.Client.reason.SERVER_DISCONNECT
-# Refusals that mean the server already has this result or will never take it: the result leaves the outbox.
-FINAL_REFUSALS = frozenset({"TASK_FINISHED", "STALE_ATTEMPT", "NOT_TASK_OWNER", "TASK_NOT_FOUND"})
-MAX_REFUSALS = 5  # any other refusal (INTERNAL_ERROR, ...) is retried this many times, then the result is dropped
-MAX_MESSAGE = 1000
 REMEMBERED_TASKS = 1000  # finished (task_id, attempt) pairs kept to ignore a resent new_task
-
-
-@dataclass
-class Task:
-    """A task as a handler sees it; ``cancelled`` is set when the server cancels it or the agent stops."""
-
-    task_id: str
-    task_type: str
-    data: dict
-    attempt: int | None = None
-    timeout: int | None = None
-    priority: int = 0
-    created_at: str | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    last_progress: tuple | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_message(cls, message):
-        """Build from the ``new_task`` payload."""
-        return cls(
-            task_id=message["task_id"],
-            task_type=message.get("task_type"),
-            data=message.get("data") or {},
-            attempt=message.get("attempt"),
-            timeout=message.get("timeout"),
-            priority=message.get("priority") or 0,
-            created_at=message.get("created_at"),
-        )
-
-    @property
-    def key(self):
-        return self.task_id, self.attempt
-
-    @property
-    def is_cancelled(self):
-        """True once the task was cancelled."""
-        return self.cancelled.is_set()
-
-
-@dataclass
-class _Outgoing:
-    """A result waiting in the outbox for the server's acknowledgement."""
-
-    task_id: str
-    attempt: int | None
-    result: dict
-    refusals: int = 0
-    trimmed: bool = False
-
-    @property
-    def payload(self):
-        return _with_attempt({"task_id": self.task_id, "result": self.result}, self.attempt)
-
-
-def _with_attempt(payload, attempt):
-    if attempt is not None:
-        payload["attempt"] = attempt
-    return payload
-
-
-def result_of(outcome):
-    """Turn a handler's return value (None, True/False or a dict) into the ``result`` the server stores."""
-    if outcome is None or isinstance(outcome, bool):
-        return {"success": outcome is not False}
-    if isinstance(outcome, dict):
-        result = {"success": True, **outcome}
-        result["success"] = bool(result["success"])
-        json.dumps(result)  # refuse what cannot be sent, here, where the handler's error is reported
-        return result
-    raise TypeError(f"handler returned {type(outcome).__name__}; expected a dict, True/False or None")
-
-
-def failure(error_code, message):
-    """A failed result."""
-    return {"success": False, "error_code": error_code, "message": message[:MAX_MESSAGE]}
-
-
-def trimmed(result, refusal):
-    """The part of a result the server refused as invalid that it always takes, so the task still ends."""
-    code = result.get("error_code")
-    valid_code = isinstance(code, str) and 0 < len(code) <= 128
-    message = f"结果未通过服务器校验，已精简: {refusal.get('errors') or refusal.get('message')}"
-    minimal = {"success": bool(result.get("success")), "message": message[:MAX_MESSAGE]}
-    if not minimal["success"]:
-        minimal["error_code"] = code if valid_code else "TASK_FAILED"
-    return minimal
 
 
 class DeviceAgent:
@@ -178,7 +79,7 @@ class DeviceAgent:
         self._next_connect_delay = 0.0
         self._register_failures = 0
         self._running = {}  # (task_id, attempt) -> Task
-        self._outbox = OrderedDict()  # (task_id, attempt) -> _Outgoing
+        self._outbox = OrderedDict()  # (task_id, attempt) -> Outgoing
         self._finished = OrderedDict()  # (task_id, attempt) -> None, bounded
 
         self.sio = socketio.Client(
@@ -497,7 +398,7 @@ class DeviceAgent:
             self._queue_result(task, result)
 
     def _queue_result(self, task, result):
-        self._outbox[task.key] = _Outgoing(task.task_id, task.attempt, result)
+        self._outbox[task.key] = Outgoing(task.task_id, task.attempt, result)
         self._finished[task.key] = None
         while len(self._finished) > REMEMBERED_TASKS:
             self._finished.popitem(last=False)
@@ -509,7 +410,7 @@ class DeviceAgent:
         task.last_progress = (percent, message)
         if task.cancelled.is_set() or not self._registered:
             return False
-        payload = _with_attempt({"task_id": task.task_id, "progress": percent, "message": message}, task.attempt)
+        payload = with_attempt({"task_id": task.task_id, "progress": percent, "message": message}, task.attempt)
         try:
             self.sio.emit("task_progress", payload)
         except SocketIOError:
