@@ -652,3 +652,21 @@ def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
     assert store.get_task("task_1").status == PENDING
     assert store.has_pending_tasks() is True
     store.close()
+
+
+def test_an_active_task_changed_behind_the_store_is_read_again_after_a_refused_update(tmp_path):
+    # Active tasks are answered from memory (only the store's connection writes them). Should the file change
+    # anyway, a refused update makes the next read come from the file, so a service retry cannot loop on memory.
+    store = sqlite_file(tmp_path)
+    store.save_device(make_device("android_001"))
+    add(store, make_task("task_1"))
+    dispatch(store, "task_1", "android_001")
+    store.durable()
+    held = store.get_task("task_1")
+    other = sqlite3.connect(str(tmp_path / "store.db"), isolation_level=None)
+    other.execute("UPDATE tasks SET status = 'cancelled', finished_at = 300.0 WHERE task_id = 'task_1'")
+    other.close()
+    assert store.get_task("task_1") == held  # memory, as expected while only the store writes
+    assert store.update_task_if(held, {"progress": 10, "updated_at": 301.0}) is None
+    assert store.get_task("task_1").status == CANCELLED
+    store.close()

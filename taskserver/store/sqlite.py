@@ -150,6 +150,8 @@ class SQLiteStore(DeviceTables, Store):
                 + [task.task_id, task.status.value, task.device_id, task.attempt],
             )
             if cursor.rowcount != 1:
+                # the caller read an older task; the next read comes from the file, whatever memory holds
+                self._active.pop(task.task_id, None)
                 return None
             after = changed(task, changes)
             self._maybe_pending |= after.status == TaskStatus.PENDING
