@@ -232,13 +232,19 @@ def test_cancel_is_answered_by_the_app_and_the_task_stays_cancelled(app_server, 
     assert listed_device(app_server, "android_001")["status"] == "online"
 
 
-def test_cancel_sent_while_the_app_was_away_is_delivered_on_reconnect(app_server, android):
+def away_with_a_running_task(app_server, android):
+    """A phone that started a task (and holds it), then went away until the server marked it offline."""
     phone = android("android_001")
     phone.hold()
     task_id = app_server.dispatch()["task_id"]
     phone.ack_for("task_progress", task_id, "running")
     phone.disconnect()
     wait_until(lambda: listed_device(app_server, "android_001")["status"] == "offline", 5.0, "offline")
+    return phone, task_id
+
+
+def test_cancel_sent_while_the_app_was_away_is_delivered_on_reconnect(app_server, android):
+    phone, task_id = away_with_a_running_task(app_server, android)
 
     assert app_server.post(f"/api/task/{task_id}/cancel").status_code == 200
     phone.connect()
@@ -269,13 +275,7 @@ def test_types_the_app_cannot_run_end_failed_with_its_error_code(app_server, and
 
 
 def test_reconnect_registers_again_and_keeps_working(app_server, android):
-    phone = android("android_001")
-    phone.hold()
-    task_id = app_server.dispatch()["task_id"]
-    phone.ack_for("task_progress", task_id, "running")
-
-    phone.disconnect()
-    wait_until(lambda: listed_device(app_server, "android_001")["status"] == "offline", 5.0, "offline")
+    phone, task_id = away_with_a_running_task(app_server, android)
     phone.connect()
     again = phone.wait_for(phone.received, "register_success", count=2)
     assert again["active_tasks"] == [task_id]
