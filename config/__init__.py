@@ -41,6 +41,7 @@ class Config:
             "IDEMPOTENCY_WINDOW": _env("IDEMPOTENCY_WINDOW", 86400.0, float),
             "DEFAULT_DEVICE_CAPACITY": _env("DEFAULT_DEVICE_CAPACITY", 1, int),
             "WATCHDOG_INTERVAL": _env("WATCHDOG_INTERVAL", 1.0, float),
+            "DASHBOARD_FLUSH_INTERVAL": _env("DASHBOARD_FLUSH_INTERVAL", 0.5, float),
             "EXTRA_TASK_TYPES": _env("EXTRA_TASK_TYPES", (), _words),
             "CORS_ORIGINS": _env("CORS_ORIGINS", (), _words),
             "LOG_LEVEL": _env("LOG_LEVEL", "INFO").upper(),

@@ -4,12 +4,14 @@ import logging
 
 from flask import Flask
 from flask.sessions import SessionInterface
+from flask_smorest import Api
+from flask_socketio import SocketIO
+from gevent.pool import Group
 
 from config import load_config, production_problems
 from taskserver import dashboard, logs
 from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
-from taskserver.extensions import api, socketio
 from taskserver.metrics import Metrics
 from taskserver.ratelimit import RateLimiter
 from taskserver.realtime import plainws
@@ -48,6 +50,10 @@ def create_app(config=None, clock=None):
     app.json.sort_keys = False
     app.session_interface = NoSessions()
 
+    # Each app has its own Socket.IO server, API and background greenlets, so that an app that was shut down (a
+    # test's) can never answer for a later one in the same process.
+    socketio = SocketIO()
+    background = app.extensions["background"] = Group()
     store = open_store(settings)
     plain_sockets = plainws.PlainSockets()
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
@@ -57,12 +63,20 @@ def create_app(config=None, clock=None):
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets
     history = app.extensions["fleet_history"] = FleetHistory()
-    feed = DashboardFeed(socketio, store, history, service.clock, keep_running=settings["WATCHDOG_INTERVAL"] > 0)
+    feed = DashboardFeed(
+        socketio,
+        store,
+        history,
+        background.spawn,
+        service.clock,
+        keep_running=settings["WATCHDOG_INTERVAL"] > 0,
+        interval=settings["DASHBOARD_FLUSH_INTERVAL"],
+    )
     notifier.dashboard = app.extensions["dashboard"] = feed
     limiter = RateLimiter(settings["DEVICE_EVENT_RATE"], settings["DEVICE_EVENT_BURST"])
     events = app.extensions["device_events"] = DeviceEvents(service, notifier, limiter)
 
-    api.init_app(app)
+    api = Api(app)
     for module in (system, devices, tasks, console):
         api.register_blueprint(module.blp)
     app.register_blueprint(plainws.blueprint)
@@ -81,16 +95,34 @@ def create_app(config=None, clock=None):
         # progress sent before it, and no greenlet is spawned per event.
         async_handlers=False,
     )
+    # Engine.IO's own greenlets (a writer and a pinger per connection, its service task) join the app's, so that
+    # ``shutdown`` ends them too.
+    socketio.server.eio.start_background_task = background.spawn
     socketio.on_namespace(DeviceNamespace(events))
     socketio.on_namespace(DashboardNamespace(feed, app.config))
     watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
     if settings["WATCHDOG_INTERVAL"] > 0:
-        watchdog.start(socketio.start_background_task)
+        watchdog.start(background.spawn)
         app.extensions["watchdog"] = watchdog
     if feed.keep_running:
         feed.start()
     metrics.watch(service, app.extensions.get("watchdog"))
     return app
+
+
+def shutdown(app, timeout=2.0):
+    """End everything ``create_app`` started: its background greenlets, every open connection, then the store.
+
+    Call it once the WSGI server no longer accepts connections (tests do, at the end of each server)."""
+    sio = app.extensions["socketio"].server
+    # Every Socket.IO client: its device goes offline now, while the store is open. Without waiting for the close
+    # to be fetched: a long-polling client would need a request that the stopped server no longer accepts.
+    for connection in list(sio.eio.sockets.values()):  # python-engineio (pinned) keeps them by sid
+        connection.close(wait=False, abort=True, reason=sio.eio.reason.SERVER_DISCONNECT)
+    app.extensions["plainws"].close_all(timeout)
+    sio.shutdown()
+    app.extensions["background"].kill(timeout=timeout)
+    app.extensions["taskserver"].store.close()
 
 
 class NoSessions(SessionInterface):

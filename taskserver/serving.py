@@ -4,6 +4,7 @@ import gc
 import socket
 
 from gevent import pywsgi
+from gevent.pool import Pool
 from geventwebsocket.handler import WebSocketHandler
 
 
@@ -21,8 +22,10 @@ def listener(host, port):
 
 
 def wsgi_server(app, host, port):
-    """A gevent WSGI server for ``app`` on ``host:port`` (port 0 picks a free one), not yet started."""
-    return pywsgi.WSGIServer(listener(host, port), app, handler_class=WebSocketHandler, log=None)
+    """A gevent WSGI server for ``app`` on ``host:port`` (port 0 picks a free one), not yet started.
+
+    Its connections' greenlets belong to an unbounded pool, so that ``stop`` ends those still open."""
+    return pywsgi.WSGIServer(listener(host, port), app, handler_class=WebSocketHandler, log=None, spawn=Pool())
 
 
 def tune_gc():

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import requests  # noqa: E402
 import socketio  # noqa: E402
 
-from taskserver import create_app  # noqa: E402
+from taskserver import create_app, shutdown  # noqa: E402
 from taskserver.serving import wsgi_server  # noqa: E402
 from taskserver.watchdog import sweep  # noqa: E402
 
@@ -67,9 +67,11 @@ class LiveServer:
         return self.get(f"/api/task/{task_id}/status").json()["task"]
 
     def stop(self):
+        """Stop accepting, end every connection and background greenlet of the app, then close the store."""
         self.session.close()
+        self.http.close()
+        shutdown(self.app)
         self.http.stop(timeout=1)
-        self.service.store.close()
 
 
 class NoAckClient(socketio.Client):

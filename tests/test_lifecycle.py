@@ -3,7 +3,6 @@
 Time-based rules move the server's fake clock and run one watchdog sweep; nothing sleeps."""
 
 from conftest import wait_until
-from taskserver.extensions import socketio
 from taskserver.realtime.notifier import MAX_PENDING_ACKS
 
 
@@ -338,5 +337,5 @@ def test_a_device_that_never_acks_does_not_grow_the_servers_memory(server, devic
         phone.wait("new_task", count=100 * (batch + 1), timeout=10)
         for task_id in task_ids:  # operator cancels free the slots without the phone saying anything
             assert server.post(f"/api/task/{task_id}/cancel").status_code == 200
-    owed = socketio.server.manager.callbacks[phone.sio.get_sid("/")]
+    owed = server.app.extensions["socketio"].server.manager.callbacks[phone.sio.get_sid("/")]
     assert 100 <= len(owed) - 1 <= MAX_PENDING_ACKS  # the newest acks are still awaited, no more

@@ -36,12 +36,14 @@ class DashboardFeed:
 
     ``keep_running`` (a server with its watchdog on) keeps the greenlet alive with no console open, so that the
     fleet is sampled every ``SAMPLE_INTERVAL`` for the "devices online" chart; otherwise (tests) it runs while
-    a console is connected."""
+    a console is connected. An ``interval`` of 0 runs no greenlet at all: whoever drives the feed calls ``flush``
+    (tests, which must not race a timer)."""
 
-    def __init__(self, socketio, store, history, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
+    def __init__(self, socketio, store, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
         self.socketio = socketio
         self.store = store
         self.history = history
+        self.spawn = spawn  # starts the flush loop among the app's background greenlets
         self.clock = clock
         self.keep_running = keep_running
         self.interval = interval
@@ -85,17 +87,16 @@ class DashboardFeed:
             self._heartbeats.clear()
 
     def start(self):
-        """Run the flush loop in the background unless it runs already."""
-        if not self._running:
+        """Run the flush loop in the background unless it runs already (or the feed is driven by hand)."""
+        if not self._running and self.interval > 0:
             self._running = True
-            self.socketio.start_background_task(self.run)
+            self.spawn(self.run)
 
     def run(self):
         """Flush every ``interval`` and sample the fleet every ``SAMPLE_INTERVAL`` while watched (or always)."""
         try:
             while self.keep_running or self.watchers:
                 self.socketio.sleep(self.interval)
-                self._forget_closed()
                 if not (self.keep_running or self.watchers):
                     break
                 try:
@@ -105,12 +106,6 @@ class DashboardFeed:
                     log.exception("dashboard flush failed")
         finally:
             self._running = False
-
-    def _forget_closed(self):
-        """Drop consoles whose connection is gone without a disconnect event (e.g. a server that was stopped)."""
-        manager = self.socketio.server.manager if self.socketio.server else None
-        for sid in [sid for sid in self.watchers if manager is None or not manager.is_connected(sid, NAMESPACE)]:
-            self.unwatch(sid)
 
     def sample_if_due(self):
         """Record how many devices are online, at most every ``SAMPLE_INTERVAL`` seconds."""

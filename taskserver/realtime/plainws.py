@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import logging
+import socket
 import uuid
 from urllib.parse import urlsplit
 
@@ -34,6 +35,8 @@ class PlainConnection:
 
     def __init__(self, ws):
         self.ws = ws
+        self.socket = ws.handler.socket  # gevent-websocket leaves closing the TCP connection to whoever closes
+        self.handler = gevent.getcurrent()  # the request's greenlet, which serves the connection until it closes
         self.callbacks = {}
         self.outbox = gevent.queue.Queue()
         self.writer = gevent.spawn(self._write)
@@ -54,6 +57,8 @@ class PlainConnection:
                 break
         with contextlib.suppress(WebSocketError, OSError):
             self.ws.close()
+        with contextlib.suppress(OSError):  # the receive loop then ends, whether or not the client answers the close
+            self.socket.shutdown(socket.SHUT_RDWR)
 
 
 class PlainSockets:
@@ -87,6 +92,13 @@ class PlainSockets:
         connection = self._connections.get(sid)
         if connection is not None:
             connection.close()
+
+    def close_all(self, timeout):
+        """Close every connection and wait (up to ``timeout`` seconds) until each one's device is offline."""
+        connections = list(self._connections.values())
+        for connection in connections:
+            connection.close()
+        gevent.joinall([connection.handler for connection in connections], timeout=timeout)
 
     def serve(self, ws, events, token=None):
         """Serve one connection until it closes; then its device (if any) is offline."""
