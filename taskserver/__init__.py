@@ -50,7 +50,7 @@ def create_app(config=None, clock=None):
     app.session_interface = NoSessions()
 
     store = open_store(settings)
-    plain_sockets = plainws.PlainSockets()
+    plain_sockets = plainws.PlainSockets(settings["PLAIN_WS_PING_INTERVAL"], settings["HEARTBEAT_TIMEOUT"], clock)
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
     metrics = Metrics(task_types=[*TaskType, *settings["EXTRA_TASK_TYPES"]])
     service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
