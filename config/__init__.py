@@ -35,6 +35,7 @@ class Config:
             "SQLITE_SYNCHRONOUS": _env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             "TASK_TIMEOUT": _env("TASK_TIMEOUT", 300, int),
             "HEARTBEAT_TIMEOUT": _env("HEARTBEAT_TIMEOUT", 90.0, float),
+            "PLAIN_WS_PING_INTERVAL": _env("PLAIN_WS_PING_INTERVAL", 25.0, float),
             "DEVICE_LOST_GRACE": _env("DEVICE_LOST_GRACE", 120.0, float),
             "RETRY_DELAY": _env("RETRY_DELAY", 5.0, float),
             "RETRY_DELAY_MAX": _env("RETRY_DELAY_MAX", 300.0, float),

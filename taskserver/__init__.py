@@ -1,6 +1,7 @@
 """taskserver: a task server for fleets of phones (Flask + Flask-SocketIO on gevent)."""
 
 import logging
+import time
 
 from flask import Flask
 from flask.sessions import SessionInterface
@@ -55,7 +56,7 @@ def create_app(config=None, clock=None):
     socketio = SocketIO()
     background = app.extensions["background"] = Group()
     store = open_store(settings)
-    plain_sockets = plainws.PlainSockets()
+    plain_sockets = plainws.PlainSockets(settings["PLAIN_WS_PING_INTERVAL"], settings["HEARTBEAT_TIMEOUT"], clock)
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
     metrics = Metrics(task_types=[*TaskType, *settings["EXTRA_TASK_TYPES"]])
     service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
@@ -73,7 +74,8 @@ def create_app(config=None, clock=None):
         interval=settings["DASHBOARD_FLUSH_INTERVAL"],
     )
     notifier.dashboard = app.extensions["dashboard"] = feed
-    limiter = RateLimiter(settings["DEVICE_EVENT_RATE"], settings["DEVICE_EVENT_BURST"])
+    # a test's fake clock also drives the buckets' refill: how many events pass never depends on the machine's speed
+    limiter = RateLimiter(settings["DEVICE_EVENT_RATE"], settings["DEVICE_EVENT_BURST"], clock or time.monotonic)
     events = app.extensions["device_events"] = DeviceEvents(service, notifier, limiter)
 
     api = Api(app)

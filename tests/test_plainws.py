@@ -1,19 +1,23 @@
 """The plain WebSocket transport at /ws and at / (upgrade), with websocket-client: same events, same rules."""
 
+import contextlib
 import json
+import socket
 
+import gevent
 import pytest
 import websocket
 
-from conftest import wait_until
+from conftest import LiveServer, wait_until
 from taskserver.realtime.notifier import MAX_PENDING_ACKS
+from taskserver.realtime.plainws import MAX_QUEUED_FRAMES
 
 
 class PlainDevice:
     """A device speaking JSON frames ``{"event", "data", "id"?}`` over a plain WebSocket."""
 
-    def __init__(self, url, path="/ws"):
-        self.ws = websocket.create_connection(url.replace("http://", "ws://") + path, timeout=5)
+    def __init__(self, url, path="/ws", **options):
+        self.ws = websocket.create_connection(url.replace("http://", "ws://") + path, timeout=5, **options)
         self.frames = []
         self._ids = iter(range(1, 10**6))
 
@@ -135,3 +139,86 @@ def test_unanswered_new_task_acks_are_bounded(server, plain):
         for task_id in task_ids:
             server.post(f"/api/task/{task_id}/cancel")
     assert len(server.app.extensions["plainws"].ack_callbacks(sid)) == MAX_PENDING_ACKS
+
+
+def test_an_ack_callback_that_raises_leaves_the_connection_open(server, plain, monkeypatch):
+    phone = plain()
+    phone.call("device_register", {"device_id": "autojs_1"})
+
+    def explode(*ack):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(server.service, "task_delivered", explode)  # what a new_task ack runs
+    task_id = server.dispatch()["task_id"]
+    phone.send("ack", None, id=phone.wait("new_task")["id"])
+    phone.send("ack", None, id=[1])  # an id no callback could have
+    assert phone.call("heartbeat", {"device_id": "autojs_1"})["success"]
+    assert phone.call("task_result", {"task_id": task_id, "result": {"success": True}})["status"] == "completed"
+    assert server.get("/api/devices").json()["devices"][0]["status"] == "online"
+
+
+def statuses(live):
+    return {device["device_id"]: device["status"] for device in live.get("/api/devices").json()["devices"]}
+
+
+def answer_pings(device):
+    """Read everything, answering pings as websocket-client does by itself, and send nothing else."""
+    with contextlib.suppress(websocket.WebSocketException, OSError):
+        while True:
+            device.ws.recv_data_frame(control_frame=True)
+
+
+def test_plain_websockets_are_pinged_and_a_silent_one_is_closed_within_the_heartbeat_timeout(tmp_path):
+    # Pings go out every 10 ms of real time; silence is judged on the server's (fake) clock against the default
+    # 90 s heartbeat timeout, so the test decides when time passes.
+    live = LiveServer(tmp_path / "pings.db", PLAIN_WS_PING_INTERVAL=0.01)
+    sockets = live.app.extensions["plainws"]
+    alive, dead = PlainDevice(live.url), PlainDevice(live.url)
+    connections = {}
+    for device, device_id in ((alive, "autojs_alive"), (dead, "autojs_dead")):
+        connections[device_id] = sockets._connections[device.wait("connected")["data"]["sid"]]
+        device.call("device_register", {"device_id": device_id})
+    reader = gevent.spawn(answer_pings, alive)  # from here on neither sends a message; `dead` does not even read
+    try:
+        for _ in range(2):
+            now = live.clock.advance(40)
+            wait_until(lambda now=now: connections["autojs_alive"].heard_at == now, message="a pong at the new time")
+        assert statuses(live) == {"autojs_alive": "online", "autojs_dead": "online"}  # 80 s: not yet
+        live.clock.advance(40)  # 120 s without a frame from `dead`
+        wait_until(lambda: statuses(live)["autojs_dead"] == "offline", message="the silent device to go offline")
+        with pytest.raises((websocket.WebSocketException, OSError)):
+            while True:  # what the server sent before it closed the connection, then the end
+                dead.ws.recv()
+        assert statuses(live)["autojs_alive"] == "online"
+        wait_until(lambda: connections["autojs_dead"].pinger.dead and connections["autojs_dead"].writer.dead)
+        alive.close()
+        wait_until(lambda: connections["autojs_alive"].pinger.dead, message="the pings to end with the connection")
+    finally:
+        reader.kill()
+        dead.close()
+        live.stop()
+
+
+def test_a_client_that_stops_reading_is_cut_off_past_the_send_queue_bound(tmp_path):
+    live = LiveServer(tmp_path / "slow.db", DEVICE_EVENT_RATE=0)
+    try:
+        slow = PlainDevice(live.url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+        slow.call("device_register", {"device_id": "autojs_slow"})
+        bystander = PlainDevice(live.url)
+        bystander.call("device_register", {"device_id": "autojs_other"})
+        # An unknown event is answered with an error frame and an ack, each naming it. 300 events with 10 KB names
+        # bring 6 MB of answers, more than the socket buffers hold (4 MB at most with Linux's default tcp_wmem);
+        # then 1,000 small ones add 2,000 frames to the server's queue for `slow`, and past MAX_QUEUED_FRAMES the
+        # server closes the connection.
+        with contextlib.suppress(websocket.WebSocketException, OSError):  # sending may fail once it is closed
+            for sent in range(300 + MAX_QUEUED_FRAMES):
+                slow.send("x" * 10_000 if sent < 300 else "fly", {}, id=sent)
+        wait_until(lambda: statuses(live)["autojs_slow"] == "offline", timeout=30, message="the slow device cut off")
+        with pytest.raises((websocket.WebSocketException, OSError)):
+            while True:  # what the server sent before it closed the connection, then the end
+                slow.ws.recv()
+        assert bystander.call("heartbeat", {"device_id": "autojs_other"})["success"]
+        slow.close()
+        bystander.close()
+    finally:
+        live.stop()

@@ -283,6 +283,23 @@ class TestStoreContract:
         assert ids(store.active_tasks_of("android_002")) == ["task_2"]
         assert store.active_tasks_of("android_001") == []
 
+    def test_task_active_on_names_the_device_and_attempt_that_hold_a_task(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1"))
+        assert not store.task_active_on("task_1", "android_001")  # pending: nobody holds it
+        dispatch(store, "task_1", "android_001")
+        assert store.task_active_on("task_1", "android_001") and store.task_active_on("task_1", "android_001", 1)
+        assert not store.task_active_on("task_1", "android_001", 2) and not store.task_active_on("task_1", "other")
+        assert not store.task_active_on("task_missing", "android_001")
+        move(store, "task_1", DISPATCHED, RUNNING, 210.0, started_at=210.0)
+        assert store.task_active_on("task_1", "android_001")
+        move(store, "task_1", RUNNING, PENDING, 220.0, device_id=None, attempt=2)
+        assert not store.task_active_on("task_1", "android_001")
+        dispatch(store, "task_1", "android_001", now=230.0)
+        assert store.task_active_on("task_1", "android_001", 2) and not store.task_active_on("task_1", "android_001", 1)
+        move(store, "task_1", DISPATCHED, COMPLETED, 240.0, finished_at=240.0)
+        assert not store.task_active_on("task_1", "android_001")
+
     def test_saving_a_device_again_keeps_its_count_and_creation(self, store):
         store.save_device(make_device("android_001", capacity=3, registered_at=100.0))
         add(store, make_task("task_1"))
@@ -651,6 +668,42 @@ def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
         store.durable()
     assert store.get_task("task_1").status == PENDING
     assert store.has_pending_tasks() is True
+    store.close()
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_active_tasks_are_known_after_a_reopen_before_any_read(tmp_path, open_store):
+    # After a restart devices report on the tasks they were running before anything reads those tasks.
+    first = open_store(tmp_path)
+    first.save_device(make_device("android_001"))
+    add(first, make_task("task_1"))
+    dispatch(first, "task_1", "android_001")
+    first.close()
+    second = open_store(tmp_path)
+    try:
+        assert second.task_active_on("task_1", "android_001", 1)
+    finally:
+        second.close()
+
+
+def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
+    store = sqlite_file(tmp_path)
+    store._db.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    store.save_device(make_device("android_001"))
+    add(store, make_task("task_1"))
+    add(store, make_task("task_2"))
+    dispatch(store, "task_1", "android_001")
+    store.durable()
+    dispatch(store, "task_2", "android_001")  # in a batch that will fail
+    move(store, "task_1", DISPATCHED, COMPLETED, 210.0, finished_at=210.0)
+    with store._transaction() as db:
+        db.execute("INSERT INTO child VALUES (42)")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.durable()
+    assert store.task_active_on("task_1", "android_001") and not store.task_active_on("task_2", "android_001")
     store.close()
 
 

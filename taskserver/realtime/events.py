@@ -15,6 +15,9 @@ DEVICE_EVENTS = {
     "task_progress": (schemas.TaskProgressSchema(), "report_progress", None),
     "task_result": (schemas.TaskResultSchema(), "report_result", None),
 }
+# Reports about a task: those about the device's own active tasks are bounded by what the server sent it, so the
+# rate limit never drops them (it still counts every other event, and every report that is refused).
+REPORTS = frozenset({"task_progress", "task_result"})
 
 
 CONNECT_SCHEMA = schemas.ConnectSchema()
@@ -30,22 +33,36 @@ class DeviceEvents:
 
     def handle(self, sid, event, payload):
         """Run one event; a refused one also gets an ``error`` event on its connection."""
-        schema, method, legacy_error_event = DEVICE_EVENTS.get(event, (None, None, None))
+        spared = event in REPORTS and self._about_own_task(sid, payload)
         try:
-            if not self.limiter.allow(sid):
-                raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
-            if schema is None:
-                raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
-            answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
-            self.service.store.durable()  # an ack promises that what it reports is stored
-            return answer
+            return self._run(sid, event, payload, spared)
         except TaskServerError as error:
             refused = error
         except Exception:
             log.exception("device event %s failed", event)
             refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
-        self.notifier.error(sid, refused, legacy_error_event)
+        if spared:
+            self.limiter.allow(sid)  # a refused report was not one the server bounded: it costs a token after all
+        self.notifier.error(sid, refused, DEVICE_EVENTS.get(event, (None, None, None))[2])
         return refused.to_dict()
+
+    def _run(self, sid, event, payload, spared):
+        """Limit (unless ``spared``), validate, call the service, and return the ack once what it reports is stored."""
+        if not spared and not self.limiter.allow(sid):
+            raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
+        if event not in DEVICE_EVENTS:
+            raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
+        schema, method, _ = DEVICE_EVENTS[event]
+        answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+        self.service.store.durable()  # an ack promises that what it reports is stored
+        return answer
+
+    def _about_own_task(self, sid, payload):
+        """Is this report about a task the server gave this connection's device? (Read from the raw payload, before
+        validation, so that asking costs next to nothing.)"""
+        if not isinstance(payload, dict) or not isinstance(payload.get("task_id"), str):
+            return False
+        return self.service.holds_task(sid, payload["task_id"], payload.get("attempt"))
 
     def opened(self, sid, token):
         """A connection opens: its token (if any) is checked before any event is handled; raises if refused."""

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import socket
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -16,8 +17,9 @@ import gevent
 import gevent.queue
 from flask import Blueprint, current_app, request
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
-from geventwebsocket.websocket import Header
+from geventwebsocket.websocket import Header, WebSocket
 
+from taskserver import logs
 from taskserver.auth import request_token
 from taskserver.errors import TaskServerError, ValidationFailed
 
@@ -25,46 +27,83 @@ log = logging.getLogger("taskserver.plainws")
 
 blueprint = Blueprint("plainws", __name__)
 WRITER_GRACE = 5  # seconds a closing connection may take to send what was queued for it
+# Frames one connection may have waiting to be written. A client that lets more pile up (it stopped reading, or
+# reads slower than it is sent to) is cut off, and its device goes offline: senders never wait for it, and its
+# backlog never grows past this.
+MAX_QUEUED_FRAMES = 1000
 
 
 class PlainConnection:
     """One open plain WebSocket: frames to send, written in order by a greenlet of its own (so that a sender never
-    waits on a slow client), and the callbacks waiting for the client's acks."""
+    waits on a slow client), the callbacks waiting for the client's acks, and when the client was last heard."""
 
     CLOSE = object()  # queued after the last frame: the writer closes the socket when it gets there
 
-    def __init__(self, ws):
+    def __init__(self, ws, clock):
         self.ws = ws
         self.socket = ws.handler.socket  # gevent-websocket leaves closing the TCP connection to whoever closes
         self.handler = gevent.getcurrent()  # the request's greenlet, which serves the connection until it closes
+        self.clock = clock
         self.callbacks = {}
-        self.outbox = gevent.queue.Queue()
+        self.heard_at = clock()
+        ws.stream.read = self._noting_what_arrives(ws.stream.read)  # every frame's header is read through it
+        self.outbox = gevent.queue.Queue(MAX_QUEUED_FRAMES)
         self.writer = gevent.spawn(self._write)
+        self.pinger = None
+
+    def _noting_what_arrives(self, read):
+        """``read``, which also notes that the client was heard from: any frame (a message, a pong, a ping) counts."""
+
+        def read_and_note(size):
+            data = read(size)
+            if data:
+                self.heard_at = self.clock()
+            return data
+
+        return read_and_note
 
     def send(self, frame):
-        """Queue one JSON frame."""
-        self.outbox.put(frame)
+        """Queue one JSON frame, or a control frame as ``(payload, opcode)``; cut a client too far behind."""
+        try:
+            self.outbox.put_nowait(frame)
+        except gevent.queue.Full:
+            logs.event(log, "plain websocket client too slow", logging.WARNING, queued=MAX_QUEUED_FRAMES)
+            self.abort()
+
+    def ping(self):
+        """Queue a WebSocket ping (client libraries answer it by themselves)."""
+        self.send(("", WebSocket.OPCODE_PING))
 
     def close(self):
         """Close the socket once the frames queued before are sent (the receive loop then ends)."""
-        self.outbox.put(self.CLOSE)
+        self.send(self.CLOSE)
+
+    def abort(self):
+        """Cut the link now (a dead or hopelessly slow client): the receive loop and the writer both end."""
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
 
     def _write(self):
         while (frame := self.outbox.get()) is not self.CLOSE:
             try:
-                self.ws.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+                if isinstance(frame, tuple):
+                    self.ws.send_frame(*frame)
+                else:
+                    self.ws.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
             except (WebSocketError, OSError):
                 break
         with contextlib.suppress(WebSocketError, OSError):
             self.ws.close()
-        with contextlib.suppress(OSError):  # the receive loop then ends, whether or not the client answers the close
-            self.socket.shutdown(socket.SHUT_RDWR)
+        self.abort()  # the receive loop then ends, whether or not the client answers the close
 
 
 class PlainSockets:
-    """The open plain WebSocket connections by sid, and the loop that serves one."""
+    """The open plain WebSocket connections by sid, the loop that serves one, and the pings that keep it honest."""
 
-    def __init__(self):
+    def __init__(self, ping_interval, timeout, clock=None):
+        self.ping_interval = min(ping_interval, timeout / 3)  # a live client always has a few pings to answer
+        self.timeout = timeout  # the heartbeat timeout: a link silent this long is closed
+        self.clock = clock or time.time
         self._connections = {}
         self._ack_ids = itertools.count(1)
 
@@ -103,7 +142,8 @@ class PlainSockets:
     def serve(self, ws, events, token=None):
         """Serve one connection until it closes; then its device (if any) is offline."""
         sid = f"ws_{uuid.uuid4().hex}"
-        connection = self._connections[sid] = PlainConnection(ws)
+        connection = self._connections[sid] = PlainConnection(ws, self.clock)
+        connection.pinger = gevent.spawn(self._keep_alive, connection)
         try:
             events.opened(sid, token)
         except TaskServerError as error:
@@ -122,9 +162,22 @@ class PlainSockets:
             events.closed(sid)
             self._finish(connection)
 
+    def _keep_alive(self, connection):
+        """Ping the client every ``ping_interval`` seconds; cut the link as soon as it would otherwise stay silent
+        past the heartbeat timeout before the next ping, so a dead link is closed within that timeout."""
+        while True:
+            gevent.sleep(self.ping_interval)
+            silent = self.clock() - connection.heard_at
+            if silent + self.ping_interval > self.timeout:
+                logs.event(log, "plain websocket silent", logging.WARNING, seconds=round(silent, 1))
+                connection.abort()
+                return
+            connection.ping()
+
     @staticmethod
     def _finish(connection):
-        """Send what is queued (for a few seconds at most), then close."""
+        """Stop the pings; send what is queued (for a few seconds at most), then close."""
+        connection.pinger.kill()
         connection.close()
         connection.writer.join(timeout=WRITER_GRACE)
         connection.writer.kill()  # nothing, if it has ended
@@ -136,13 +189,23 @@ class PlainSockets:
             events.notifier.error(sid, error)
             return
         if message["event"] == "ack":
-            callback = connection.callbacks.pop(message.get("id"), None)
-            if callback is not None:
-                callback(message.get("data"))
+            self._run_ack_callback(connection, message)
             return
         ack = events.handle(sid, message["event"], message.get("data"))
         if "id" in message:
             connection.send({"event": "ack", "id": message["id"], "data": ack})
+
+    @staticmethod
+    def _run_ack_callback(connection, message):
+        """Hand the client's ack to the callback waiting for it; a callback that fails is logged, never fatal."""
+        ack_id = message.get("id")
+        callback = connection.callbacks.pop(ack_id, None) if isinstance(ack_id, int) else None
+        if callback is None:
+            return
+        try:
+            callback(message.get("data"))
+        except Exception:
+            log.exception("plain websocket ack callback failed")
 
 
 def limit_frame_size(max_bytes):

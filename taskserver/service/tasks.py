@@ -109,6 +109,13 @@ class TaskOperations:
             raise NotFound(f"任务 {task_id} 不存在", "TASK_NOT_FOUND")
         return task
 
+    def holds_task(self, sid, task_id, attempt=None):
+        """True if the task (in ``attempt``, if given) is dispatched to or running on the device this connection
+        registered as: reports about it are bounded by what the server sent, so the rate limit spares them (a look
+        in memory, made before any other work)."""
+        device_id = self.connections.device_of(sid)
+        return device_id is not None and self.store.task_active_on(task_id, device_id, attempt)
+
     @atomic
     def report_progress(self, sid, payload):
         """Record progress of the device's own current attempt; the first report marks the task running."""

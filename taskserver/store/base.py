@@ -43,6 +43,11 @@ class Store:
         """The device's dispatched and running tasks, oldest first."""
         raise NotImplementedError
 
+    def task_active_on(self, task_id, device_id, attempt=None):
+        """True if the task is dispatched to or running on the device (in ``attempt``, if given); cheap enough to ask
+        about every device report before it is admitted (an in-memory look where the backend can)."""
+        raise NotImplementedError
+
     def set_device_token(self, device_id, token_hash, now):
         """Bind a (hashed) token to the device id, replacing any earlier one."""
         raise NotImplementedError

@@ -28,7 +28,8 @@ class SQLiteStore(DeviceTables, Store):
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
-        # times each, and only this connection writes tasks, so these reads need no query.
+        # times each, and only this connection writes tasks, so these reads need no query. All of them are held
+        # (read at open, and again after a failed commit), so that a miss means "not active" without a query.
         self._active = {}
         # 2 KiB pages (before the first table; a file keeps the size it was made with): a commit writes every page
         # it changed, and most changes are single rows in random places (a device's counter, its index entries).
@@ -37,6 +38,7 @@ class SQLiteStore(DeviceTables, Store):
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._create_schema()
+        self._hold_active_tasks()
 
     def _create_schema(self):
         """Create the tables of a new file; refuse a file written by another version of the schema."""
@@ -69,7 +71,12 @@ class SQLiteStore(DeviceTables, Store):
 
     def _forget_what_a_failed_commit_undid(self):
         self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
-        self._active.clear()  # ...and changed active tasks: read them from the file again
+        self._hold_active_tasks()  # ...and changed active tasks: read them from the file again
+
+    def _hold_active_tasks(self):
+        """Hold every dispatched and running task in memory, as the file has it (no more than the fleet's slots)."""
+        rows = self._db.execute("SELECT * FROM tasks WHERE status IN (?, ?)", ACTIVE_VALUES).fetchall()
+        self._active = {row["task_id"]: task_from_row(row) for row in rows}
 
     def _remember(self, task):
         """Keep an active task in memory (and forget one that is no longer active)."""
@@ -222,6 +229,12 @@ class SQLiteStore(DeviceTables, Store):
             (device_id, *ACTIVE_VALUES),
         )
         return [task_from_row(row) for row in rows]
+
+    def task_active_on(self, task_id, device_id, attempt=None):
+        """True if the task is dispatched to or running on the device (in ``attempt``, if given); from memory, where
+        every active task is held."""
+        task = self._active.get(task_id)
+        return task is not None and task.device_id == device_id and attempt in (None, task.attempt)
 
     def take_owed_cancels(self, device_id):
         """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
