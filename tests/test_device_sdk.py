@@ -151,12 +151,18 @@ def test_cancel_reaches_the_running_handler_and_the_task_stays_cancelled(server,
     assert "cancel_confirmed" in kinds
 
 
-def test_a_result_the_server_will_never_take_leaves_the_outbox(server, agents):
-    agent = agents(handlers={"DELIST": lambda task, progress: task.cancelled.wait(10)})
+def test_a_result_the_server_will_never_take_leaves_the_outbox(server, agents, cable):
+    gate = Gate()
+    agent = agents(handlers={"DELIST": gate.handler}, url=cable.url)
     task_id = server.dispatch(timeout=30, max_retries=1)["task_id"]
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="the task to start")
+    wait_until(lambda: server.task(task_id)["progress"] == 50, message="the task to run")
+    cable.unplug()
+    wait_until(lambda: device_of(server, "android_001")["status"] == "offline", message="the device offline")
+    gate.opened.set()
+    wait_until(lambda: len(agent.outbox) == 1, message="the result to wait in the outbox")
 
-    server.sweep(advance=30)  # the attempt times out; a retry is scheduled; the device is told to stop
+    server.sweep(advance=30)  # the attempt times out while the device is away; a retry is scheduled
+    cable.plug()
     wait_until(lambda: agent.stats["refused"] == 1, message="the stale result to be refused")
     assert agent.outbox == []
     task = server.task(task_id)

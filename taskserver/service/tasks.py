@@ -199,13 +199,17 @@ class TaskOperations:
 
     @atomic
     def task_delivered(self, task_id, device_id, attempt, *ack):
-        """The device acknowledged ``new_task``: record delivery; the task is running from now."""
+        """The device acknowledged ``new_task``: record the first delivery of the attempt. Delivery is not start: the
+        task stays dispatched (and is sent again when the device registers) until its first progress."""
         task = self.store.get_task(task_id)
-        if task is None or task.status != TaskStatus.DISPATCHED or task.device_id != device_id:
+        if task is None or task.status not in ACTIVE or (task.device_id, task.attempt) != (device_id, attempt):
             return
-        if task.attempt != attempt:
+        self.metrics.device_event("new_task_ack")
+        if task.delivered_at is not None:  # a resent new_task, acknowledged again
             return
         now = self.clock()
-        self.metrics.device_event("new_task_ack")
-        if self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now):
+        delivered = Event("delivered", device_id, device_id)
+        updated = self.store.update_task_if(task, {"delivered_at": now, "updated_at": now}, delivered)
+        if updated is not None:
+            self.notifier.task_changed(updated)
             logs.event(log, "task delivered", logging.DEBUG, task_id=task_id, device_id=device_id, attempt=attempt)
