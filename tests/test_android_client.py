@@ -220,7 +220,7 @@ def test_cancel_is_answered_by_the_app_and_the_task_stays_cancelled(app_server, 
 
     response = app_server.post(f"/api/task/{task_id}/cancel")
     assert response.status_code == 200, response.text
-    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
 
     ack = phone.ack_for("task_result", task_id, "cancelled")
     assert ack["success"] is True
@@ -249,7 +249,7 @@ def test_cancel_sent_while_the_app_was_away_is_delivered_on_reconnect(app_server
     assert app_server.post(f"/api/task/{task_id}/cancel").status_code == 200
     phone.connect()
     assert phone.wait_for(phone.received, "register_success", count=2)["active_tasks"] == []
-    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     assert phone.ack_for("task_result", task_id, "cancelled")["success"] is True
     assert app_server.task(task_id)["status"] == "cancelled"
     assert phone.received["error"] == []

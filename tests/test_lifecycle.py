@@ -32,7 +32,7 @@ def test_timeout_fails_the_task_tells_the_device_and_frees_it(server, devices):
     server.sweep(advance=1)
     task = server.task(first)
     assert task["status"] == "failed" and task["error_code"] == "TASK_TIMEOUT"
-    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": first}
+    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": first, "attempt": 1}
     assert phone.wait("new_task", count=2)["task_id"] == queued
     assert server.task(queued)["status"] in ("dispatched", "running")
 
@@ -191,7 +191,7 @@ def test_cancel_running_task_tells_the_device(server, devices):
     phone.wait("new_task")
     phone.progress(task_id, 20)
     assert server.post(f"/api/task/{task_id}/cancel").json()["task"]["status"] == "cancelled"
-    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     answer = phone.result(task_id, success=False, error_code="TASK_CANCELLED")
     assert answer["success"] and answer["status"] == "cancelled"
     assert server.task(task_id)["status"] == "cancelled"

@@ -98,7 +98,7 @@ def test_lifecycle_rules_hold_on_plain_websocket(server, plain):
     task_id = server.dispatch(timeout=10)["task_id"]
     phone.wait("new_task")
     server.sweep(advance=10)
-    assert phone.wait("cancel_task")["data"] == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait("cancel_task")["data"] == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     late = phone.call("task_result", {"task_id": task_id, "result": {"success": True}})
     assert late["error_code"] == "TASK_FINISHED"
 

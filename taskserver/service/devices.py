@@ -67,8 +67,8 @@ class DeviceOperations:
         for task in active:
             if task.status == TaskStatus.DISPATCHED:
                 self._send_task(sid, task)
-        for task_id in self.store.take_owed_cancels(device_id):
-            self.notifier.cancel_task(sid, task_id)
+        for task_id, attempt in self.store.take_owed_cancels(device_id):
+            self.notifier.cancel_task(sid, task_id, attempt)
 
     @atomic
     def heartbeat(self, sid, payload):

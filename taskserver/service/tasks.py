@@ -96,7 +96,7 @@ class TaskOperations:
         if updated is None:
             return self.cancel(task_id)
         if sid is not None:
-            self.notifier.cancel_task(sid, task_id)
+            self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
         logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
         self.dispatch_pending(now)
