@@ -74,9 +74,9 @@ def new_task_message(task):
     }
 
 
-def cancel_task_message(task_id):
-    """The ``cancel_task`` event exactly as the spec shows it."""
-    return {"type": "cancel_task", "task_id": task_id}
+def cancel_task_message(task_id, attempt):
+    """The ``cancel_task`` event exactly as the spec shows it, plus the attempt it stops."""
+    return {"type": "cancel_task", "task_id": task_id, "attempt": attempt}
 
 
 def task_detail(task, events):

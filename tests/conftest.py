@@ -66,6 +66,10 @@ class LiveServer:
         """The task as ``GET /api/task/{id}/status`` shows it."""
         return self.get(f"/api/task/{task_id}/status").json()["task"]
 
+    def delivered(self, task_id):
+        """True once the device acknowledged the task's ``new_task`` (``delivered_at`` is set; it is not started)."""
+        return self.get(f"/api/task/{task_id}").json()["task"]["delivered_at"] is not None
+
     def stop(self):
         """Stop accepting, end every connection and background greenlet of the app, then close the store."""
         self.session.close()

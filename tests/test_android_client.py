@@ -39,6 +39,8 @@ class AndroidApp:
         self.running = {}  # task_id -> threading.Event set on cancel_task
         self.gate = threading.Event()
         self.gate.set()
+        self.answering = threading.Event()  # cleared: a cancelled task is still stopping, its answer waits
+        self.answering.set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("new_task", self._on_new_task)
         self.sio.on("cancel_task", self._on_cancel_task)
@@ -83,13 +85,17 @@ class AndroidApp:
         while not self.gate.is_set() and not cancelled.is_set():
             time.sleep(0.01)
         if cancelled.is_set():
-            result = {"success": False, "message": "任务已取消", "error_code": "TASK_CANCELLED"}
-            result.update(processed_count=0, failed_count=0, execution_time=time.time(), data=items([], []))
+            self.answering.wait()
+            result = cancelled_result()
         else:
             result = run(task)
             self._progress(task_id, 100, "任务完成")
         self.running.pop(task_id, None)
         self._send("task_result", {"task_id": task_id, "result": result})
+
+    def answer_cancel(self, task_id):
+        """Send the app's answer to a ``cancel_task`` of this task (it names no attempt: the app knows none)."""
+        self._send("task_result", {"task_id": task_id, "result": cancelled_result()})
 
     def _progress(self, task_id, progress, message):
         self._send("task_progress", {"task_id": task_id, "progress": progress, "message": message})
@@ -109,6 +115,13 @@ class AndroidApp:
 
     def release(self):
         self.gate.set()
+
+    def stop_slowly(self):
+        """Answer cancels only once ``answer_cancels()`` is called (the app stops at a safe point of its work)."""
+        self.answering.clear()
+
+    def answer_cancels(self):
+        self.answering.set()
 
     def wait_for(self, mapping, event, count=1, timeout=5.0):
         """Wait until ``mapping[event]`` has ``count`` entries; return the last of them."""
@@ -133,6 +146,12 @@ def items(processed, failed):
         "failed_items": ",".join(failed),
         "details": [f"商品{item}已下架" for item in processed],
     }
+
+
+def cancelled_result():
+    """The app's result for a task it stopped on ``cancel_task``."""
+    result = {"success": False, "message": "任务已取消", "error_code": "TASK_CANCELLED"}
+    return {**result, "processed_count": 0, "failed_count": 0, "execution_time": time.time(), "data": items([], [])}
 
 
 def run(task):
@@ -220,7 +239,7 @@ def test_cancel_is_answered_by_the_app_and_the_task_stays_cancelled(app_server, 
 
     response = app_server.post(f"/api/task/{task_id}/cancel")
     assert response.status_code == 200, response.text
-    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
 
     ack = phone.ack_for("task_result", task_id, "cancelled")
     assert ack["success"] is True
@@ -249,7 +268,7 @@ def test_cancel_sent_while_the_app_was_away_is_delivered_on_reconnect(app_server
     assert app_server.post(f"/api/task/{task_id}/cancel").status_code == 200
     phone.connect()
     assert phone.wait_for(phone.received, "register_success", count=2)["active_tasks"] == []
-    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     assert phone.ack_for("task_result", task_id, "cancelled")["success"] is True
     assert app_server.task(task_id)["status"] == "cancelled"
     assert phone.received["error"] == []
@@ -293,3 +312,93 @@ def test_reconnect_registers_again_and_keeps_working(app_server, android):
     phone.heartbeat()
     assert phone.wait_for(phone.acks, "heartbeat")["success"] is True
     assert phone.received["error"] == []
+
+
+# ---- issue 12: the app's answer to the cancel of an old attempt, and a retry on the same phone ----
+
+
+def progress_acks(phone, task_id, status="running"):
+    return [a for a in phone.acks["task_progress"] if a.get("task_id") == task_id and a.get("status") == status]
+
+
+def events_of(server, task_id):
+    return server.get(f"/api/task/{task_id}/events").json()["events"]
+
+
+def away_past_the_grace_with_a_pinned_task(app_server, android):
+    """A phone that started a task pinned to it (2 retries) and held it, then stayed away past the grace: attempt 1
+    ended ``DEVICE_OFFLINE`` and attempt 2 waits for its backoff."""
+    phone = android("android_001")
+    phone.hold()
+    task_id = app_server.dispatch(device_id="android_001", max_retries=2)["task_id"]
+    phone.ack_for("task_progress", task_id, "running")
+    phone.disconnect()
+    wait_until(lambda: listed_device(app_server, "android_001")["status"] == "offline", 5.0, "offline")
+    app_server.sweep(advance=120)
+    task = app_server.task(task_id)
+    assert task["status"] == "pending" and task["attempt"] == 2 and task["error_code"] == "DEVICE_OFFLINE"
+    return phone, task_id
+
+
+def test_a_phone_back_after_the_grace_gets_the_retry_and_no_cancel_that_would_stop_it(app_server, android):
+    phone, task_id = away_past_the_grace_with_a_pinned_task(app_server, android)
+    app_server.sweep(advance=5)  # attempt 2 is due, and waits for its phone
+
+    phone.connect()
+    retry = phone.wait_for(phone.received, "new_task", count=2)
+    assert retry["task_id"] == task_id and retry["attempt"] == 2
+    phone.wait_for(phone.acks, "device_register", count=2)  # all that registration sent has arrived
+    assert phone.received["cancel_task"] == []  # the app would take cancel_task(task_id) for attempt 2
+    wait_until(lambda: len(progress_acks(phone, task_id)) == 2, 5.0, "attempt 2 started")
+
+    phone.answer_cancel(task_id)  # as if the cancel of attempt 1 had reached it: the answer names no attempt
+    assert phone.ack_for("task_result", task_id, "running")["success"] is True
+    task = app_server.task(task_id)
+    assert task["status"] == "running" and task["attempt"] == 2
+    confirmed = [event for event in events_of(app_server, task_id) if event["kind"] == "cancel_confirmed"]
+    assert [event["attempt"] for event in confirmed] == [1]
+    assert phone.received["error"] == []
+
+    phone.release()
+    phone.ack_for("task_result", task_id, "completed")
+    assert wait_status(app_server, task_id, "completed")["attempt"] == 2
+
+
+def test_a_phone_back_before_the_retry_is_due_gets_the_cancel_of_its_lost_attempt(app_server, android):
+    phone, task_id = away_past_the_grace_with_a_pinned_task(app_server, android)
+
+    phone.connect()
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
+    assert phone.ack_for("task_result", task_id, "pending")["success"] is True  # its answer, taken as such
+    app_server.sweep(advance=5)
+    retry = phone.wait_for(phone.received, "new_task", count=2)
+    assert retry["task_id"] == task_id and retry["attempt"] == 2
+
+    phone.release()
+    phone.ack_for("task_result", task_id, "completed")
+    assert wait_status(app_server, task_id, "completed")["attempt"] == 2
+    assert phone.received["error"] == []
+
+
+def test_the_apps_late_answer_to_a_timeout_cancel_does_not_fail_the_retry(app_server, android):
+    phone = android("android_001")
+    phone.hold()
+    phone.stop_slowly()
+    task_id = app_server.dispatch(device_id="android_001", max_retries=2, timeout=60)["task_id"]
+    phone.ack_for("task_progress", task_id, "running")
+
+    app_server.sweep(advance=60)
+    assert phone.wait_for(phone.received, "cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
+    app_server.sweep(advance=5)
+    assert phone.wait_for(phone.received, "new_task", count=2)["attempt"] == 2
+    wait_until(lambda: len(progress_acks(phone, task_id)) == 2, 5.0, "attempt 2 started")
+
+    phone.answer_cancels()  # attempt 1 has stopped: the answer to its cancel arrives during attempt 2
+    assert phone.ack_for("task_result", task_id, "running")["success"] is True
+    task = app_server.task(task_id)
+    assert task["status"] == "running" and task["attempt"] == 2 and task["error_code"] == "TASK_TIMEOUT"
+    assert phone.received["error"] == []
+
+    phone.release()
+    phone.ack_for("task_result", task_id, "completed")
+    assert wait_status(app_server, task_id, "completed")["attempt"] == 2

@@ -141,7 +141,7 @@ def test_task_detail_shows_the_whole_task_with_its_attempts(server, devices):
     task_id = answer["task_id"]
     owner, other = (first, second) if answer["device_id"] == "phone_a" else (second, first)
     owner.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="delivery ack")
+    wait_until(lambda: server.delivered(task_id), message="delivery ack")
     server.sweep(advance=30)  # the first attempt times out; the retry waits 5 s
     waiting = server.get(f"/api/task/{task_id}").json()["task"]
     assert waiting["status"] == "pending" and waiting["not_before"] == iso(server.clock() + 5)
@@ -177,13 +177,13 @@ def test_task_events_tell_its_history_with_time_and_actor(server, devices):
     task_id = answer["task_id"]
     owner, other = (first, second) if answer["device_id"] == "phone_a" else (second, first)
     owner.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="delivery ack")
+    wait_until(lambda: server.delivered(task_id), message="delivery ack")
     for progress in (10, 30, 60):
         owner.progress(task_id, progress, f"处理中 {progress}")
     server.sweep(advance=60)  # timeout, retry scheduled
     server.sweep(advance=5)
     other.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="second delivery ack")
+    wait_until(lambda: server.delivered(task_id), message="second delivery ack")
     assert server.post(f"/api/task/{task_id}/cancel").status_code == 200
     other.wait("cancel_task")
     other.result(task_id, success=False, error_code="TASK_CANCELLED")
@@ -197,6 +197,7 @@ def test_task_events_tell_its_history_with_time_and_actor(server, devices):
         ("created", "operator"),
         ("dispatched", "server"),
         ("delivered", owner.device_id),
+        ("started", owner.device_id),  # the first progress, 10
         ("progress", owner.device_id),  # 30 crosses 25
         ("progress", owner.device_id),  # 60 crosses 50
         ("retry_scheduled", "watchdog"),
@@ -209,13 +210,13 @@ def test_task_events_tell_its_history_with_time_and_actor(server, devices):
     dispatched = events[1]
     assert dispatched["device_id"] == owner.device_id and dispatched["message"] == f"分发到设备 {owner.device_id}"
     assert (
-        events[3]["detail"] == {"progress": 30, "message": "处理中 30"}
-        and events[3]["message"] == "进度 30%：处理中 30"
+        events[4]["detail"] == {"progress": 30, "message": "处理中 30"}
+        and events[4]["message"] == "进度 30%：处理中 30"
     )
-    timeout = events[5]
+    timeout = events[6]
     assert timeout["detail"]["error_code"] == "TASK_TIMEOUT" and timeout["at"] == iso(server.clock() - 5)
     assert timeout["message"].startswith("执行超时，将于")
-    assert events[8]["message"] == "任务已取消"
+    assert events[9]["message"] == "任务已取消"
     assert server.get("/api/task/task_nope/events").json()["error_code"] == "TASK_NOT_FOUND"
 
 
@@ -506,7 +507,7 @@ def test_one_log_line_per_lifecycle_event_with_task_and_device_ids(server, devic
     phone = devices("android_001", token="device-secret-123")
     task_id = server.dispatch(max_retries=1, timeout=10)["task_id"]
     phone.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="delivery ack")
+    wait_until(lambda: server.delivered(task_id), message="delivery ack")
     phone.progress(task_id, 50)
     server.sweep(advance=10)
     server.sweep(advance=5)
@@ -518,7 +519,7 @@ def test_one_log_line_per_lifecycle_event_with_task_and_device_ids(server, devic
         f"task created task_id={task_id}",
         f"task dispatched task_id={task_id} device_id=android_001 attempt=1",
         f"task delivered task_id={task_id} device_id=android_001 attempt=1",
-        f"task progress task_id={task_id} device_id=android_001 progress=50",
+        f"task started task_id={task_id} device_id=android_001 progress=50",
         f"attempt ended task_id={task_id} device_id=android_001 error_code=TASK_TIMEOUT status=pending",
         f"task dispatched task_id={task_id} device_id=android_001 attempt=2",
         f"task result task_id={task_id} device_id=android_001 status=completed",
@@ -600,7 +601,10 @@ def test_json_logs_from_the_real_entry_point(tmp_path):
         body = {"task_type": "DELIST", "data": {"product_ids": ["1"]}}
         task_id = requests.post(f"{url}/api/dispatch-task", json=body, timeout=10).json()["task_id"]
         status = f"{url}/api/task/{task_id}/status"
-        wait_until(lambda: requests.get(status, timeout=10).json()["task"]["status"] == "running", message="ack")
+        detail = f"{url}/api/task/{task_id}"
+        wait_until(lambda: requests.get(detail, timeout=10).json()["task"]["delivered_at"], message="ack")
+        assert requests.get(status, timeout=10).json()["task"]["status"] == "dispatched"  # delivered, not started
+        phone.progress(task_id, 50)
         phone.progress(task_id, 100)
         phone.result(task_id)
         phone.disconnect()
@@ -612,7 +616,7 @@ def test_json_logs_from_the_real_entry_point(tmp_path):
         _, stderr = process.communicate(timeout=10)
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # every line is one JSON object
     events = {(line.get("event"), line.get("task_id"), line.get("device_id")) for line in lines}
-    for event in ("task dispatched", "task delivered", "task progress", "task result"):
+    for event in ("task dispatched", "task delivered", "task started", "task progress", "task result"):
         assert (event, task_id, "android_001") in events, (event, lines)
     assert ("task created", task_id, None) in events and ("device registered", None, "android_001") in events
     assert ("device offline", None, "android_001") in events

@@ -230,10 +230,12 @@ def test_a_task_dispatched_from_the_page_reaches_a_device_and_completes(server, 
     assert new_task["data"]["product_ids"] == ["123", "456", "789"] and new_task["data"]["batch_size"] == 2
 
     page.click(f'[data-task-link="{task_id}"]')
-    page.wait(f'#view-task[data-task-id="{task_id}"][data-status="running"]')  # the phone acked new_task
+    page.wait('#task-timeline li[data-kind="delivered"]')  # the phone acked new_task: delivered, not started
+    assert page.attr("#view-task", "data-status") == "dispatched"
     phone.progress(task_id, 40, "第 1 批")
+    page.wait(f'#view-task[data-task-id="{task_id}"][data-status="running"]')  # its first progress started it
     page.wait('#task-progress[data-progress="40"]')
-    page.wait('#task-timeline li[data-kind="progress"]')
+    page.wait('#task-timeline li[data-kind="started"]')
 
     page.go("#/tasks")
     page.wait(task_row(task_id, status="running") + ' .progress[data-progress="40"]')
@@ -247,8 +249,8 @@ def test_a_task_dispatched_from_the_page_reaches_a_device_and_completes(server, 
     page.click(task_row(task_id) + " a")
     page.wait(f'#view-task[data-task-id="{task_id}"][data-status="completed"]')
     kinds = page.eval("[...document.querySelectorAll('#task-timeline li')].map((li) => li.dataset.kind)")
-    assert kinds[:3] == ["created", "dispatched", "delivered"] and kinds[-1] == "completed"
-    assert kinds.count("progress") == 2  # milestones 25 and 50/75, as the history keeps them
+    assert kinds[:4] == ["created", "dispatched", "delivered", "started"] and kinds[-1] == "completed"
+    assert kinds.count("progress") == 1  # 40 started it; 80 crossed 50 and 75, as the history keeps it
     assert "下架完成" in page.text("#task-result") and '"789"' in page.text("#task-data")
     assert page.count('#task-attempts tbody tr[data-attempt="1"]') == 1
     assert page.attr("#task-cancel", "hidden") is not None
@@ -268,14 +270,14 @@ def test_task_list_filters_like_the_api(server, devices, console):
     page.wait(task_row(delist), state="detached")
     assert page.count("#tasks tbody tr") == 1
     page.select('#task-filters [name="task_type"]', "")
-    page.select('#task-filters [name="status"]', "running")
+    page.select('#task-filters [name="status"]', "dispatched")  # delivered, not started
     page.wait(task_row(collect), state="detached")
-    page.wait(task_row(delist, status="running"))
+    page.wait(task_row(delist, status="dispatched"))
 
     phone.result(delist)  # leaves the filtered list on its own; the queued COLLECT starts and joins it
     page.wait(task_row(delist), state="detached")
     phone.wait("new_task", count=2)
-    page.wait(task_row(collect, status="running"))
+    page.wait(task_row(collect, status="dispatched"))
 
     page.go("#/tasks?device_id=android_001&status=")
     page.wait(task_row(delist, status="completed"))
@@ -367,7 +369,7 @@ def test_a_dropped_connection_is_shown_and_the_page_catches_up(server, devices, 
     page.wait(task_row(missed.task_id, status="pending"), state="attached")
     devices("android_009")  # live updates flow again: the phone shows up and takes the task it missed
     page.wait(device_row("android_009", status="busy"))
-    page.wait(task_row(missed.task_id, status="running"), state="attached")
+    page.wait(task_row(missed.task_id, status="dispatched"), state="attached")
 
 
 # ---- operator tokens ----

@@ -12,6 +12,7 @@ from gevent.server import StreamServer
 
 from conftest import LiveServer, wait_until
 from taskserver.device import DeviceAgent
+from taskserver.extensions import socketio
 
 FAST = {"heartbeat_interval": 0.2, "reconnection_delay": 0.05, "reconnection_delay_max": 0.2, "ack_timeout": 3}
 
@@ -151,16 +152,57 @@ def test_cancel_reaches_the_running_handler_and_the_task_stays_cancelled(server,
     assert "cancel_confirmed" in kinds
 
 
-def test_a_result_the_server_will_never_take_leaves_the_outbox(server, agents):
-    agent = agents(handlers={"DELIST": lambda task, progress: task.cancelled.wait(10)})
+def test_a_result_the_server_will_never_take_leaves_the_outbox(server, agents, cable):
+    gate = Gate()
+    agent = agents(handlers={"DELIST": gate.handler}, url=cable.url)
     task_id = server.dispatch(timeout=30, max_retries=1)["task_id"]
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="the task to start")
+    wait_until(lambda: server.task(task_id)["progress"] == 50, message="the task to run")
+    cable.unplug()
+    wait_until(lambda: device_of(server, "android_001")["status"] == "offline", message="the device offline")
+    gate.opened.set()
+    wait_until(lambda: len(agent.outbox) == 1, message="the result to wait in the outbox")
 
-    server.sweep(advance=30)  # the attempt times out; a retry is scheduled; the device is told to stop
+    server.sweep(advance=30)  # the attempt times out while the device is away; a retry is scheduled
+    cable.plug()
     wait_until(lambda: agent.stats["refused"] == 1, message="the stale result to be refused")
     assert agent.outbox == []
     task = server.task(task_id)
     assert task["status"] == "pending" and task["attempt"] == 2 and task["error_code"] == "TASK_TIMEOUT"
+
+
+def test_the_cancel_of_a_timed_out_attempt_is_answered_and_stops_only_that_attempt(server, agents):
+    opened, handled = threading.Event(), []
+
+    def handler(task, progress):
+        handled.append(task)
+        progress(50)
+        if task.attempt == 1:
+            return task.cancelled.wait(10)  # cancelled: the agent answers TASK_CANCELLED whatever this returns
+        return {"processed_count": 2} if opened.wait(10) else False
+
+    agent = agents(handlers={"DELIST": handler})
+    task_id = server.dispatch(timeout=30, max_retries=1)["task_id"]
+    wait_until(lambda: server.task(task_id)["progress"] == 50, message="attempt 1 to run")
+    server.sweep(advance=30)  # attempt 1 times out: the device is told to stop it; attempt 2 waits 5 s
+    wait_until(lambda: agent.stats["failed"] == 1, message="the answer to the cancel to be acknowledged")
+    confirmed = [e for e in server.service.store.task_events(task_id) if e["kind"] == "cancel_confirmed"]
+    assert [event["attempt"] for event in confirmed] == [1]
+    assert server.task(task_id)["status"] == "pending"
+
+    server.sweep(advance=5)
+    wait_until(lambda: len(handled) == 2 and server.task(task_id)["status"] == "running", message="attempt 2")
+    sid = device_of(server, "android_001")["connection_info"]["sid"]
+    stale = {"type": "cancel_task", "task_id": task_id, "attempt": 1}  # a late copy of the first cancel
+    socketio.emit("cancel_task", stale, to=sid, namespace="/")
+    acked = threading.Event()  # a new_task sent after it: once acknowledged, the cancel has been handled
+    server.service.notifier.new_task(sid, server.service.store.get_task(task_id), lambda *ack: acked.set())
+    wait_until(acked.is_set, message="the resent new_task to be acknowledged")
+    assert not handled[1].cancelled.is_set() and agent.running == [task_id]
+
+    opened.set()
+    wait_until(lambda: ended(server, task_id), message="attempt 2 to finish")
+    task = server.task(task_id)
+    assert task["status"] == "completed" and task["attempt"] == 2
 
 
 def test_after_the_server_drops_the_connection_the_agent_registers_again(server, agents):

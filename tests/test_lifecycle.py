@@ -31,7 +31,7 @@ def test_timeout_fails_the_task_tells_the_device_and_frees_it(server, devices):
     server.sweep(advance=1)
     task = server.task(first)
     assert task["status"] == "failed" and task["error_code"] == "TASK_TIMEOUT"
-    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": first}
+    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": first, "attempt": 1}
     assert phone.wait("new_task", count=2)["task_id"] == queued
     assert server.task(queued)["status"] in ("dispatched", "running")
 
@@ -105,7 +105,7 @@ def test_grace_expiry_fails_tasks_with_device_offline(server, devices):
     phone.disconnect()
     wait_until(lambda: server.get("/api/devices").json()["devices"][0]["status"] == "offline")
     server.sweep(advance=119)
-    assert server.task(task_id)["status"] == "running"
+    assert server.task(task_id)["status"] == "dispatched"  # acknowledged, never started
     server.sweep(advance=1)
     task = server.task(task_id)
     assert task["status"] == "failed" and task["error_code"] == "DEVICE_OFFLINE"
@@ -190,7 +190,7 @@ def test_cancel_running_task_tells_the_device(server, devices):
     phone.wait("new_task")
     phone.progress(task_id, 20)
     assert server.post(f"/api/task/{task_id}/cancel").json()["task"]["status"] == "cancelled"
-    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait("cancel_task") == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     answer = phone.result(task_id, success=False, error_code="TASK_CANCELLED")
     assert answer["success"] and answer["status"] == "cancelled"
     assert server.task(task_id)["status"] == "cancelled"
@@ -256,12 +256,44 @@ def test_foreign_device_cannot_report(server, devices):
     assert server.task(task_id)["status"] == "completed"
 
 
-def test_new_task_ack_records_delivery(server, devices):
+def detail(server, task_id):
+    return server.get(f"/api/task/{task_id}").json()["task"]
+
+
+def test_new_task_ack_records_delivery_and_the_first_progress_starts(server, devices):
     acking = devices("android_001")
     task_id = server.dispatch()["task_id"]
     acking.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="ack to mark the task running")
-    assert "delivered" in events_of(server, task_id)
+    wait_until(lambda: server.delivered(task_id), message="the new_task ack")
+    delivered = detail(server, task_id)
+    assert delivered["status"] == "dispatched" and delivered["started_at"] is None
+    assert delivered["attempts"][0]["delivered_at"] == delivered["delivered_at"]
+    assert events_of(server, task_id) == ["created", "dispatched", "delivered"]
+
+    assert acking.progress(task_id, 10)["status"] == "running"
+    assert detail(server, task_id)["started_at"] is not None
+    assert events_of(server, task_id)[-1] == "started"
+
+
+def test_a_delivered_task_is_sent_again_on_reconnect_until_it_reports_progress(server, devices):
+    phone = devices("android_001")  # python-socketio acks new_task by itself
+    task_id = server.dispatch()["task_id"]
+    sent = phone.wait("new_task")
+    wait_until(lambda: server.delivered(task_id), message="the new_task ack")
+    phone.disconnect()  # the app restarted: the task it was given is gone with it
+    wait_until(lambda: server.get("/api/devices").json()["devices"][0]["status"] == "offline")
+    server.sweep(advance=60)
+
+    back = devices("android_001")
+    assert back.wait("new_task") == sent  # same task_id, same attempt
+    assert back.progress(task_id, 10)["status"] == "running"
+    back.disconnect()
+    wait_until(lambda: server.get("/api/devices").json()["devices"][0]["status"] == "offline")
+
+    again = devices("android_001")  # its registration has been answered: what it sent has arrived
+    assert again.wait("register_success")["active_tasks"] == [task_id]
+    assert again.events["new_task"] == []  # it reported progress: it has the task
+    assert again.result(task_id)["status"] == "completed"
 
 
 # ---- idempotency, scheduling and priority ----

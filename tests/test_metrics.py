@@ -75,7 +75,7 @@ def test_gauges_are_read_from_the_store_at_scrape_time(server, devices):
     assert value(samples, "taskserver_devices", status="offline") == 1
     assert value(samples, "taskserver_devices_disabled") == 1
     assert value(samples, "taskserver_tasks", status="pending", task_type="DELIST") == 1
-    assert value(samples, "taskserver_tasks", status="running", task_type="DELIST") == 1
+    assert value(samples, "taskserver_tasks", status="dispatched", task_type="DELIST") == 1  # not started yet
     assert ("taskserver_tasks", frozenset({("status", "failed"), ("task_type", "DELIST")})) in samples
     assert value(samples, "taskserver_watchdog_running") == 0
     assert drained.sio.connected

@@ -72,7 +72,8 @@ def test_task_flow_over_plain_websocket(server, plain, path):
     new_task = phone.wait("new_task")
     assert new_task["data"]["task_id"] == task_id and new_task["data"]["type"] == "new_task"
     phone.send("ack", None, id=new_task["id"])
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="ack to mark running")
+    wait_until(lambda: server.delivered(task_id), message="the ack to record delivery")
+    assert server.task(task_id)["status"] == "dispatched"  # delivered, not started
 
     assert phone.call("heartbeat", {"device_id": "autojs_1", "timestamp": 1758090600000})["success"]
     assert phone.wait("heartbeat_ack")["data"]["server_time"]
@@ -101,7 +102,7 @@ def test_lifecycle_rules_hold_on_plain_websocket(server, plain):
     task_id = server.dispatch(timeout=10)["task_id"]
     phone.wait("new_task")
     server.sweep(advance=10)
-    assert phone.wait("cancel_task")["data"] == {"type": "cancel_task", "task_id": task_id}
+    assert phone.wait("cancel_task")["data"] == {"type": "cancel_task", "task_id": task_id, "attempt": 1}
     late = phone.call("task_result", {"task_id": task_id, "result": {"success": True}})
     assert late["error_code"] == "TASK_FINISHED"
 

@@ -54,7 +54,7 @@ def test_tasks_of_a_device_that_does_not_return_fail_after_the_grace(tmp_path):
     second = restart(first, database)
     try:
         second.sweep(advance=119)
-        assert second.task(task_id)["status"] == "running"
+        assert second.task(task_id)["status"] == "dispatched"  # never started
         second.sweep(advance=1)
         assert second.task(task_id)["error_code"] == "DEVICE_OFFLINE"
     finally:

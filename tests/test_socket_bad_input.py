@@ -69,10 +69,11 @@ def phone(server, devices):
 
 @pytest.fixture
 def running_task(server, phone):
-    """A task dispatched to ``phone`` and acknowledged by it (running)."""
+    """A task dispatched to ``phone`` and started by it (its first progress)."""
     task_id = server.dispatch(device_id="android_001")["task_id"]
     phone.wait("new_task")
-    wait_until(lambda: server.task(task_id)["status"] == "running", message="task running")
+    wait_until(lambda: server.delivered(task_id), message="the new_task ack")
+    assert phone.progress(task_id, 10)["status"] == "running"
     return task_id
 
 

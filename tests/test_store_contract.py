@@ -13,6 +13,7 @@ import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
 from taskserver.store import SQLiteStore
+from taskserver.store.sqlite import SCHEMA, SCHEMA_VERSION
 
 PENDING, DISPATCHED, RUNNING = TaskStatus.PENDING, TaskStatus.DISPATCHED, TaskStatus.RUNNING
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
@@ -239,10 +240,18 @@ class TestStoreContract:
             dispatch(store, task_id, device_id)
             changes = {"status": CANCELLED, "updated_at": 300.0}
             assert store.update_task_if(store.get_task(task_id), changes, owe_cancel_to=device_id) is not None
-        assert sorted(store.take_owed_cancels("android_001")) == ["task_1", "task_2"]
+        assert sorted(store.take_owed_cancels("android_001")) == [("task_1", 1), ("task_2", 1)]
         assert store.take_owed_cancels("android_001") == []
-        assert store.take_owed_cancels("android_002") == ["task_3"]
+        assert store.take_owed_cancels("android_002") == [("task_3", 1)]
         assert store.take_owed_cancels("android_003") == []
+
+    def test_an_owed_cancel_names_the_attempt_that_ended(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1", max_retries=1))
+        dispatch(store, "task_1", "android_001")
+        retry = {"status": PENDING, "attempt": 2, "device_id": None, "updated_at": 300.0}
+        assert store.update_task_if(store.get_task("task_1"), retry, owe_cancel_to="android_001").attempt == 2
+        assert store.take_owed_cancels("android_001") == [("task_1", 1)]
 
     def test_refused_update_owes_no_cancel(self, store):
         add(store, make_task("task_1"))
@@ -527,6 +536,37 @@ def test_sqlite_file_of_another_schema_version_is_refused(tmp_path):
         SQLiteStore(path)
 
 
+def test_sqlite_file_of_version_1_is_migrated_and_its_owed_cancels_name_an_attempt(tmp_path):
+    path = str(tmp_path / "v1.db")
+    store = SQLiteStore(path)
+    store.save_device(make_device("android_001"))
+    add(store, make_task("task_1", max_retries=1))
+    dispatch(store, "task_1", "android_001")
+    retry = {"status": PENDING, "attempt": 2, "device_id": None, "updated_at": 300.0}
+    store.update_task_if(store.get_task("task_1"), retry)
+    dispatch(store, "task_1", "android_001", now=400.0)
+    store.update_task_if(store.get_task("task_1"), {"status": CANCELLED, "updated_at": 500.0})
+    store.close()
+    with sqlite3.connect(path) as db:  # the table as version 1 made it, with the cancel owed then
+        db.execute("DROP TABLE owed_cancels")
+        db.execute("CREATE TABLE owed_cancels (device_id TEXT, task_id TEXT, PRIMARY KEY (device_id, task_id))")
+        db.execute("INSERT INTO owed_cancels VALUES ('android_001', 'task_1')")
+        db.execute("PRAGMA user_version = 1")
+
+    migrated = SQLiteStore(path)
+    try:
+        assert migrated.take_owed_cancels("android_001") == [("task_1", 2)]
+        assert migrated.get_task("task_1").status == CANCELLED
+        assert migrated._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        migrated.close()
+    with sqlite3.connect(path) as db:  # the same table a new file gets
+        fresh = sqlite3.connect(":memory:")
+        fresh.executescript(SCHEMA)
+        columns = "SELECT name, type, \"notnull\", pk FROM pragma_table_info('owed_cancels')"
+        assert db.execute(columns).fetchall() == fresh.execute(columns).fetchall()
+
+
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
 def test_data_survives_close_and_reopen(tmp_path, open_store):
     first = open_store(tmp_path)
@@ -546,7 +586,7 @@ def test_data_survives_close_and_reopen(tmp_path, open_store):
         assert second.get_device("android_001") == device and device.active_tasks == 1
         assert [e["kind"] for e in second.task_events("task_1")] == ["created", "dispatched"]
         assert second.find_task_by_idempotency_key("k", 0.0).task_id == "task_1"
-        assert second.take_owed_cancels("android_001") == ["task_2"]
+        assert second.take_owed_cancels("android_001") == [("task_2", 1)]
         assert second.list_tasks()[1] == 2
     finally:
         second.close()

@@ -372,9 +372,13 @@ class DeviceAgent:
         threading.Thread(target=self._execute, args=(task, handler), name=f"task-{task.task_id}", daemon=True).start()
 
     def _on_cancel_task(self, message):
-        task_id = message.get("task_id") if isinstance(message, dict) else None
+        """Stop the attempt the cancel names (every attempt of the task if it names none); ignore one not running."""
+        message = message if isinstance(message, dict) else {}
+        task_id, attempt = message.get("task_id"), message.get("attempt")
         with self._lock:
-            tasks = [task for task in self._running.values() if task.task_id == task_id]
+            tasks = [
+                task for task in self._running.values() if task.task_id == task_id and attempt in (None, task.attempt)
+            ]
         for task in tasks:
             task.cancelled.set()
 

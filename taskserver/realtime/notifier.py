@@ -60,9 +60,9 @@ class Notifier:
         if callbacks is not None and len(callbacks) > MAX_PENDING_ACKS + 1:
             drop_oldest_acks(callbacks)
 
-    def cancel_task(self, sid, task_id):
-        """``cancel_task``."""
-        self._emit(sid, "cancel_task", cancel_task_message(task_id))
+    def cancel_task(self, sid, task_id, attempt):
+        """``cancel_task`` for one attempt of the task."""
+        self._emit(sid, "cancel_task", cancel_task_message(task_id, attempt))
 
     def result_received(self, sid, task_id):
         """``task_result_ack``, for clients written against the first implementation."""

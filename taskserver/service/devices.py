@@ -58,17 +58,21 @@ class DeviceOperations:
             device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
         )
         logs.event(log, "device registered", device_id=device_id, active=len(active))
-        self._catch_up(sid, device_id, active)
-        self.dispatch_pending(now)
+        self._catch_up(sid, device_id, active, now)
         return answer
 
-    def _catch_up(self, sid, device_id, active):
-        """Resend tasks the device had not started and the cancels it missed while away."""
-        for task in active:
-            if task.status == TaskStatus.DISPATCHED:
-                self._send_task(sid, task)
-        for task_id in self.store.take_owed_cancels(device_id):
-            self.notifier.cancel_task(sid, task_id)
+    def _catch_up(self, sid, device_id, active, now):
+        """Resend the tasks the device has reported no progress on (delivered or not), hand out work, and send the
+        cancels it missed while away, but not for a task it is being sent again: a device that knows no attempts
+        (the Android app) would stop the new one."""
+        owed = self.store.take_owed_cancels(device_id)
+        unstarted = [task for task in active if task.status == TaskStatus.DISPATCHED]
+        for task in unstarted:
+            self._send_task(sid, task)
+        sent_again = {task.task_id for task in unstarted + self.dispatch_pending(now) if task.device_id == device_id}
+        for task_id, attempt in owed:
+            if task_id not in sent_again:
+                self.notifier.cancel_task(sid, task_id, attempt)
 
     @atomic
     def heartbeat(self, sid, payload):

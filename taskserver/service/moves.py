@@ -109,7 +109,7 @@ class TaskMoves:
                 status=updated.status.value,
             )
             if sid is not None:
-                self.notifier.cancel_task(sid, task.task_id)
+                self.notifier.cancel_task(sid, task.task_id, task.attempt)
         return updated
 
     def _move(self, task, target, changes, kind, actor, now, device_id=None, detail=None, owe_cancel_to=None):

@@ -6,11 +6,13 @@ from dataclasses import dataclass, replace
 from taskserver import domain, logs
 from taskserver.domain import ACTIVE, Event, Task, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound
+from taskserver.present import attempts
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
 
 SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
+STOPPED_BY_SERVER = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE"})  # attempts whose device got (or is owed) a cancel
 PROGRESS_MILESTONES = (25, 50, 75, 100)
 
 
@@ -96,7 +98,7 @@ class TaskOperations:
         if updated is None:
             return self.cancel(task_id)
         if sid is not None:
-            self.notifier.cancel_task(sid, task_id)
+            self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
         logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
         self.dispatch_pending(now)
@@ -158,10 +160,13 @@ class TaskOperations:
         device_id = self._device_for(sid)
         self.metrics.device_event("task_result")
         task = self.get_task(payload["task_id"])
-        result = payload["result"]
+        result, attempt = payload["result"], payload.get("attempt")
         if task.is_terminal:
-            return self._late_result(sid, task, device_id, result)
-        self._check_owner(task, device_id, payload.get("attempt"))
+            return self._late_result(sid, task, device_id, result, attempt)
+        stopped = self._cancelled_attempt(task, device_id, result, attempt)
+        if stopped is not None:
+            return self._cancel_answered(sid, task, device_id, stopped, f"第 {stopped} 次执行已取消")
+        self._check_owner(task, device_id, attempt)
         now = self.clock()
         if result["success"]:
             changes = {"result": result, "progress": 100, "finished_at": now, "error_code": None}
@@ -176,19 +181,38 @@ class TaskOperations:
         self.dispatch_pending(now)
         return {"success": True, "task_id": task.task_id, "status": updated.status.value}
 
-    def _late_result(self, sid, task, device_id, result):
+    def _late_result(self, sid, task, device_id, result, attempt):
         """A result for an ended task: a cancel confirmation or a duplicate is acknowledged, anything else refused."""
         self._check_had_task(task, device_id)
-        answer = {"success": True, "task_id": task.task_id, "status": task.status.value}
         if result.get("error_code") == "TASK_CANCELLED":
-            confirmed = Event("cancel_confirmed", device_id, device_id)
-            self.store.add_event(task.task_id, self.clock(), confirmed, task.attempt)
-            self.notifier.result_received(sid, task.task_id)
-            return {**answer, "message": "任务已取消"}
+            return self._cancel_answered(sid, task, device_id, attempt or task.attempt, "任务已取消")
+        if attempt not in (None, task.attempt):
+            raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
         if task.device_id == device_id and task.error_code not in SERVER_ENDED:
             self.notifier.result_received(sid, task.task_id)
+            answer = {"success": True, "task_id": task.task_id, "status": task.status.value}
             return {**answer, "duplicate": True, "result": task.result, "message": "结果已记录"}
         raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+
+    def _cancelled_attempt(self, task, device_id, result, attempt):
+        """The earlier attempt whose ``cancel_task`` this ``TASK_CANCELLED`` result answers, or None.
+
+        An answer naming no attempt (the Android app's) is for the latest attempt the server stopped on this device,
+        if there is one: never a failure of the attempt the device may be running now."""
+        if result.get("error_code") != "TASK_CANCELLED" or attempt == task.attempt:
+            return None
+        mine = [a for a in attempts(self.store.task_events(task.task_id)) if a["device_id"] == device_id]
+        stopped = [a["attempt"] for a in mine if a["error_code"] in STOPPED_BY_SERVER]
+        if attempt is None:
+            return stopped[-1] if stopped else None
+        return attempt if attempt in stopped else None
+
+    def _cancel_answered(self, sid, task, device_id, attempt, message):
+        """The device's answer to the ``cancel_task`` of ``attempt``: recorded in the history, it changes nothing."""
+        confirmed = Event("cancel_confirmed", device_id, device_id)
+        self.store.add_event(task.task_id, self.clock(), confirmed, attempt)
+        self.notifier.result_received(sid, task.task_id)
+        return {"success": True, "task_id": task.task_id, "status": task.status.value, "message": message}
 
     def _check_had_task(self, task, device_id):
         """Refuse a device that never had the task (so it learns nothing about it)."""
@@ -206,13 +230,17 @@ class TaskOperations:
 
     @atomic
     def task_delivered(self, task_id, device_id, attempt, *ack):
-        """The device acknowledged ``new_task``: record delivery; the task is running from now."""
+        """The device acknowledged ``new_task``: record the first delivery of the attempt. Delivery is not start: the
+        task stays dispatched (and is sent again when the device registers) until its first progress."""
         task = self.store.get_task(task_id)
-        if task is None or task.status != TaskStatus.DISPATCHED or task.device_id != device_id:
+        if task is None or task.status not in ACTIVE or (task.device_id, task.attempt) != (device_id, attempt):
             return
-        if task.attempt != attempt:
+        self.metrics.device_event("new_task_ack")
+        if task.delivered_at is not None:  # a resent new_task, acknowledged again
             return
         now = self.clock()
-        self.metrics.device_event("new_task_ack")
-        if self._move(task, TaskStatus.RUNNING, {"delivered_at": now, "started_at": now}, "delivered", device_id, now):
+        delivered = Event("delivered", device_id, device_id)
+        updated = self.store.update_task_if(task, {"delivered_at": now, "updated_at": now}, delivered)
+        if updated is not None:
+            self.notifier.task_changed(updated)
             logs.event(log, "task delivered", logging.DEBUG, task_id=task_id, device_id=device_id, attempt=attempt)

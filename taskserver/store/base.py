@@ -22,9 +22,9 @@ class Store:
         raise NotImplementedError
 
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
-        """Apply ``changes``, append ``event`` and record a ``cancel_task`` owed to ``owe_cancel_to``, only if the
-        stored task still has the status, device and attempt of ``task`` (as the caller read it); return the task
-        updated, or None."""
+        """Apply ``changes``, append ``event`` and record a ``cancel_task`` of ``task.attempt`` owed to
+        ``owe_cancel_to``, only if the stored task still has the status, device and attempt of ``task`` (as the caller
+        read it); return the task updated, or None."""
         raise NotImplementedError
 
     def list_tasks(
@@ -65,7 +65,7 @@ class Store:
         raise NotImplementedError
 
     def take_owed_cancels(self, device_id):
-        """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
+        """Remove and return ``(task_id, attempt)`` of each ``cancel_task`` the device missed while away."""
         raise NotImplementedError
 
     def timed_out_tasks(self, now):

@@ -1,4 +1,5 @@
--- The SQLite schema. Bump SCHEMA_VERSION in sqlite.py when it changes (and add a migration there).
+-- The SQLite schema of a new file. Bump SCHEMA_VERSION in sqlite.py when it changes, and add the migration that
+-- brings a file of the version before to this one (MIGRATIONS there).
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     task_type TEXT NOT NULL,
@@ -40,9 +41,11 @@ CREATE TABLE IF NOT EXISTS device_tokens (
     created_at REAL NOT NULL
 );
 
+-- the cancel_task of an attempt that ended while its device was away, sent when the device registers again
 CREATE TABLE IF NOT EXISTS owed_cancels (
     device_id TEXT NOT NULL,
     task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
     PRIMARY KEY (device_id, task_id)
 );
 

@@ -12,7 +12,27 @@ from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_fro
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# An owed cancel names its attempt: a row from before is for the device's latest attempt of the task.
+OWED_CANCEL_ATTEMPTS = """
+CREATE TABLE owed_cancels_new (
+    device_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    PRIMARY KEY (device_id, task_id)
+);
+INSERT INTO owed_cancels_new (device_id, task_id, attempt)
+    SELECT o.device_id, o.task_id, COALESCE(
+        (SELECT MAX(e.attempt) FROM task_events e
+         WHERE e.task_id = o.task_id AND e.device_id = o.device_id AND e.kind = 'dispatched'),
+        (SELECT t.attempt FROM tasks t WHERE t.task_id = o.task_id), 1)
+    FROM owed_cancels o;
+DROP TABLE owed_cancels;
+ALTER TABLE owed_cancels_new RENAME TO owed_cancels;
+"""
+# version -> the statements that bring a file of the version before it to it
+MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS}
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -41,16 +61,29 @@ class SQLiteStore(DeviceTables, Store):
         self._hold_active_tasks()
 
     def _create_schema(self):
-        """Create the tables of a new file; refuse a file written by another version of the schema."""
+        """Create the tables of a new file, migrate an older one; refuse a file this code cannot bring up to date."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
         if has_tables and version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
-                "use a new TASKSERVER_DATABASE file or migrate this one"
-            )
+            steps = range(version + 1, SCHEMA_VERSION + 1)
+            if version > SCHEMA_VERSION or not all(step in MIGRATIONS for step in steps):
+                raise RuntimeError(
+                    f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
+                    "use a new TASKSERVER_DATABASE file or a server of its version"
+                )
+            for step in steps:
+                self._migrate(step)
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self, version):
+        """Bring the file to ``version`` in one transaction: all of the migration, or none of it."""
+        try:
+            self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[version]} PRAGMA user_version = {version}; COMMIT;")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _transaction(self):
         """One atomic verb inside the open batch."""
@@ -166,7 +199,10 @@ class SQLiteStore(DeviceTables, Store):
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
-                db.execute("INSERT OR IGNORE INTO owed_cancels VALUES (?, ?)", (owe_cancel_to, task.task_id))
+                db.execute(
+                    "INSERT OR REPLACE INTO owed_cancels (device_id, task_id, attempt) VALUES (?, ?, ?)",
+                    (owe_cancel_to, task.task_id, task.attempt),
+                )
         self._remember(after)
         return after
 
@@ -237,11 +273,11 @@ class SQLiteStore(DeviceTables, Store):
         return task is not None and task.device_id == device_id and attempt in (None, task.attempt)
 
     def take_owed_cancels(self, device_id):
-        """Remove and return the ids of tasks whose ``cancel_task`` the device missed while away."""
+        """Remove and return ``(task_id, attempt)`` of each ``cancel_task`` the device missed while away."""
         with self._transaction() as db:
-            rows = db.execute("SELECT task_id FROM owed_cancels WHERE device_id = ?", (device_id,)).fetchall()
+            rows = db.execute("SELECT task_id, attempt FROM owed_cancels WHERE device_id = ?", (device_id,)).fetchall()
             db.execute("DELETE FROM owed_cancels WHERE device_id = ?", (device_id,))
-            return [row[0] for row in rows]
+            return [(task_id, attempt) for task_id, attempt in rows]
 
     def timed_out_tasks(self, now):
         """Active tasks whose timeout, counted from dispatch, has passed by ``now``."""
