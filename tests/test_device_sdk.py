@@ -12,7 +12,6 @@ from gevent.server import StreamServer
 
 from conftest import LiveServer, wait_until
 from taskserver.device import DeviceAgent
-from taskserver.extensions import socketio
 
 FAST = {"heartbeat_interval": 0.2, "reconnection_delay": 0.05, "reconnection_delay_max": 0.2, "ack_timeout": 3}
 
@@ -193,7 +192,7 @@ def test_the_cancel_of_a_timed_out_attempt_is_answered_and_stops_only_that_attem
     wait_until(lambda: len(handled) == 2 and server.task(task_id)["status"] == "running", message="attempt 2")
     sid = device_of(server, "android_001")["connection_info"]["sid"]
     stale = {"type": "cancel_task", "task_id": task_id, "attempt": 1}  # a late copy of the first cancel
-    socketio.emit("cancel_task", stale, to=sid, namespace="/")
+    server.app.extensions["socketio"].emit("cancel_task", stale, to=sid, namespace="/")
     acked = threading.Event()  # a new_task sent after it: once acknowledged, the cancel has been handled
     server.service.notifier.new_task(sid, server.service.store.get_task(task_id), lambda *ack: acked.set())
     wait_until(acked.is_set, message="the resent new_task to be acknowledged")
