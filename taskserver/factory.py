@@ -5,7 +5,7 @@ import logging
 from flask import Flask
 from flask.sessions import SessionInterface
 
-from config import load_config, production_problems
+from config import UnknownEnvironment, load_config, production_problems
 from taskserver import dashboard, logs
 from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
@@ -39,7 +39,11 @@ def create_app(config=None, clock=None):
     """Build the app: settings, store, service, HTTP blueprints, the device namespace and the watchdog.
 
     ``config`` overrides settings (tests pass a mapping); ``clock`` replaces ``time.time``."""
-    settings = load_config(config)
+    try:
+        settings = load_config(config)
+    except UnknownEnvironment as error:
+        logs.configure("INFO")
+        refuse_to_start(str(error))
     logs.configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     check_security(settings)
     app = Flask("taskserver")  # the package: its logger name and root path
@@ -118,11 +122,16 @@ def check_security(settings):
     """Production refuses to start open; development starts open but says so loudly."""
     problems = production_problems(settings)
     if settings["ENV_NAME"] == "production" and problems:
-        logging.getLogger("taskserver").critical("production mode refuses to start: %s", "; ".join(problems))
-        raise SystemExit(REFUSED_TO_START)
+        refuse_to_start("production mode refuses to start: " + "; ".join(problems))
     if settings["ENV_NAME"] == "development" and problems:
         logging.getLogger("taskserver").warning(
             "DEVELOPMENT MODE, OPEN SERVER: %s. Anyone who reaches this port can dispatch tasks and register "
             "devices. Set TASKSERVER_ENV=production (with the tokens) before exposing it.",
             "; ".join(problems),
         )
+
+
+def refuse_to_start(reason):
+    """Log why the server will not start and exit with ``REFUSED_TO_START`` (gunicorn then stops too)."""
+    logging.getLogger("taskserver").critical(reason)
+    raise SystemExit(REFUSED_TO_START)

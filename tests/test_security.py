@@ -12,6 +12,7 @@ import websocket
 from test_run_server import APP_PY, ROOT, free_port, procfile_command, server_env
 
 from conftest import Device, LiveServer, wait_until
+from taskserver import REFUSED_TO_START
 
 OPERATOR = "op-token-0123456789"
 FLEET = "fleet-token-0123456789"
@@ -245,6 +246,25 @@ def test_production_starts_with_everything_set(tmp_path):
     )
     assert code == -9, output  # still running after 3 s: it started
     assert "refuses" not in output
+
+
+def test_unknown_environment_refuses_to_start_and_names_the_known_ones(tmp_path):
+    code, output = run_app(tmp_path, TASKSERVER_ENV="prod")
+    assert code == REFUSED_TO_START, output  # not an open development server
+    assert "TASKSERVER_ENV='prod'" in output and "development, testing, production" in output
+
+
+def test_a_test_config_mapping_ignores_the_developers_environment(monkeypatch, tmp_path):
+    for name, value in {"ENV": "testing", "API_TOKENS": OPERATOR, "TASK_TIMEOUT": "7", "DATABASE": "x.db"}.items():
+        monkeypatch.setenv(f"TASKSERVER_{name}", value)
+    live = LiveServer(tmp_path / "env.db", MAX_BODY_BYTES=4096)
+    try:
+        assert live.app.config["ENV_NAME"] == "development" and live.app.config["MAX_BODY_BYTES"] == 4096
+        assert live.app.config["DATABASE"] == str(tmp_path / "env.db")
+        task_id = live.dispatch(expect=(202,))["task_id"]  # no operator token needed: API_TOKENS did not leak in
+        assert live.get(f"/api/task/{task_id}").json()["task"]["timeout"] == 300
+    finally:
+        live.stop()
 
 
 def test_development_mode_warns_that_it_is_open(caplog, tmp_path):
