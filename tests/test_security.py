@@ -9,6 +9,7 @@ import pytest
 import requests
 import socketio
 import websocket
+from test_plainws import PlainDevice
 from test_run_server import APP_PY, ROOT, free_port, procfile_command, server_env
 
 from conftest import Device, LiveServer, wait_until
@@ -186,6 +187,43 @@ def test_reissue_replaces_and_revoke_removes(secured):
     assert secured.session.delete(secured.url + "/api/device/android_001/token").status_code == 200
     assert secured.session.delete(secured.url + "/api/device/android_001/token").status_code == 404
     assert Device(secured.url, "android_001", token=FLEET).connect().wait("register_success")
+
+
+def device_status(server, device_id):
+    return server.get(f"/api/device/{device_id}").json()["device"]["status"]
+
+
+def test_reissuing_a_token_closes_the_socketio_connection_registered_with_the_old_one(secured):
+    first = secured.post("/api/device/android_001/token").json()["token"]
+    phone = Device(secured.url, "android_001", token=first).connect()
+    task_id = secured.dispatch(device_id="android_001")["task_id"]
+    phone.wait("new_task")
+    second = secured.post("/api/device/android_001/token").json()["token"]
+    error = phone.wait("error")
+    assert error["error_code"] == "UNAUTHORIZED" and "令牌" in error["message"], error
+    wait_until(lambda: not phone.sio.connected, message="server to close the connection with the old token")
+    assert device_status(secured, "android_001") == "offline"
+    secured.sweep(advance=60)  # within the lost-device grace the task waits for its device
+    back = Device(secured.url, "android_001", token=second).connect()
+    try:
+        assert back.wait("register_success")["active_tasks"] == [task_id]
+        assert back.result(task_id)["status"] == "completed"
+    finally:
+        back.disconnect()
+
+
+def test_revoking_a_token_closes_the_plain_websocket_registered_with_it(secured):
+    token = secured.post("/api/device/autojs_1/token").json()["token"]
+    phone = PlainDevice(secured.url, f"/ws?token={token}")
+    try:
+        assert phone.call("device_register", {"device_id": "autojs_1"})["success"]
+        assert secured.session.delete(secured.url + "/api/device/autojs_1/token").status_code == 200
+        error = phone.wait("error")["data"]
+        assert error["error_code"] == "UNAUTHORIZED" and "令牌" in error["message"], error
+        assert phone.ws.recv_data()[0] == websocket.ABNF.OPCODE_CLOSE  # closed by the server, no timeout
+        assert device_status(secured, "autojs_1") == "offline"
+    finally:
+        phone.close()
 
 
 def test_per_device_token_binds_the_id_even_on_an_open_server(server):
