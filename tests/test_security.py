@@ -226,6 +226,29 @@ def test_revoking_a_token_closes_the_plain_websocket_registered_with_it(secured)
         phone.close()
 
 
+def test_idempotency_keys_belong_to_the_operator_token_that_made_them(tmp_path):
+    other = "op-token-other-9876543210"
+    live = LiveServer(tmp_path / "keys.db", API_TOKENS=(OPERATOR, other))
+
+    def dispatch(token, **change):
+        body = {"task_type": "DELIST", "data": {"product_ids": ["1"]}, "idempotency_key": "order-42", **change}
+        return live.post("/api/dispatch-task", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    try:
+        mine = dispatch(OPERATOR).json()["task_id"]
+        assert dispatch(OPERATOR).json()["task_id"] == mine
+        theirs = dispatch(other)
+        assert theirs.status_code == 202 and theirs.json()["task_id"] != mine  # an independent task
+        assert dispatch(other, priority=3).json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"  # their own key now
+        assert dispatch(OPERATOR, priority=3).json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+        assert live.get("/api/tasks", headers={"Authorization": f"Bearer {OPERATOR}"}).json()["total"] == 2
+        live.service.store.durable()
+        stored = b"".join(path.read_bytes() for path in tmp_path.glob("keys.db*"))
+        assert OPERATOR.encode() not in stored and other.encode() not in stored  # only an identity is kept
+    finally:
+        live.stop()
+
+
 def test_per_device_token_binds_the_id_even_on_an_open_server(server):
     token = server.post("/api/device/android_001/token").json()["token"]
     intruder = Device(server.url, "android_001").connect(register=False)

@@ -12,7 +12,12 @@ from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_fro
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What turns a file of version N - 1 into version N (the statements of one step run in one transaction).
+MIGRATIONS = {
+    # Idempotency keys belong to the operator token that made them, and remember what the request asked for.
+    2: ("ALTER TABLE tasks ADD COLUMN idempotency_scope TEXT", "ALTER TABLE tasks ADD COLUMN request_hash TEXT"),
+}
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -39,16 +44,27 @@ class SQLiteStore(DeviceTables, Store):
         self._create_schema()
 
     def _create_schema(self):
-        """Create the tables of a new file; refuse a file written by another version of the schema."""
+        """Create the tables of a new file, migrate an older one; refuse a file of a version this code cannot read."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
-        if has_tables and version != SCHEMA_VERSION:
+        if has_tables and not 1 <= version <= SCHEMA_VERSION:
             raise RuntimeError(
                 f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
                 "use a new TASKSERVER_DATABASE file or migrate this one"
             )
+        if has_tables:
+            self._migrate(version)
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self, version):
+        """Bring a file of schema ``version`` up to ``SCHEMA_VERSION``, one transaction per step."""
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            with self._db:  # commits the step, or rolls it back if a statement fails
+                for statement in MIGRATIONS[step]:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {step}")
 
     def _transaction(self):
         """One atomic verb inside the open batch."""
@@ -131,11 +147,14 @@ class SQLiteStore(DeviceTables, Store):
             self._remember(task)
         return task
 
-    def find_task_by_idempotency_key(self, key, since):
-        """The newest task created with ``key`` at or after ``since``, or None."""
+    def find_task_by_idempotency_key(self, key, since, scope=""):
+        """The newest task created with ``key`` by ``scope`` (or before keys had a scope) at or after ``since``, or
+        None."""
         rows = self._query(
-            "SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
-            (key, since),
+            """SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= ?
+                 AND (idempotency_scope = ? OR idempotency_scope IS NULL)
+               ORDER BY created_at DESC LIMIT 1""",
+            (key, since, scope),
         )
         return task_from_row(rows[0]) if rows else None
 
