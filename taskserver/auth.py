@@ -33,6 +33,11 @@ def hash_token(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_identity(token):
+    """A short, stable name for an operator token (16 hex digits of its SHA-256), never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 def new_token():
     """A fresh random token (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)

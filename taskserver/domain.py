@@ -96,6 +96,10 @@ class Task:
     updated_at: float = 0.0
     not_before: float | None = None
     idempotency_key: str | None = None
+    # With a key: whose key it is (``auth.token_identity`` of the operator token, "" on an open server; None on rows
+    # made before keys had owners) and ``DispatchRequest.fingerprint`` of what was asked (None on such rows too).
+    idempotency_scope: str | None = None
+    request_hash: str | None = None
 
     @property
     def is_terminal(self):

@@ -4,11 +4,14 @@ Real clients (``DeviceAgent``) on real connections; outcomes are read over HTTP.
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 
 import gevent
 import pytest
 from gevent.server import StreamServer
+from test_run_server import ROOT
 
 from conftest import LiveServer, wait_until
 from taskserver.device import DeviceAgent
@@ -328,3 +331,11 @@ def test_a_resent_new_task_is_not_run_twice(server, agents):
     resend()
     assert len(gate.tasks) == 1 and agent.running == []
     assert server.task(task_id)["status"] == "completed"
+
+
+def test_the_sdk_imports_without_the_server_stack():
+    """A phone or a script has python-socketio only: importing the SDK must not pull in Flask, gevent or the store."""
+    heavy = ["flask", "flask_socketio", "gevent", "taskserver.factory", "taskserver.store", "sqlite3"]
+    probe = f"import sys; from taskserver.device import DeviceAgent; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

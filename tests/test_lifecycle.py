@@ -303,13 +303,32 @@ def test_idempotency_key_returns_the_same_task(server):
     first = server.dispatch(expect=(202,), idempotency_key="order-42")
     again = server.post(
         "/api/dispatch-task",
-        json={"task_type": "DELIST", "data": {"product_ids": ["123"]}},
+        json={"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}},
         headers={"Idempotency-Key": "order-42"},
     )
     assert again.json()["task_id"] == first["task_id"]
     assert server.get("/api/tasks").json()["total"] == 1
     server.clock.advance(86401)
     assert server.dispatch(expect=(202,), idempotency_key="order-42")["task_id"] != first["task_id"]
+
+
+def test_idempotency_key_reused_for_another_request_is_refused(server):
+    first = server.dispatch(expect=(202,), idempotency_key="order-42")
+    changes = [
+        {"data": {"product_ids": ["999"]}},
+        {"priority": 5},
+        {"device_id": None, "timeout": 60},
+        {"task_type": "COLLECT", "data": {"target_url": "https://shop.example/item/1"}},
+    ]
+    for change in changes:
+        body = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}, "idempotency_key": "order-42", **change}
+        refused = server.post("/api/dispatch-task", json=body)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED" and refused.json()["message"]
+    # the same request, defaults spelled out: the same task
+    spelled_out = {"product_ids": ["123", "456"], "batch_size": 10}
+    assert server.dispatch(idempotency_key="order-42", priority=0, data=spelled_out)["task_id"] == first["task_id"]
+    assert server.get("/api/tasks").json()["total"] == 1
 
 
 def test_scheduled_task_waits_until_its_time(server, devices):

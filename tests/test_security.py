@@ -9,9 +9,11 @@ import pytest
 import requests
 import socketio
 import websocket
+from test_plainws import PlainDevice
 from test_run_server import APP_PY, ROOT, free_port, procfile_command, server_env
 
 from conftest import Device, LiveServer, wait_until
+from taskserver import REFUSED_TO_START
 
 OPERATOR = "op-token-0123456789"
 FLEET = "fleet-token-0123456789"
@@ -187,6 +189,66 @@ def test_reissue_replaces_and_revoke_removes(secured):
     assert Device(secured.url, "android_001", token=FLEET).connect().wait("register_success")
 
 
+def device_status(server, device_id):
+    return server.get(f"/api/device/{device_id}").json()["device"]["status"]
+
+
+def test_reissuing_a_token_closes_the_socketio_connection_registered_with_the_old_one(secured):
+    first = secured.post("/api/device/android_001/token").json()["token"]
+    phone = Device(secured.url, "android_001", token=first).connect()
+    task_id = secured.dispatch(device_id="android_001")["task_id"]
+    phone.wait("new_task")
+    second = secured.post("/api/device/android_001/token").json()["token"]
+    error = phone.wait("error")
+    assert error["error_code"] == "UNAUTHORIZED" and "令牌" in error["message"], error
+    wait_until(lambda: not phone.sio.connected, message="server to close the connection with the old token")
+    assert device_status(secured, "android_001") == "offline"
+    secured.sweep(advance=60)  # within the lost-device grace the task waits for its device
+    back = Device(secured.url, "android_001", token=second).connect()
+    try:
+        assert back.wait("register_success")["active_tasks"] == [task_id]
+        assert back.result(task_id)["status"] == "completed"
+    finally:
+        back.disconnect()
+
+
+def test_revoking_a_token_closes_the_plain_websocket_registered_with_it(secured):
+    token = secured.post("/api/device/autojs_1/token").json()["token"]
+    phone = PlainDevice(secured.url, f"/ws?token={token}")
+    try:
+        assert phone.call("device_register", {"device_id": "autojs_1"})["success"]
+        assert secured.session.delete(secured.url + "/api/device/autojs_1/token").status_code == 200
+        error = phone.wait("error")["data"]
+        assert error["error_code"] == "UNAUTHORIZED" and "令牌" in error["message"], error
+        assert phone.ws.recv_data()[0] == websocket.ABNF.OPCODE_CLOSE  # closed by the server, no timeout
+        assert device_status(secured, "autojs_1") == "offline"
+    finally:
+        phone.close()
+
+
+def test_idempotency_keys_belong_to_the_operator_token_that_made_them(tmp_path):
+    other = "op-token-other-9876543210"
+    live = LiveServer(tmp_path / "keys.db", API_TOKENS=(OPERATOR, other))
+
+    def dispatch(token, **change):
+        body = {"task_type": "DELIST", "data": {"product_ids": ["1"]}, "idempotency_key": "order-42", **change}
+        return live.post("/api/dispatch-task", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    try:
+        mine = dispatch(OPERATOR).json()["task_id"]
+        assert dispatch(OPERATOR).json()["task_id"] == mine
+        theirs = dispatch(other)
+        assert theirs.status_code == 202 and theirs.json()["task_id"] != mine  # an independent task
+        assert dispatch(other, priority=3).json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"  # their own key now
+        assert dispatch(OPERATOR, priority=3).json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+        assert live.get("/api/tasks", headers={"Authorization": f"Bearer {OPERATOR}"}).json()["total"] == 2
+        live.service.store.durable()
+        stored = b"".join(path.read_bytes() for path in tmp_path.glob("keys.db*"))
+        assert OPERATOR.encode() not in stored and other.encode() not in stored  # only an identity is kept
+    finally:
+        live.stop()
+
+
 def test_per_device_token_binds_the_id_even_on_an_open_server(server):
     token = server.post("/api/device/android_001/token").json()["token"]
     intruder = Device(server.url, "android_001").connect(register=False)
@@ -245,6 +307,25 @@ def test_production_starts_with_everything_set(tmp_path):
     )
     assert code == -9, output  # still running after 3 s: it started
     assert "refuses" not in output
+
+
+def test_unknown_environment_refuses_to_start_and_names_the_known_ones(tmp_path):
+    code, output = run_app(tmp_path, TASKSERVER_ENV="prod")
+    assert code == REFUSED_TO_START, output  # not an open development server
+    assert "TASKSERVER_ENV='prod'" in output and "development, testing, production" in output
+
+
+def test_a_test_config_mapping_ignores_the_developers_environment(monkeypatch, tmp_path):
+    for name, value in {"ENV": "testing", "API_TOKENS": OPERATOR, "TASK_TIMEOUT": "7", "DATABASE": "x.db"}.items():
+        monkeypatch.setenv(f"TASKSERVER_{name}", value)
+    live = LiveServer(tmp_path / "env.db", MAX_BODY_BYTES=4096)
+    try:
+        assert live.app.config["ENV_NAME"] == "development" and live.app.config["MAX_BODY_BYTES"] == 4096
+        assert live.app.config["DATABASE"] == str(tmp_path / "env.db")
+        task_id = live.dispatch(expect=(202,))["task_id"]  # no operator token needed: API_TOKENS did not leak in
+        assert live.get(f"/api/task/{task_id}").json()["task"]["timeout"] == 300
+    finally:
+        live.stop()
 
 
 def test_development_mode_warns_that_it_is_open(caplog, tmp_path):

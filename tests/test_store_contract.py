@@ -493,6 +493,16 @@ class TestStoreContract:
         assert store.find_task_by_idempotency_key("k", 200.1) is None
         assert store.find_task_by_idempotency_key("missing", 0.0) is None
 
+    def test_idempotency_keys_are_scoped_to_their_operator(self, store):
+        add(store, make_task("mine", 100.0, idempotency_key="k", idempotency_scope="op-a", request_hash="h1"))
+        add(store, make_task("open", 200.0, idempotency_key="k", idempotency_scope=""))
+        add(store, make_task("legacy", 300.0, idempotency_key="old"))  # stored before keys had an owner
+        assert store.find_task_by_idempotency_key("k", 0.0, "op-a").task_id == "mine"
+        assert store.find_task_by_idempotency_key("k", 0.0).task_id == "open"
+        assert store.find_task_by_idempotency_key("k", 0.0, "op-b") is None
+        assert store.find_task_by_idempotency_key("old", 0.0, "op-b").task_id == "legacy"
+        assert store.get_task("mine").request_hash == "h1" and store.get_task("legacy").request_hash is None
+
     # ---- connections ----
 
     def test_mark_disconnected_only_for_the_current_sid(self, store):
@@ -551,6 +561,8 @@ def test_sqlite_file_of_version_1_is_migrated_and_its_owed_cancels_name_an_attem
         db.execute("DROP TABLE owed_cancels")
         db.execute("CREATE TABLE owed_cancels (device_id TEXT, task_id TEXT, PRIMARY KEY (device_id, task_id))")
         db.execute("INSERT INTO owed_cancels VALUES ('android_001', 'task_1')")
+        for column in ("idempotency_scope", "request_hash"):  # added by version 3
+            db.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
         db.execute("PRAGMA user_version = 1")
 
     migrated = SQLiteStore(path)
@@ -565,6 +577,27 @@ def test_sqlite_file_of_version_1_is_migrated_and_its_owed_cancels_name_an_attem
         fresh.executescript(SCHEMA)
         columns = "SELECT name, type, \"notnull\", pk FROM pragma_table_info('owed_cancels')"
         assert db.execute(columns).fetchall() == fresh.execute(columns).fetchall()
+
+
+def test_sqlite_file_of_schema_version_2_is_migrated_and_its_keys_match_any_operator(tmp_path):
+    path = str(tmp_path / "v2.db")
+    store = SQLiteStore(path)
+    add(store, make_task("task_1", idempotency_key="k"))
+    store.close()
+    with sqlite3.connect(path) as db:  # back to version 2: keys without an owner or a request hash
+        for column in ("idempotency_scope", "request_hash"):
+            db.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 2")
+    migrated = SQLiteStore(path)
+    try:
+        assert migrated.find_task_by_idempotency_key("k", 0.0, "any-operator").task_id == "task_1"
+        add(migrated, make_task("task_2", idempotency_key="k2", idempotency_scope="op-a", request_hash="h"))
+        assert migrated.get_task("task_2").request_hash == "h"
+        assert migrated.find_task_by_idempotency_key("k2", 0.0, "op-b") is None
+    finally:
+        migrated.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)

@@ -63,8 +63,9 @@ def forget_device(device_id):
 def issue_device_token(device_id):
     """Issue a token bound to this device id (it may not have registered yet); it is shown once, stored hashed.
 
-    From then on only this token can register the id; issuing again replaces it."""
-    token = service().credentials.issue(device_id)
+    From then on only this token can register the id; issuing again replaces it. The device's live connection, if
+    any, gets an ``UNAUTHORIZED`` error and is closed: it reconnects with the new token."""
+    token = service().issue_device_token(device_id)
     return {"success": True, "device_id": device_id, "token": token, "message": "令牌只显示这一次，请妥善保存"}, 201
 
 
@@ -72,8 +73,10 @@ def issue_device_token(device_id):
 @blp.response(200, responses.DeletedSchema)
 @blp.alt_response(404, **error_doc("TOKEN_NOT_FOUND"))
 def revoke_device_token(device_id):
-    """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set)."""
-    service().credentials.revoke(device_id)
+    """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set).
+
+    The device's live connection, if any, gets an ``UNAUTHORIZED`` error and is closed."""
+    service().revoke_device_token(device_id)
     return {"success": True, "message": "设备专属令牌已撤销", "device_id": device_id}
 
 

@@ -2,7 +2,7 @@
 
 from flask import current_app, request
 
-from taskserver import schemas
+from taskserver import auth, schemas
 from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import TaskStatus
 from taskserver.errors import ValidationFailed
@@ -38,6 +38,7 @@ def list_tasks(query):
 @blp.alt_response(202, schema=responses.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
 @blp.alt_response(400, **error_doc("VALIDATION_ERROR", "INVALID_JSON", "UNKNOWN_TASK_TYPE"))
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+@blp.alt_response(409, **error_doc("IDEMPOTENCY_KEY_REUSED"))
 def dispatch_task(body):
     """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
     data, data_schedule = schemas.load_task_data(body["task_type"], body["data"], _extra_types())
@@ -51,6 +52,7 @@ def dispatch_task(body):
         max_retries=body["max_retries"],
         not_before=max(times) if times else None,
         idempotency_key=_idempotency_key(body),
+        operator=_operator(),
     )
     task, _created = service().dispatch(dispatch)
     return _dispatch_answer(task)
@@ -65,6 +67,12 @@ def _idempotency_key(body):
     if key is not None and not 1 <= len(key) <= 200:
         raise ValidationFailed({"Idempotency-Key": ["长度必须在 1 到 200 之间"]})
     return key
+
+
+def _operator():
+    """Whose idempotency keys this request's are: its operator token's identity, or "" when the API is open."""
+    token = auth.request_token(request.headers)
+    return auth.token_identity(token) if current_app.config["API_TOKENS"] and token else ""
 
 
 def _dispatch_answer(task):

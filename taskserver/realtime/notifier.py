@@ -76,8 +76,11 @@ class Notifier:
 
     def replaced(self, sid, device_id):
         """Tell an older connection of the device that a newer one took over, then close it."""
-        message = f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭"
-        self._emit(sid, "error", {"message": message, "error_code": "DEVICE_REPLACED"})
+        self.close_with_error(sid, f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭", "DEVICE_REPLACED")
+
+    def close_with_error(self, sid, message, error_code):
+        """Send the connection an ``error`` saying why, then close it."""
+        self._emit(sid, "error", {"message": message, "error_code": error_code})
         self.disconnect(sid)
 
     def task_changed(self, task, devices=()):

@@ -163,6 +163,28 @@ class DeviceOperations:
         self.notifier.device_changed(device_id)
 
     @atomic
+    def issue_device_token(self, device_id):
+        """Bind a new token to ``device_id``; its live connection, registered with an older credential, is closed."""
+        token = self.credentials.issue(device_id)
+        self._close_device_connection(device_id, "token_reissued", f"设备 {device_id} 的令牌已更换，请用新令牌重新连接")
+        return token
+
+    @atomic
+    def revoke_device_token(self, device_id):
+        """Revoke the device's own token (404 if it has none) and close the connection registered with it."""
+        self.credentials.revoke(device_id)
+        self._close_device_connection(device_id, "token_revoked", f"设备 {device_id} 的令牌已被撤销，连接将被关闭")
+
+    def _close_device_connection(self, device_id, reason, message):
+        """Unbind the device's live connection now (it goes offline, its tasks under the usual grace), then tell it
+        ``UNAUTHORIZED`` and close it once this is committed."""
+        sid = self.connections.sid_of(device_id)
+        if sid is None:
+            return
+        self._release_sid(sid, self.clock(), reason=reason)
+        self.notifier.close_with_error(sid, message, "UNAUTHORIZED")
+
+    @atomic
     def expire_silent_devices(self, now):
         """Close connections of heartbeating devices silent for longer than the heartbeat timeout.
 

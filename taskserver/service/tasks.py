@@ -1,5 +1,7 @@
 """Task operations of ``TaskService``: what operators ask (dispatch, cancel) and what devices report."""
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, replace
 
@@ -28,6 +30,13 @@ class DispatchRequest:
     max_retries: int = 0
     not_before: float | None = None
     idempotency_key: str | None = None
+    operator: str = ""  # whose idempotency key: ``auth.token_identity`` of the operator token, "" if the API is open
+
+    def fingerprint(self):
+        """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
+        asked = [self.task_type, self.data, self.device_id, self.priority, self.timeout, self.max_retries]
+        text = json.dumps([*asked, self.not_before], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class TaskOperations:
@@ -39,11 +48,9 @@ class TaskOperations:
 
         Returns ``(task, created)``."""
         now = self.clock()
-        if request.idempotency_key:
-            since = now - self.config["IDEMPOTENCY_WINDOW"]
-            existing = self.store.find_task_by_idempotency_key(request.idempotency_key, since)
-            if existing is not None:
-                return existing, False
+        fingerprint = request.fingerprint() if request.idempotency_key else None
+        if fingerprint is not None and (existing := self._keyed_task(request, fingerprint, now)) is not None:
+            return existing, False
         if request.device_id is not None and self.store.get_device(request.device_id) is None:
             raise NotFound(f"设备 {request.device_id} 不存在", "DEVICE_NOT_FOUND")
         task = Task(
@@ -58,6 +65,8 @@ class TaskOperations:
             updated_at=now,
             not_before=request.not_before,
             idempotency_key=request.idempotency_key,
+            idempotency_scope=request.operator if fingerprint else None,
+            request_hash=fingerprint,
         )
         created = Event("created", "operator", request.device_id, {"task_type": task.task_type})
         device = self._device_for_new(task, now)
@@ -76,6 +85,18 @@ class TaskOperations:
         self.notifier.task_changed(task)
         sent = self.dispatch_pending(now)
         return next((sent_task for sent_task in sent if sent_task.task_id == task.task_id), task), True
+
+    def _keyed_task(self, request, fingerprint, now):
+        """The task this operator's idempotency key made within the window, or None; 409 if it asked for another
+        task. Tasks stored before keys had owners and hashes match any operator and any request."""
+        since = now - self.config["IDEMPOTENCY_WINDOW"]
+        existing = self.store.find_task_by_idempotency_key(request.idempotency_key, since, request.operator)
+        if existing is not None and existing.request_hash not in (None, fingerprint):
+            raise InvalidState(
+                f"幂等键 {request.idempotency_key} 已用于另一个内容不同的任务请求（{existing.task_id}）",
+                "IDEMPOTENCY_KEY_REUSED",
+            )
+        return existing
 
     def _device_for_new(self, task, now):
         """A free device for a new task due now, if no task is pending (else it queues behind them), or None."""

@@ -17,8 +17,9 @@ class Store:
         """The task with this id, or None."""
         raise NotImplementedError
 
-    def find_task_by_idempotency_key(self, key, since):
-        """The newest task created with ``key`` at or after ``since``, or None."""
+    def find_task_by_idempotency_key(self, key, since, scope=""):
+        """The newest task created with ``key`` by ``scope`` (or before keys had a scope) at or after ``since``, or
+        None."""
         raise NotImplementedError
 
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):

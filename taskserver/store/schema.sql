@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     updated_at REAL NOT NULL,
     not_before REAL,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    idempotency_scope TEXT,
+    request_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (status, priority DESC, created_at);
 CREATE INDEX IF NOT EXISTS tasks_device ON tasks (device_id, status);

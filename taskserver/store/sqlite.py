@@ -12,7 +12,7 @@ from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_fro
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # An owed cancel names its attempt: a row from before is for the device's latest attempt of the task.
 OWED_CANCEL_ATTEMPTS = """
@@ -31,8 +31,13 @@ INSERT INTO owed_cancels_new (device_id, task_id, attempt)
 DROP TABLE owed_cancels;
 ALTER TABLE owed_cancels_new RENAME TO owed_cancels;
 """
+# Idempotency keys belong to the operator token that made them, and remember what the request asked for.
+IDEMPOTENCY_SCOPES = """
+ALTER TABLE tasks ADD COLUMN idempotency_scope TEXT;
+ALTER TABLE tasks ADD COLUMN request_hash TEXT;
+"""
 # version -> the statements that bring a file of the version before it to it
-MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS}
+MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS, 3: IDEMPOTENCY_SCOPES}
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -171,11 +176,14 @@ class SQLiteStore(DeviceTables, Store):
             self._remember(task)
         return task
 
-    def find_task_by_idempotency_key(self, key, since):
-        """The newest task created with ``key`` at or after ``since``, or None."""
+    def find_task_by_idempotency_key(self, key, since, scope=""):
+        """The newest task created with ``key`` by ``scope`` (or before keys had a scope) at or after ``since``, or
+        None."""
         rows = self._query(
-            "SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
-            (key, since),
+            """SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= ?
+                 AND (idempotency_scope = ? OR idempotency_scope IS NULL)
+               ORDER BY created_at DESC LIMIT 1""",
+            (key, since, scope),
         )
         return task_from_row(rows[0]) if rows else None
 
