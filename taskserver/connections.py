@@ -76,6 +76,10 @@ class Connections:
         connection.last_seen = now
         connection.heartbeats = connection.heartbeats or heartbeat
 
+    def bound(self):
+        """``{device_id: sid}`` of every registered connection."""
+        return {device_id: connection.sid for device_id, connection in self._by_device.items()}
+
     def silent(self, now, limit):
         """``(device_id, sid)`` of heartbeating devices not heard from for ``limit`` seconds."""
         return [

@@ -69,7 +69,7 @@ def check_transition(current, target):
     return target
 
 
-@dataclass
+@dataclass(frozen=True)
 class Task:
     """One task as the store keeps it; times are epoch seconds (server clock)."""
 

@@ -54,3 +54,10 @@ class ValidationFailed(TaskServerError):
 
     def __init__(self, errors, message="请求参数无效", error_code=None):
         super().__init__(message, error_code, errors=errors)
+
+
+class StoreUnavailable(TaskServerError):
+    """The store cannot take writes now (a failed commit, a full disk): nothing was acknowledged; retry later."""
+
+    status = 503
+    error_code = "STORE_UNAVAILABLE"

@@ -13,6 +13,7 @@ from config import UnknownEnvironment, load_config, production_problems
 from taskserver import dashboard, logs
 from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
+from taskserver.errors import StoreUnavailable
 from taskserver.metrics import Metrics
 from taskserver.ratelimit import RateLimiter
 from taskserver.realtime import plainws
@@ -62,7 +63,7 @@ def create_app(config=None, clock=None):
     store = open_store(settings)
     plain_sockets = plainws.PlainSockets(settings["PLAIN_WS_PING_INTERVAL"], settings["HEARTBEAT_TIMEOUT"], clock)
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
-    metrics = Metrics(task_types=[*TaskType, *settings["EXTRA_TASK_TYPES"]])
+    metrics = Metrics([*TaskType, *settings["EXTRA_TASK_TYPES"]], store.after_commit)
     service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
     service.recover_on_start()
     app.extensions["taskserver"] = service
@@ -146,7 +147,10 @@ def answer_when_stored(store):
     """An ``after_request`` hook: no response leaves before the writes it reports (or read) are committed."""
 
     def wait_for_commit(response):
-        store.durable()
+        try:
+            store.durable()
+        except StoreUnavailable as error:  # what the answer reports was not stored: it must not say otherwise
+            return errors.error_response(error)
         return response
 
     return wait_for_commit

@@ -1,5 +1,7 @@
 """Prometheus metrics: counters and a histogram fed by the service, gauges read from the store at scrape time."""
 
+from functools import partial
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,7 +25,10 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, task_types=()):
+    def __init__(self, task_types=(), after_commit=None):
+        # Task counters move once what they count is committed (the store's ``after_commit``): a failed commit
+        # counts nothing. Device events are counted as they are handled.
+        self._after_commit = after_commit or (lambda callback: callback())
         self.registry = registry = CollectorRegistry()
         by_type = {"labelnames": ["task_type"], "registry": registry}
         self.created = Counter("taskserver_tasks_created", "Tasks created by operators.", **by_type)
@@ -74,18 +79,19 @@ class Metrics:
         return child
 
     def count(self, family, *values):
-        """Add one to ``family``'s series for these label values (``created``, ``dispatches``, ``cancels``, ...)."""
-        self._child(family, *values).inc()
+        """Add one to ``family``'s series for these label values (``created``, ``dispatches``, ``cancels``, ...),
+        once the change it counts is committed."""
+        self._after_commit(self._child(family, *values).inc)
 
     def device_event(self, name):
         """Count one event handled for a device."""
-        self.count(self.device_events, name)
+        self._child(self.device_events, name).inc()
 
     def result(self, task_type, success, seconds):
-        """Count a device's result and observe how long its attempt took."""
+        """Count a device's result and observe how long its attempt took (once the result is committed)."""
         self.count(self.results, task_type, "success" if success else "failure")
         if seconds is not None:
-            self._child(self.latency, task_type).observe(max(seconds, 0.0))
+            self._after_commit(partial(self._child(self.latency, task_type).observe, max(seconds, 0.0)))
 
     def attempt_ended(self, task_type, error_code, retried):
         """Count an attempt that ended in failure: timeouts, lost devices, retries."""

@@ -3,17 +3,42 @@
 import logging
 import time
 
+import gevent
+
 log = logging.getLogger("taskserver.watchdog")
 
 STALE_GRACE = 5.0  # seconds beyond three intervals before a silent watchdog counts as stuck
+BATCH = 500  # attempts one part of a sweep ends while it holds the store; a backlog takes several, others between
+MAX_BATCHES = 20  # per part and sweep: what is left (or what a failed commit put back) waits for the next sweep
+
+
+def in_batches(expire, now):
+    """Call ``expire(now, BATCH)`` until it finds fewer than a batch; the operations waiting for the store run
+    between two batches, so that a backlog never holds it for long."""
+    for _ in range(MAX_BATCHES):
+        if expire(now, BATCH) < BATCH:
+            return
+        gevent.sleep(0)
 
 
 def sweep(service, now):
-    """One step: drop silent devices, end timed-out and orphaned attempts, start tasks that became due."""
-    service.expire_silent_devices(now)
-    service.expire_timeouts(now)
-    service.expire_lost_devices(now)
-    service.dispatch_pending(now)
+    """One step: catch up after failed commits, drop silent devices, end timed-out and orphaned attempts, start
+    tasks that became due. Each part runs whatever the others did; return the names of those that failed."""
+    parts = {
+        "converge": lambda: service.converge_after_failed_commits(now),
+        "silent devices": lambda: service.expire_silent_devices(now),
+        "timeouts": lambda: in_batches(service.expire_timeouts, now),
+        "lost devices": lambda: in_batches(service.expire_lost_devices, now),
+        "due tasks": lambda: service.dispatch_pending(now),
+    }
+    failed = []
+    for name, part in parts.items():
+        try:
+            part()
+        except Exception:
+            log.exception("watchdog: %s failed", name)
+            failed.append(name)
+    return failed
 
 
 class Watchdog:
@@ -37,7 +62,7 @@ class Watchdog:
         spawn(self.run_forever)
 
     def run_forever(self):
-        """Sweep every ``interval`` seconds until ``stop``; a failing sweep is logged and the loop goes on."""
+        """Sweep every ``interval`` seconds until ``stop``; a failing part is logged and the loop goes on."""
         if self.started_at is None:
             self.running, self.started_at = True, self.monotonic()
         while self.running:
@@ -46,12 +71,8 @@ class Watchdog:
             if not self.running:
                 break
             self.lag = max(self.monotonic() - before - self.interval, 0.0)
-            try:
-                sweep(self.service, self.service.clock())
-            except Exception:
-                log.exception("watchdog sweep failed")
-                continue
-            self.last_sweep_at = self.monotonic()
+            if not sweep(self.service, self.service.clock()):  # a sweep with a failed part does not count as done
+                self.last_sweep_at = self.monotonic()
 
     def stop(self):
         """End the loop after its current sleep."""

@@ -6,12 +6,13 @@ The tests drive the store only through its verbs, with ``domain`` objects and ex
 """
 
 import sqlite3
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import gevent
 import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
+from taskserver.errors import StoreUnavailable
 from taskserver.store import SQLiteStore
 from taskserver.store.sqlite import SCHEMA, SCHEMA_VERSION
 
@@ -119,8 +120,8 @@ class TestStoreContract:
         got = store.get_task("task_1")
         got.data["product_ids"].append("evil")
         got.result["details"].append("evil")
-        got.status = FAILED
-        got.progress = 99
+        with pytest.raises(FrozenInstanceError):  # a task read is a value: nobody changes it in place
+            got.status = FAILED
         original.data["batch_size"] = 999
         again = store.get_task("task_1")
         assert again.data == {"product_ids": ["123", "456"], "batch_size": 10}
@@ -129,6 +130,16 @@ class TestStoreContract:
         listed, _ = store.list_tasks()
         listed[0].data["product_ids"].clear()
         assert store.get_task("task_1").data["product_ids"] == ["123", "456"]
+
+    def test_an_active_task_read_twice_is_a_value_no_caller_can_change(self, store):
+        store.save_device(make_device("android_001"))
+        add(store, make_task("task_1"))
+        dispatch(store, "task_1", "android_001")
+        first, second = store.get_task("task_1"), store.get_task("task_1")
+        for task in (first, second):
+            with pytest.raises(FrozenInstanceError):
+                task.status = COMPLETED
+        assert store.get_task("task_1").status == DISPATCHED
 
     def test_add_task_records_the_first_event(self, store):
         add(store, make_task("task_1", created_at=123.0))
@@ -684,12 +695,44 @@ def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_pat
     with store._transaction() as db:
         db.execute("INSERT INTO child VALUES (42)")
     store.after_commit(lambda: sent.append("new_task"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreUnavailable):
         store.durable()
     assert sent == [] and store.get_task("task_1") is None
+    assert store.commits_failing and store.failed_commits == 1
     add(store, make_task("task_2"))  # the store goes on with the next batch
     store.durable()
     assert store.get_task("task_2") is not None
+    assert not store.commits_failing and store.failed_commits == 1
+    store.close()
+
+
+def test_commits_fail_while_the_fault_is_on_and_heal_when_it_is_off(tmp_path):
+    store = sqlite_file(tmp_path)
+    store.fail_commits(sqlite3.OperationalError("database or disk is full"))
+    add(store, make_task("task_1"))
+    with pytest.raises(StoreUnavailable, match="disk is full"):
+        store.durable()
+    with pytest.raises(StoreUnavailable):
+        store.check_writable(200.0)
+    assert store.commits_failing and store.failed_commits == 2 and store.get_task("task_1") is None
+    store.fail_commits(None)
+    store.check_writable(201.0)
+    add(store, make_task("task_1"))
+    store.durable()
+    assert not store.commits_failing and store.get_task("task_1") is not None
+    store.close()
+
+
+def test_a_write_the_disk_refuses_is_store_unavailable_and_a_wrong_one_is_not(tmp_path):
+    store = sqlite_file(tmp_path)
+    add(store, make_task("task_1"))
+    store.durable()
+    store._db.execute("PRAGMA query_only = ON")  # the file refuses writes, as a read-only disk would
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        add(store, make_task("task_2"))
+    store._db.execute("PRAGMA query_only = OFF")
+    with pytest.raises(sqlite3.IntegrityError):  # a wrong write stays what it is: a bug, not an outage
+        add(store, make_task("task_1"))
     store.close()
 
 
@@ -737,7 +780,7 @@ def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
     assert store.has_pending_tasks() is False
     with store._transaction() as db:
         db.execute("INSERT INTO child VALUES (42)")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreUnavailable):
         store.durable()
     assert store.get_task("task_1").status == PENDING
     assert store.has_pending_tasks() is True
@@ -774,7 +817,7 @@ def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
     move(store, "task_1", DISPATCHED, COMPLETED, 210.0, finished_at=210.0)
     with store._transaction() as db:
         db.execute("INSERT INTO child VALUES (42)")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreUnavailable):
         store.durable()
     assert store.task_active_on("task_1", "android_001") and not store.task_active_on("task_2", "android_001")
     store.close()

@@ -84,14 +84,16 @@ class Notifier:
         self.disconnect(sid)
 
     def task_changed(self, task, devices=()):
-        """A task's stored state changed; ``devices`` are those whose load may have changed with it."""
-        if self.dashboard is not None:
-            self.dashboard.task_changed(task, devices)
+        """A task's stored state changed; ``devices`` are those whose load may have changed with it. Consoles hear of
+        it once it is committed."""
+        if self.dashboard is not None and self.dashboard.watchers:
+            self.after_commit(partial(self.dashboard.task_changed, task, devices))
 
     def device_changed(self, device_id, heartbeat=None):
-        """A device's stored state changed (connection, disabled, forgotten), or only its ``heartbeat`` time."""
-        if self.dashboard is not None:
-            self.dashboard.device_changed(device_id, heartbeat)
+        """A device's stored state changed (connection, disabled, forgotten), or only its ``heartbeat`` time; consoles
+        hear of it once it is committed."""
+        if self.dashboard is not None and self.dashboard.watchers:
+            self.after_commit(partial(self.dashboard.device_changed, device_id, heartbeat))
 
     def disconnect(self, sid):
         """Close the connection (after what was sent to it before)."""

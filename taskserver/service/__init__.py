@@ -31,6 +31,7 @@ class TaskService(DeviceOperations, TaskOperations, TaskMoves):
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.connections = Connections()
+        self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
         self.credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
 
     def system_status(self):

@@ -3,7 +3,7 @@
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, Event, TaskStatus
+from taskserver.domain import Device, DeviceStatus, Event, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
@@ -99,9 +99,12 @@ class DeviceOperations:
         if device_id is None:
             return
         if self.store.mark_disconnected(device_id, sid, now):
-            self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
-            logs.event(log, "device offline", device_id=device_id, reason=reason)
-            self.notifier.device_changed(device_id)
+            self._went_offline(device_id, now, reason)
+
+    def _went_offline(self, device_id, now, reason):
+        self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
+        logs.event(log, "device offline", device_id=device_id, reason=reason)
+        self.notifier.device_changed(device_id)
 
     def _device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
@@ -183,6 +186,33 @@ class DeviceOperations:
             return
         self._release_sid(sid, self.clock(), reason=reason)
         self.notifier.close_with_error(sid, message, "UNAUTHORIZED")
+
+    def converge_after_failed_commits(self, now):
+        """If a commit failed since the last call, make the store and the live connections agree again."""
+        failed = self.store.failed_commits
+        if failed != self._failures_converged:
+            self._failures_converged = failed  # should this round's own commit fail too, the next call runs again
+            self._converge(now)
+
+    @atomic
+    def _converge(self, now):
+        """A failed commit undid writes that memory had already acted on: a device the store still shows connected
+        whose connection is gone goes offline; a connection whose registration was undone is closed (its client
+        reconnects and registers again)."""
+        bound = self.connections.bound()
+        undone = []
+        for device in self.store.list_devices(statuses=(DeviceStatus.ONLINE.value, DeviceStatus.BUSY.value)):
+            sid = bound.pop(device.device_id, None)
+            if sid == device.sid:
+                continue  # the store and memory agree
+            if self.store.mark_disconnected(device.device_id, device.sid, now):
+                self._went_offline(device.device_id, now, "converged")
+            if sid is not None:
+                undone.append((device.device_id, sid))
+        for device_id, sid in undone + list(bound.items()):
+            logs.event(log, "registration undone", logging.WARNING, device_id=device_id)
+            self.connections.release(sid)
+            self.notifier.disconnect(sid)
 
     @atomic
     def expire_silent_devices(self, now):

@@ -124,16 +124,21 @@ class TaskMoves:
         return updated
 
     @atomic
-    def expire_timeouts(self, now):
-        """End attempts that outlived their timeout; the device is told to stop."""
-        for task in self.store.timed_out_tasks(now):
+    def expire_timeouts(self, now, limit=None):
+        """End attempts that outlived their timeout (at most ``limit``); the device is told to stop. Return how many
+        were found."""
+        tasks = self.store.timed_out_tasks(now, limit)
+        for task in tasks:
             self._end_attempt(task, "TASK_TIMEOUT", now, "watchdog", tell_device=True)
+        return len(tasks)
 
     @atomic
-    def expire_lost_devices(self, now):
-        """End attempts whose device stayed away longer than the grace."""
-        for task in self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"]):
+    def expire_lost_devices(self, now, limit=None):
+        """End attempts whose device stayed away longer than the grace (at most ``limit``); return how many."""
+        tasks = self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"], limit)
+        for task in tasks:
             self._end_attempt(task, "DEVICE_OFFLINE", now, "watchdog", tell_device=True)
+        return len(tasks)
 
     @atomic
     def recover_on_start(self):

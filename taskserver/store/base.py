@@ -69,12 +69,12 @@ class Store:
         """Remove and return ``(task_id, attempt)`` of each ``cancel_task`` the device missed while away."""
         raise NotImplementedError
 
-    def timed_out_tasks(self, now):
-        """Active tasks whose timeout, counted from dispatch, has passed by ``now``."""
+    def timed_out_tasks(self, now, limit=None):
+        """Active tasks (at most ``limit``) whose timeout, counted from dispatch, has passed by ``now``."""
         raise NotImplementedError
 
-    def tasks_of_lost_devices(self, disconnected_before):
-        """Active tasks whose device has been disconnected since before ``disconnected_before``."""
+    def tasks_of_lost_devices(self, disconnected_before, limit=None):
+        """Active tasks (at most ``limit``) whose device has been disconnected since before ``disconnected_before``."""
         raise NotImplementedError
 
     def count_tasks_by_status(self):
@@ -158,7 +158,21 @@ class Store:
         raise NotImplementedError
 
     def check_writable(self, now):
-        """Write one tiny row in a transaction; raise if the store cannot take writes."""
+        """Write and commit one tiny row; raise if the store cannot take writes."""
+        raise NotImplementedError
+
+    @property
+    def failed_commits(self):
+        """How many commits have failed since the store opened."""
+        raise NotImplementedError
+
+    @property
+    def commits_failing(self):
+        """True while the last commit failed and none has succeeded since."""
+        raise NotImplementedError
+
+    def fail_commits(self, error):
+        """Make every commit fail with ``error``, or commit again with None: a fault for tests."""
         raise NotImplementedError
 
     def atomically(self):

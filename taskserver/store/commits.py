@@ -3,7 +3,8 @@
 Every write joins the open transaction as a savepoint of its own, and the writes of all greenlets in one turn of
 the event loop share one COMMIT, run on a thread of gevent's pool (``sqlite3`` releases the GIL meanwhile, so the
 server goes on parsing and answering on the other core). What reports a write waits for its commit: ``durable()``
-for answers, ``after_commit()`` for messages. A failed commit rolls its whole batch back and drops its output."""
+for answers, ``after_commit()`` for messages. A failed commit rolls its whole batch back, drops its output, and
+those waiting get ``StoreUnavailable``."""
 
 import logging
 import sqlite3
@@ -14,7 +15,25 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event as Signal
 
+from taskserver.errors import StoreUnavailable
+
 log = logging.getLogger("taskserver.store")
+
+
+# What the disk or the file refuses (full, I/O error, read-only, locked by another process), as opposed to a bug.
+UNAVAILABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY}
+
+
+@contextmanager
+def refused_writes_unavailable():
+    """Raise ``StoreUnavailable`` for a ``sqlite3`` error that says the store cannot write now (not that the
+    statement was wrong)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if (exc.sqlite_errorcode & 0xFF) in UNAVAILABLE:
+            raise StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）") from exc
+        raise
 
 
 @dataclass(eq=False)
@@ -36,11 +55,14 @@ class GroupCommit:
         self.lock = threading.RLock()
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
         self._committing = None  # the Batch being committed, until its output is sent
+        self.failed = 0  # commits that failed so far: whoever keeps state beside the store notices a new one
+        self.failing = False  # the last commit failed (and none succeeded since)
+        self.fault = None  # tests set an exception here: every COMMIT then fails with it, as a full disk would
 
     @contextmanager
     def verb(self):
         """One atomic write inside the open batch (a new batch, and its commit, start with the first write)."""
-        with self.lock:
+        with self.lock, refused_writes_unavailable():
             if self._batch is None:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._batch = Batch()
@@ -65,9 +87,11 @@ class GroupCommit:
             try:
                 gevent.get_hub().threadpool.apply(self._finish, (batch,))
             except sqlite3.Error as exc:  # the ROLLBACK failed too
-                batch.error = batch.error or exc
+                batch.error = batch.error or StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）")
+            self.failing = batch.error is not None
             if batch.error is not None:
                 log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
+                self.failed += 1
                 if self._on_failure is not None:
                     self._on_failure()
             else:
@@ -82,9 +106,11 @@ class GroupCommit:
     def _finish(self, batch):
         """On a pool thread: COMMIT the batch, or ROLLBACK if that fails."""
         try:
+            if self.fault is not None:
+                raise self.fault
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            batch.error = exc
+            batch.error = StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）")
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
 

@@ -287,19 +287,20 @@ class SQLiteStore(DeviceTables, Store):
             db.execute("DELETE FROM owed_cancels WHERE device_id = ?", (device_id,))
             return [(task_id, attempt) for task_id, attempt in rows]
 
-    def timed_out_tasks(self, now):
-        """Active tasks whose timeout, counted from dispatch, has passed by ``now``."""
+    def timed_out_tasks(self, now, limit=None):
+        """Active tasks (at most ``limit``) whose timeout, counted from dispatch, has passed by ``now``."""
         rows = self._query(
-            "SELECT * FROM tasks WHERE status IN (?, ?) AND dispatched_at + timeout <= ?", (*ACTIVE_VALUES, now)
+            "SELECT * FROM tasks WHERE status IN (?, ?) AND dispatched_at + timeout <= ? LIMIT ?",
+            (*ACTIVE_VALUES, now, -1 if limit is None else limit),
         )
         return [task_from_row(row) for row in rows]
 
-    def tasks_of_lost_devices(self, disconnected_before):
-        """Active tasks whose device has been disconnected since before ``disconnected_before``."""
+    def tasks_of_lost_devices(self, disconnected_before, limit=None):
+        """Active tasks (at most ``limit``) whose device has been disconnected since before ``disconnected_before``."""
         rows = self._query(
             """SELECT t.* FROM tasks t JOIN devices d ON d.device_id = t.device_id
-               WHERE t.status IN (?, ?) AND d.connected = 0 AND d.disconnected_at <= ?""",
-            (*ACTIVE_VALUES, disconnected_before),
+               WHERE t.status IN (?, ?) AND d.connected = 0 AND d.disconnected_at <= ? LIMIT ?""",
+            (*ACTIVE_VALUES, disconnected_before, -1 if limit is None else limit),
         )
         return [task_from_row(row) for row in rows]
 
@@ -343,9 +344,24 @@ class SQLiteStore(DeviceTables, Store):
         return {(status, task_type): count for status, task_type, count in rows}
 
     def check_writable(self, now):
-        """Write one tiny row in a transaction; raise if the store cannot take writes."""
+        """Write and commit one tiny row; raise if the store cannot take writes."""
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO store_health (id, checked_at) VALUES (1, ?)", (now,))
+        self.durable()
+
+    @property
+    def failed_commits(self):
+        """How many commits have failed since the store opened."""
+        return self._commits.failed
+
+    @property
+    def commits_failing(self):
+        """True while the last commit failed and none has succeeded since."""
+        return self._commits.failing
+
+    def fail_commits(self, error):
+        """Make every COMMIT fail with ``error`` (a ``sqlite3.Error``), or commit again with None: a fault for tests."""
+        self._commits.fault = error
 
     def close(self):
         """Commit what is open and release the store's resources."""
