@@ -6,7 +6,7 @@ from flask import Flask
 from flask.sessions import SessionInterface
 
 from config import load_config, production_problems
-from taskserver import dashboard, logs
+from taskserver import dashboard, logs, wirejson
 from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
 from taskserver.extensions import api, socketio
@@ -80,6 +80,7 @@ def create_app(config=None, clock=None):
         # A device's events are handled in order, in its connection's own greenlet: a result can never overtake the
         # progress sent before it, and no greenlet is spawned per event.
         async_handlers=False,
+        json=wirejson,  # a huge integer in a packet reaches the schemas (and is refused there) instead of dropping it
     )
     socketio.on_namespace(DeviceNamespace(events))
     socketio.on_namespace(DashboardNamespace(feed, app.config))
