@@ -13,13 +13,23 @@ MAX_TEXT = 2000
 PRINTABLE = validate.Regexp(r"^[^\x00-\x1f\x7f]+$", error="不能包含控制字符")
 MAX_PRODUCT_IDS = 10_000
 MAX_OFFSET = 1_000_000_000
+# A device id is a path segment of /api/device/{device_id}: letters (any script) and digits, then also - _ . : @
+DEVICE_ID_PATTERN = r"[^\W_][\w.:@-]*"
+DEVICE_ID = validate.Regexp(
+    rf"^{DEVICE_ID_PATTERN}\Z", error="设备 ID 只能含字母、数字和 - _ . : @，并以字母或数字开头"
+)
 # Times are kept as epoch seconds from 1970 to 9999-01-01 UTC: shown in any local time zone, they stay in years 1-9999.
 LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
 
 def Identifier(**kwargs):
-    """A task or device id: 1 to 128 printable characters."""
+    """A task id (or a filter on any id): 1 to 128 printable characters."""
     return fields.String(validate=[validate.Length(1, MAX_ID), PRINTABLE], **kwargs)
+
+
+def DeviceId(**kwargs):
+    """A device id a phone may register with: 1 to 128 characters of ``DEVICE_ID_PATTERN``."""
+    return fields.String(validate=[validate.Length(1, MAX_ID), DEVICE_ID], **kwargs)
 
 
 class WireSchema(Schema):
@@ -84,7 +94,7 @@ class DeviceRegisterSchema(WireSchema):
     class Meta:
         unknown = EXCLUDE
 
-    device_id = Identifier(required=True)
+    device_id = DeviceId(required=True)
     device_name = fields.String(validate=validate.Length(max=MAX_ID), allow_none=True)
     device_info = fields.Nested(DeviceInfoSchema, load_default=dict)
     token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
@@ -105,7 +115,7 @@ class HeartbeatSchema(WireSchema):
     class Meta:
         unknown = EXCLUDE
 
-    device_id = Identifier()
+    device_id = DeviceId()
     timestamp = Timestamp(allow_none=True)
 
 
@@ -242,7 +252,7 @@ class DispatchSchema(WireSchema):
 
     task_type = fields.String(required=True, validate=validate.Length(1, 64))
     data = fields.Dict(keys=fields.String(), load_default=dict)
-    device_id = Identifier(load_default=None, allow_none=True)
+    device_id = DeviceId(load_default=None, allow_none=True)
     priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(-1000, 1000))
     timeout = fields.Integer(strict=True, load_default=None, validate=validate.Range(1, 604_800))
     max_retries = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, 10))
@@ -302,7 +312,7 @@ class DeviceListQuerySchema(Schema):
 
 
 class DevicePathSchema(Schema):
-    device_id = Identifier(required=True)
+    device_id = DeviceId(required=True)
 
 
 class StatsQuerySchema(Schema):

@@ -287,6 +287,7 @@ DEEP = "[" * 40 + "]" * 40
         ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": 99999999999999999999}}', "data"),
         (f'{{"task_type": "DELIST", "data": {{"product_ids": ["1"], "x": {HUGE}}}}}', "data"),
         (f'{{"task_type": "DELIST", "data": {{"product_ids": ["1"], "x": {DEEP}}}}}', "data"),
+        (DELIST + ', "device_id": "a/b"}', "device_id"),
     ],
     ids=lambda value: repr(value)[-45:],
 )
@@ -313,6 +314,10 @@ def test_surrogate_as_a_top_level_key_is_a_validation_error(seeded):
 def test_hostile_list_query_is_a_validation_error(seeded, query, field):
     assert_error(seeded.get(f"/api/tasks?{query}"), 400, "VALIDATION_ERROR", [field])
     assert_still_answers(seeded)
+
+
+def test_token_for_an_id_that_cannot_register_is_a_validation_error(server):
+    assert_error(server.post("/api/device/a b/token"), 400, "VALIDATION_ERROR", ["device_id"])
 
 
 @pytest.mark.parametrize("not_before", [253402304399.0, -62135600400.0, 1e300])

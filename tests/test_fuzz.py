@@ -2,13 +2,14 @@
 never a 5xx, every refusal in the documented error shape, and a refused request changes nothing."""
 
 import json
+from urllib.parse import quote
 
 import pytest
 import socketio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Device, LiveServer
+from conftest import Device, LiveServer, wait_until
 from taskserver import schemas
 
 FUZZ = settings(
@@ -233,3 +234,38 @@ def test_connect_tokens_never_fail_badly(unlimited, token):
     finally:
         client.disconnect()
     assert unlimited.get("/healthz").status_code == 200
+
+
+# ---- every device id that registers can be managed over HTTP ----
+
+DEVICE_IDS = st.from_regex(rf"\A{schemas.DEVICE_ID_PATTERN}\Z").filter(lambda s: len(s) <= schemas.MAX_ID)
+
+
+def manage_over_http(server, device_id):
+    """Fetch, disable, enable, give a token, revoke it, and (once offline) delete the device, by its id in the URL."""
+    path = f"/api/device/{quote(device_id, safe='')}"
+    request = server.session.request
+    assert server.get(path).json()["device"]["device_id"] == device_id
+    assert server.post(path + "/disable").json()["device"]["disabled"] is True
+    assert server.post(path + "/enable").json()["device"]["disabled"] is False
+    token = server.post(path + "/token")
+    assert token.status_code == 201 and token.json()["device_id"] == device_id, token.text
+    assert request("DELETE", server.url + path + "/token", timeout=10).json()["device_id"] == device_id
+    return path
+
+
+@FUZZ
+@given(device_id=DEVICE_IDS | text)
+def test_every_device_id_that_registers_can_be_managed(server, device_id):
+    phone = Device(server.url, device_id).connect(register=False)
+    ack = phone.call("device_register", {"device_id": device_id})
+    if not ack["success"]:
+        phone.disconnect()
+        assert ack["error_code"] == "VALIDATION_ERROR" and "device_id" in ack["errors"], ack
+        return
+    path = manage_over_http(server, device_id)
+    phone.disconnect()
+    wait_until(lambda: server.get(path).json()["device"]["status"] == "offline", message="device offline")
+    deleted = server.session.request("DELETE", server.url + path, timeout=10)
+    assert deleted.status_code == 200 and deleted.json()["device_id"] == device_id, deleted.text
+    assert server.get(path).json()["error_code"] == "DEVICE_NOT_FOUND"

@@ -300,6 +300,13 @@ def test_hostile_values_are_refused_and_named(server, phone, event, payload, fie
     still_usable(phone)
 
 
+@pytest.mark.parametrize("device_id", ["a/b", "a b", ".", "..", "-leading", "_x", "a?b", "a#b", "a%2Fb"])
+def test_a_device_id_outside_the_documented_set_cannot_register(server, devices, device_id):
+    stranger = devices("android_002", register=False)
+    refused(stranger, "device_register", {"device_id": device_id}, fields=["device_id"])
+    assert set(devices_view(server)) == set()
+
+
 def test_hostile_result_for_a_real_task_leaves_it_showable(server, phone, running_task):
     refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": {"x": "\ud800"}}})
     refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": float("nan")}})
