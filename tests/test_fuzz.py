@@ -196,7 +196,7 @@ def assert_refusal(ack):
 
 @FUZZ
 @given(
-    event=st.sampled_from([*EVENT_SCHEMAS, "fuzz"]),
+    event=st.sampled_from([*EVENT_SCHEMAS, "fuzz"]) | json_values,
     payload=json_values | st.one_of(*(payloads_of(schema) for schema in EVENT_SCHEMAS.values())),
 )
 def test_device_events_never_fail_badly(unlimited, phone, event, payload):

@@ -307,6 +307,17 @@ def test_a_device_id_outside_the_documented_set_cannot_register(server, devices,
     assert set(devices_view(server)) == set()
 
 
+@pytest.mark.parametrize(
+    "event",
+    [["device_register"], {"event": 1}, None, 10**400, "heartbeat\ud800"],
+    ids=["list", "object", "null", "huge", "surrogate"],
+)
+def test_an_event_named_by_anything_but_text_is_an_unknown_event(server, phone, event):
+    ack = refused(phone, event, {"device_id": "android_001"}, error_code="UNKNOWN_EVENT")
+    assert ack["message"] == "未知事件：事件名必须是有效的文本"
+    still_usable(phone)
+
+
 def test_hostile_result_for_a_real_task_leaves_it_showable(server, phone, running_task):
     refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": {"x": "\ud800"}}})
     refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": float("nan")}})

@@ -3,7 +3,7 @@ and acks."""
 
 import logging
 
-from taskserver import schemas
+from taskserver import schemas, wirejson
 from taskserver.errors import TaskServerError
 
 log = logging.getLogger("taskserver.realtime")
@@ -30,12 +30,15 @@ class DeviceEvents:
 
     def handle(self, sid, event, payload):
         """Run one event; a refused one also gets an ``error`` event on its connection."""
-        schema, method, legacy_error_event = DEVICE_EVENTS.get(event, (None, None, None))
+        named = isinstance(event, str) and wirejson.problem(event) is None  # hand-made packets may name it otherwise
+        schema, method, legacy_error_event = DEVICE_EVENTS.get(event, (None, None, None)) if named else (None,) * 3
         try:
             if not self.limiter.allow(sid):
                 raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
             if schema is None:
-                raise TaskServerError(f"未知事件: {event}", "UNKNOWN_EVENT")
+                raise TaskServerError(
+                    f"未知事件: {event}" if named else "未知事件：事件名必须是有效的文本", "UNKNOWN_EVENT"
+                )
             answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
             self.service.store.durable()  # an ack promises that what it reports is stored
             return answer
