@@ -8,6 +8,7 @@ A rejected dispatch stores nothing, and the server keeps answering afterwards.
 
 import pytest
 
+from conftest import LiveServer
 from taskserver.service import DispatchRequest
 
 VALID_DISPATCH = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}}
@@ -329,3 +330,19 @@ def test_a_stored_time_out_of_range_is_shown_not_a_500(server, not_before):
     assert response.status_code == 200, response.text
     assert response.json()["task"]["not_before"] in ("9999-12-31T23:59:59", "0001-01-01T00:00:00")
     assert server.get("/api/tasks").status_code == 200
+
+
+def test_nan_kept_by_an_older_server_is_shown_as_null(tmp_path):
+    """An older server stored NaN and Infinity in a task's data; after an upgrade the task shows as strict JSON."""
+    older = LiveServer(tmp_path / "old.db")
+    data = {"product_ids": ["1"], "x": float("nan"), "y": [float("inf"), float("-inf")]}
+    task, _ = older.service.dispatch(DispatchRequest("DELIST", data))
+    older.stop()
+    upgraded = LiveServer(tmp_path / "old.db")
+    try:
+        for path in (f"/api/task/{task.task_id}", "/api/tasks"):
+            response = upgraded.get(path)
+            assert response.status_code == 200 and "NaN" not in response.text and "Infinity" not in response.text
+        assert upgraded.get(f"/api/task/{task.task_id}").json()["task"]["data"]["y"] == [None, None]
+    finally:
+        upgraded.stop()
