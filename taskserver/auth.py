@@ -7,9 +7,9 @@ import secrets
 
 def token_in(token, allowed):
     """True if ``token`` equals one of ``allowed``; every candidate is compared in constant time."""
-    if not token:
+    if not token or not isinstance(token, str):
         return False
-    given = token.encode()
+    given = token.encode("utf-8", "surrogatepass")  # a lone surrogate is just a wrong token
     matches = [hmac.compare_digest(given, candidate.encode()) for candidate in allowed]
     return any(matches)
 
@@ -30,7 +30,7 @@ def request_token(headers, args=None):
 
 def hash_token(token):
     """What the store keeps of a per-device token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def token_identity(token):

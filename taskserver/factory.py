@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 from gevent.pool import Group
 
 from config import UnknownEnvironment, load_config, production_problems
-from taskserver import dashboard, logs
+from taskserver import dashboard, logs, wirejson
 from taskserver.api import console, devices, errors, security, system, tasks
 from taskserver.domain import TaskType
 from taskserver.errors import StoreUnavailable
@@ -101,6 +101,7 @@ def create_app(config=None, clock=None):
         # A device's events are handled in order, in its connection's own greenlet: a result can never overtake the
         # progress sent before it, and no greenlet is spawned per event.
         async_handlers=False,
+        json=wirejson,  # a huge integer in a packet reaches the schemas (and is refused there) instead of dropping it
     )
     # Engine.IO's own greenlets (a writer and a pinger per connection, its service task) join the app's, so that
     # ``shutdown`` ends them too.

@@ -1,13 +1,23 @@
 """How tasks and devices look on the wire: the spec's field names and its time format."""
 
+import math
 from datetime import datetime
 
 from taskserver.domain import ACTIVE
 
+EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
+
 
 def iso(ts):
-    """Epoch seconds as the spec's local time text (``2025-09-17T14:30:00``), or None."""
-    return None if ts is None else datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+    """Epoch seconds as the spec's local time text (``2025-09-17T14:30:00``), or None.
+
+    A time beyond the years 1-9999 (kept by an older server that accepted it) shows as the nearest end of that range."""
+    if ts is None or not math.isfinite(ts):
+        return None
+    try:
+        return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return EARLIEST if ts < 0 else LATEST
 
 
 def task_summary(task):

@@ -1,11 +1,10 @@
 """Marshmallow schemas for every REST body, query and socket payload, and for each task type's ``data``."""
 
-import json
-import math
-from datetime import datetime
+from datetime import UTC, datetime
 
-from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from taskserver import wirejson
 from taskserver.domain import DeviceStatus, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
 
@@ -13,17 +12,41 @@ MAX_ID = 128
 MAX_TEXT = 2000
 PRINTABLE = validate.Regexp(r"^[^\x00-\x1f\x7f]+$", error="不能包含控制字符")
 MAX_PRODUCT_IDS = 10_000
+MAX_OFFSET = 1_000_000_000
+# A device id is a path segment of /api/device/{device_id}: letters (any script) and digits, then also - _ . : @
+DEVICE_ID_PATTERN = r"[^\W_][\w.:@-]*"
+DEVICE_ID = validate.Regexp(
+    rf"^{DEVICE_ID_PATTERN}\Z", error="设备 ID 只能含字母、数字和 - _ . : @，并以字母或数字开头"
+)
+# Times are kept as epoch seconds from 1970 to 9999-01-01 UTC: shown in any local time zone, they stay in years 1-9999.
+LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
 
 def Identifier(**kwargs):
-    """A task or device id: 1 to 128 printable characters."""
+    """A task id (or a filter on any id): 1 to 128 printable characters."""
     return fields.String(validate=[validate.Length(1, MAX_ID), PRINTABLE], **kwargs)
+
+
+def DeviceId(**kwargs):
+    """A device id a phone may register with: 1 to 128 characters of ``DEVICE_ID_PATTERN``."""
+    return fields.String(validate=[validate.Length(1, MAX_ID), DEVICE_ID], **kwargs)
+
+
+class WireSchema(Schema):
+    """A schema for a whole payload off the wire: refuses what JSON allows but nothing can keep (``wirejson``)."""
+
+    @pre_load
+    def _refuse_unkeepable(self, data, **kwargs):
+        errors = wirejson.field_problems(data) if isinstance(data, dict) else None
+        if errors:
+            raise ValidationError(errors)
+        return data
 
 
 class Timestamp(fields.Field):
     """A point in time given as ISO 8601 text or epoch seconds / milliseconds; loads as epoch seconds."""
 
-    default_error_messages = {"invalid": "不是有效的时间（ISO 8601 文本或毫秒时间戳）"}
+    default_error_messages = {"invalid": "不是有效的时间（ISO 8601 文本或毫秒时间戳，1970 年至 9998 年）"}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
@@ -32,18 +55,20 @@ class Timestamp(fields.Field):
                 value = float(value)
             except ValueError:
                 return self._from_iso(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise self.make_error("invalid")
-        seconds = value / 1000.0 if value > 1e11 else float(value)
-        if seconds > 253402300799:  # 9999-12-31
-            raise self.make_error("invalid")
-        return seconds
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LATEST * 1000:
+            raise self.make_error("invalid")  # NaN fails the comparison; huge integers are never divided
+        return self._in_range(value / 1000 if value > 1e11 else float(value))
 
     def _from_iso(self, text):
         try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            return self._in_range(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
         except (ValueError, OverflowError, OSError) as exc:
             raise self.make_error("invalid") from exc
+
+    def _in_range(self, seconds):
+        if not 0 <= seconds <= LATEST:
+            raise self.make_error("invalid")
+        return seconds
 
 
 # ---- socket payloads (liberal: unknown keys are ignored) ----
@@ -63,19 +88,19 @@ class DeviceInfoSchema(Schema):
     max_concurrent_tasks = fields.Integer(strict=True, validate=validate.Range(1, 100))
 
 
-class DeviceRegisterSchema(Schema):
+class DeviceRegisterSchema(WireSchema):
     """``device_register``."""
 
     class Meta:
         unknown = EXCLUDE
 
-    device_id = Identifier(required=True)
+    device_id = DeviceId(required=True)
     device_name = fields.String(validate=validate.Length(max=MAX_ID), allow_none=True)
     device_info = fields.Nested(DeviceInfoSchema, load_default=dict)
     token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
 
 
-class ConnectSchema(Schema):
+class ConnectSchema(WireSchema):
     """What a connection presents when it opens: an optional device token."""
 
     class Meta:
@@ -84,17 +109,17 @@ class ConnectSchema(Schema):
     token = fields.String(validate=validate.Length(1, 512), load_default=None, allow_none=True)
 
 
-class HeartbeatSchema(Schema):
+class HeartbeatSchema(WireSchema):
     """``heartbeat``: ``timestamp`` is informational only; liveness uses the server's clock."""
 
     class Meta:
         unknown = EXCLUDE
 
-    device_id = Identifier()
+    device_id = DeviceId()
     timestamp = Timestamp(allow_none=True)
 
 
-class TaskProgressSchema(Schema):
+class TaskProgressSchema(WireSchema):
     """``task_progress``."""
 
     class Meta:
@@ -121,7 +146,7 @@ class ResultSchema(Schema):
     data = fields.Raw(allow_none=True)
 
 
-class TaskResultSchema(Schema):
+class TaskResultSchema(WireSchema):
     """``task_result``."""
 
     class Meta:
@@ -219,7 +244,7 @@ def load_task_data(task_type, data, extra_types=()):
 # ---- REST bodies and queries (strict: unknown keys are an error) ----
 
 
-class DispatchSchema(Schema):
+class DispatchSchema(WireSchema):
     """Body of ``POST /api/dispatch-task``."""
 
     class Meta:
@@ -227,7 +252,7 @@ class DispatchSchema(Schema):
 
     task_type = fields.String(required=True, validate=validate.Length(1, 64))
     data = fields.Dict(keys=fields.String(), load_default=dict)
-    device_id = Identifier(load_default=None, allow_none=True)
+    device_id = DeviceId(load_default=None, allow_none=True)
     priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(-1000, 1000))
     timeout = fields.Integer(strict=True, load_default=None, validate=validate.Range(1, 604_800))
     max_retries = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, 10))
@@ -264,7 +289,7 @@ class TaskListQuerySchema(Schema):
     created_after = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；含此时刻"})
     created_before = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；不含此时刻"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
 
     @validates_schema
     def _window(self, data, **kwargs):
@@ -287,7 +312,7 @@ class DeviceListQuerySchema(Schema):
 
 
 class DevicePathSchema(Schema):
-    device_id = Identifier(required=True)
+    device_id = DeviceId(required=True)
 
 
 class StatsQuerySchema(Schema):
@@ -305,7 +330,7 @@ def load_payload(schema, payload):
     """Validate a socket payload (a JSON object, or JSON text of one) with ``schema``."""
     if isinstance(payload, str | bytes):
         try:
-            payload = json.loads(payload)
+            payload = wirejson.loads(payload)
         except (ValueError, RecursionError) as exc:
             raise ValidationFailed({"_schema": ["不是有效的 JSON"]}, "消息格式无效") from exc
     if not isinstance(payload, dict):

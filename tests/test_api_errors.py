@@ -8,6 +8,9 @@ A rejected dispatch stores nothing, and the server keeps answering afterwards.
 
 import pytest
 
+from conftest import LiveServer
+from taskserver.service import DispatchRequest
+
 VALID_DISPATCH = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}}
 
 # Text that would betray internals: stack traces, source paths, framework error pages.
@@ -254,3 +257,92 @@ def test_unexpected_exception_is_a_bare_internal_error(server, monkeypatch):
     assert set(body) == {"success", "message", "error_code"}
     assert_still_answers(server)
     assert server.dispatch(**VALID_DISPATCH)["success"] is True
+
+
+# ---- hostile input: what JSON allows but nothing can keep ----
+
+DELIST = '{"task_type": "DELIST", "data": {"product_ids": ["123"]}'
+UPLOAD = '{"task_type": "UPLOAD", "data": {"product_data": {"title": "t"}, "schedule_time": %s}}'
+HUGE = "9" * 400
+DEEP = "[" * 40 + "]" * 40
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        (DELIST + ', "schedule_time": "9999-12-31T23:59:59-01:00"}', "schedule_time"),
+        (DELIST + ', "schedule_time": "0001-01-01T00:00:00+01:00"}', "schedule_time"),
+        (UPLOAD % '"9999-12-31T23:59:59-01:00"', "data"),
+        (UPLOAD % '"0001-01-01T00:00:00+01:00"', "data"),
+        (DELIST + f', "schedule_time": {HUGE}}}', "schedule_time"),
+        (UPLOAD % HUGE, "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": "\\ud800"}}', "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "\\udfff": 1}}', "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["\\ud800"]}}', "data"),
+        (DELIST + ', "device_id": "\\ud800"}', "device_id"),
+        ('{"task_type": "DELIST\\ud800", "data": {}}', "task_type"),
+        (DELIST + ', "idempotency_key": "k\\ud800"}', "idempotency_key"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": NaN}}', "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": -Infinity}}', "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": 1e999}}', "data"),
+        ('{"task_type": "DELIST", "data": {"product_ids": ["1"], "x": 99999999999999999999}}', "data"),
+        (f'{{"task_type": "DELIST", "data": {{"product_ids": ["1"], "x": {HUGE}}}}}', "data"),
+        (f'{{"task_type": "DELIST", "data": {{"product_ids": ["1"], "x": {DEEP}}}}}', "data"),
+        (DELIST + ', "device_id": "a/b"}', "device_id"),
+    ],
+    ids=lambda value: repr(value)[-45:],
+)
+def test_hostile_dispatch_is_a_validation_error_naming_the_field(seeded, raw, field):
+    reject_dispatch(seeded, 400, "VALIDATION_ERROR", [field], data=raw, headers={"Content-Type": "application/json"})
+
+
+def test_surrogate_as_a_top_level_key_is_a_validation_error(seeded):
+    raw = DELIST + ', "\\ud800": 1}'
+    reject_dispatch(
+        seeded, 400, "VALIDATION_ERROR", ["_schema"], data=raw, headers={"Content-Type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("offset=" + "9" * 30, "offset"),
+        ("created_after=9999-12-31T23:59:59-01:00", "created_after"),
+        ("created_before=0001-01-01T00:00:00%2B01:00", "created_before"),
+    ],
+    ids=lambda value: value[:30],
+)
+def test_hostile_list_query_is_a_validation_error(seeded, query, field):
+    assert_error(seeded.get(f"/api/tasks?{query}"), 400, "VALIDATION_ERROR", [field])
+    assert_still_answers(seeded)
+
+
+def test_token_for_an_id_that_cannot_register_is_a_validation_error(server):
+    assert_error(server.post("/api/device/a b/token"), 400, "VALIDATION_ERROR", ["device_id"])
+
+
+@pytest.mark.parametrize("not_before", [253402304399.0, -62135600400.0, 1e300])
+def test_a_stored_time_out_of_range_is_shown_not_a_500(server, not_before):
+    """A task an older server stored with a schedule beyond year 9999 (or before year 1) can still be shown."""
+    task, _ = server.service.dispatch(DispatchRequest("DELIST", {"product_ids": ["1"]}, not_before=not_before))
+    server.service.store.durable()
+    response = server.get(f"/api/task/{task.task_id}")
+    assert response.status_code == 200, response.text
+    assert response.json()["task"]["not_before"] in ("9999-12-31T23:59:59", "0001-01-01T00:00:00")
+    assert server.get("/api/tasks").status_code == 200
+
+
+def test_nan_kept_by_an_older_server_is_shown_as_null(tmp_path):
+    """An older server stored NaN and Infinity in a task's data; after an upgrade the task shows as strict JSON."""
+    older = LiveServer(tmp_path / "old.db")
+    data = {"product_ids": ["1"], "x": float("nan"), "y": [float("inf"), float("-inf")]}
+    task, _ = older.service.dispatch(DispatchRequest("DELIST", data))
+    older.stop()
+    upgraded = LiveServer(tmp_path / "old.db")
+    try:
+        for path in (f"/api/task/{task.task_id}", "/api/tasks"):
+            response = upgraded.get(path)
+            assert response.status_code == 200 and "NaN" not in response.text and "Infinity" not in response.text
+        assert upgraded.get(f"/api/task/{task.task_id}").json()["task"]["data"]["y"] == [None, None]
+    finally:
+        upgraded.stop()

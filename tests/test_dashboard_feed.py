@@ -100,6 +100,12 @@ def test_dashboard_refuses_consoles_without_an_operator_token(guarded):
     assert guarded.app.extensions["dashboard"].watchers == set()
 
 
+@pytest.mark.parametrize("token", ["\ud800", "op\udfff", 12345, ["x"], {"token": "x"}])
+def test_dashboard_refuses_hostile_tokens_as_unauthorized(guarded, token):
+    assert "操作员令牌无效" in refusal(guarded.url, token)
+    assert guarded.app.extensions["dashboard"].watchers == set()
+
+
 def test_dashboard_accepts_an_operator_token(guarded):
     client = Console(guarded.url, OPERATOR)
     try:

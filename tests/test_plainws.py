@@ -96,6 +96,27 @@ def test_bad_frames_get_errors_and_the_connection_stays(server, plain):
     assert phone.call("device_register", {"device_id": "autojs_1"})["success"]
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"event": "heartbeat", "id": %s, "data": {}}' % ("9" * 400),
+        '{"event": "heartbeat", "id": "\\ud800", "data": {}}',
+        '{"event": "fly\\ud800", "data": {}}',
+        '{"event": "heartbeat", "id": NaN, "data": {}}',
+    ],
+    ids=["huge-id", "surrogate-id", "surrogate-event", "nan-id"],
+)
+def test_unsendable_envelope_is_refused_and_the_connection_stays(server, plain, frame):
+    phone = plain()
+    phone.ws.send(frame)
+    assert phone.wait("error")["data"]["error_code"] == "VALIDATION_ERROR"
+    assert phone.call("device_register", {"device_id": "autojs_1"})["success"] is True
+    refused = phone.call("device_register", {"device_id": "autojs_1", "device_name": "\ud800"})
+    assert refused["error_code"] == "VALIDATION_ERROR" and "device_name" in refused["errors"]
+    assert phone.call("heartbeat", {"device_id": "autojs_1", "timestamp": 10**400})["error_code"] == "VALIDATION_ERROR"
+    assert phone.call("heartbeat", {"device_id": "autojs_1"})["success"] is True
+
+
 def test_lifecycle_rules_hold_on_plain_websocket(server, plain):
     phone = plain()
     phone.call("device_register", {"device_id": "autojs_1"})

@@ -105,7 +105,7 @@ def test_wrong_token_at_connect_is_refused(secured):
     client.disconnect()
 
 
-@pytest.mark.parametrize("token", [{"nested": 1}, 12345, ["fleet"], "x" * 600])
+@pytest.mark.parametrize("token", [{"nested": 1}, 12345, ["fleet"], "x" * 600, "\ud800", "fleet\udfff"])
 def test_malformed_token_at_connect_is_refused_in_the_error_shape(secured, token):
     client = socketio.Client(reconnection=False)
     refusals = []

@@ -251,3 +251,77 @@ def test_a_misbehaving_device_does_not_disturb_another(server, devices, phone):
     assert other.events["error"] == []
     still_usable(phone)
     assert {d["status"] for d in devices_view(server).values()} == {"online"}
+
+
+# ---- hostile input: what JSON allows but nothing can keep ----
+
+HUGE = int("9" * 400)
+
+
+@pytest.mark.parametrize(
+    "event, payload, fields",
+    [
+        ("heartbeat", {"device_id": "android_001", "timestamp": HUGE}, ["timestamp"]),
+        ("heartbeat", {"device_id": "android_001", "timestamp": "9999-12-31T23:59:59-01:00"}, ["timestamp"]),
+        ("heartbeat", {"device_id": "android_001", "timestamp": "0001-01-01T00:00:00+01:00"}, ["timestamp"]),
+        ("heartbeat", {"device_id": "\ud800"}, ["device_id"]),
+        ("device_register", {"device_id": "\ud800"}, ["device_id"]),
+        ("device_register", {"device_id": "android_001", "device_name": "小米\udc00"}, ["device_name"]),
+        ("device_register", {"device_id": "android_001", "device_info": {"\ud800": 1}}, ["device_info"]),
+        ("device_register", {"device_id": "android_001", "device_info": {"model": "\ud800"}}, ["device_info"]),
+        (
+            "device_register",
+            {"device_id": "android_001", "device_info": {"max_concurrent_tasks": HUGE}},
+            ["device_info"],
+        ),
+        ("device_register", {"device_id": "android_001", "device_info": {"x": float("nan")}}, ["device_info"]),
+        ("device_register", {"device_id": "android_001", "token": "\ud800"}, ["token"]),
+        ("task_progress", {"task_id": "task_x", "progress": HUGE}, ["progress"]),
+        ("task_progress", {"task_id": "\ud800", "progress": 10}, ["task_id"]),
+        ("task_progress", {"task_id": "task_x", "progress": 10, "message": "\ud800"}, ["message"]),
+        ("task_progress", {"task_id": "task_x", "progress": 10, "attempt": HUGE}, ["attempt"]),
+        ("task_result", {"task_id": "task_x", "result": {"success": True, "\ud800": 1}}, ["result"]),
+        ("task_result", {"task_id": "task_x", "result": {"success": True, "processed_count": HUGE}}, ["result"]),
+        ("task_result", {"task_id": "task_x", "result": {"success": True, "data": {"x": 2**64}}}, ["result"]),
+        (
+            "task_result",
+            {
+                "task_id": "task_x",
+                "result": {"success": True, "data": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+            },
+            ["result"],
+        ),
+    ],
+    ids=lambda value: repr(value)[:50],
+)
+def test_hostile_values_are_refused_and_named(server, phone, event, payload, fields):
+    before = devices_view(server)
+    refused(phone, event, payload, fields=fields)
+    assert devices_view(server) == before
+    still_usable(phone)
+
+
+@pytest.mark.parametrize("device_id", ["a/b", "a b", ".", "..", "-leading", "_x", "a?b", "a#b", "a%2Fb"])
+def test_a_device_id_outside_the_documented_set_cannot_register(server, devices, device_id):
+    stranger = devices("android_002", register=False)
+    refused(stranger, "device_register", {"device_id": device_id}, fields=["device_id"])
+    assert set(devices_view(server)) == set()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [["device_register"], {"event": 1}, None, 10**400, "heartbeat\ud800"],
+    ids=["list", "object", "null", "huge", "surrogate"],
+)
+def test_an_event_named_by_anything_but_text_is_an_unknown_event(server, phone, event):
+    ack = refused(phone, event, {"device_id": "android_001"}, error_code="UNKNOWN_EVENT")
+    assert ack["message"] == "未知事件：事件名必须是有效的文本"
+    still_usable(phone)
+
+
+def test_hostile_result_for_a_real_task_leaves_it_showable(server, phone, running_task):
+    refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": {"x": "\ud800"}}})
+    refused(phone, "task_result", {"task_id": running_task, "result": {"success": True, "data": float("nan")}})
+    assert server.get(f"/api/task/{running_task}").status_code == 200
+    assert phone.result(running_task, data={"ok": "中文"})["status"] == "completed"
+    assert server.get(f"/api/task/{running_task}").json()["task"]["result"]["data"] == {"ok": "中文"}

@@ -2,9 +2,9 @@
 
 import flask_smorest
 from flask import current_app
-from webargs import core
 from webargs.flaskparser import FlaskParser
 
+from taskserver import wirejson
 from taskserver.api.responses import ErrorResponseSchema
 from taskserver.errors import TaskServerError, ValidationFailed
 
@@ -16,7 +16,7 @@ class JsonBodyParser(FlaskParser):
 
     def _raw_load_json(self, req):
         try:
-            return core.parse_json(req.get_data(cache=True))
+            return wirejson.loads(req.get_data(cache=True).decode())
         except RecursionError as exc:
             raise TaskServerError("请求体不是有效的 JSON（嵌套过深）", "INVALID_JSON") from exc
 

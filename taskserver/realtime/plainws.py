@@ -19,7 +19,7 @@ from flask import Blueprint, current_app, request
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.websocket import Header, WebSocket
 
-from taskserver import logs
+from taskserver import logs, wirejson
 from taskserver.auth import request_token
 from taskserver.errors import TaskServerError, ValidationFailed
 
@@ -235,11 +235,14 @@ def origin_allowed(origin, host, allowed_origins):
 def parse_frame(raw):
     """A frame as a dict with a string ``event``, or ``ValidationFailed``."""
     try:
-        message = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        message = wirejson.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise ValidationFailed({"_schema": ["不是有效的 JSON"]}, "消息格式无效") from exc
     if not isinstance(message, dict) or not isinstance(message.get("event"), str):
         raise ValidationFailed({"event": ["消息必须是含 event 字段的 JSON 对象"]}, "消息格式无效")
+    envelope = wirejson.field_problems({key: value for key, value in message.items() if key != "data"})
+    if envelope:  # the event name and the id come back in the answer: they must be sendable
+        raise ValidationFailed(envelope, "消息格式无效")
     return message
 
 

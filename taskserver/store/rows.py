@@ -26,11 +26,16 @@ def changed(task, changes):
     return after
 
 
+def from_json(text):
+    """Decode a JSON column; NaN or Infinity kept by an older server reads as null (no answer may carry them)."""
+    return json.loads(text, parse_constant=lambda _constant: None)
+
+
 def task_from_row(row):
     """Build a Task from a row."""
     values = dict(row)
-    values["data"] = json.loads(values["data"])
-    values["result"] = json.loads(values["result"]) if values["result"] is not None else None
+    values["data"] = from_json(values["data"])
+    values["result"] = from_json(values["result"]) if values["result"] is not None else None
     values["status"] = TaskStatus(values["status"])
     return Task(**values)
 
@@ -38,7 +43,7 @@ def task_from_row(row):
 def device_from_row(row):
     """Build a Device from a row."""
     values = dict(row)
-    values["device_info"] = json.loads(values["device_info"])
+    values["device_info"] = from_json(values["device_info"])
     values["connected"] = bool(values["connected"])
     values["disabled"] = bool(values["disabled"])
     return Device(**values)
