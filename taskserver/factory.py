@@ -112,6 +112,8 @@ def create_app(config=None, clock=None):
     if settings["WATCHDOG_INTERVAL"] > 0:
         watchdog.start(background.spawn)
         app.extensions["watchdog"] = watchdog
+    if settings["PLAIN_WS_PING_INTERVAL"] > 0:
+        background.spawn(plain_sockets.keep_alive)
     if feed.keep_running:
         feed.start()
     metrics.watch(service, app.extensions.get("watchdog"))

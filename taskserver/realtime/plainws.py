@@ -49,7 +49,6 @@ class PlainConnection:
         ws.stream.read = self._noting_what_arrives(ws.stream.read)  # every frame's header is read through it
         self.outbox = gevent.queue.Queue(MAX_QUEUED_FRAMES)
         self.writer = gevent.spawn(self._write)
-        self.pinger = None
 
     def _noting_what_arrives(self, read):
         """``read``, which also notes that the client was heard from: any frame (a message, a pong, a ping) counts."""
@@ -98,7 +97,8 @@ class PlainConnection:
 
 
 class PlainSockets:
-    """The open plain WebSocket connections by sid, the loop that serves one, and the pings that keep it honest."""
+    """The open plain WebSocket connections by sid, the loop that serves one, and the pings that keep them honest
+    (one round over every connection each ``ping_interval``: ``keep_alive`` runs among the app's greenlets)."""
 
     def __init__(self, ping_interval, timeout, clock=None):
         self.ping_interval = min(ping_interval, timeout / 3)  # a live client always has a few pings to answer
@@ -143,7 +143,6 @@ class PlainSockets:
         """Serve one connection until it closes; then its device (if any) is offline."""
         sid = f"ws_{uuid.uuid4().hex}"
         connection = self._connections[sid] = PlainConnection(ws, self.clock)
-        connection.pinger = gevent.spawn(self._keep_alive, connection)
         try:
             events.opened(sid, token)
         except TaskServerError as error:
@@ -162,22 +161,27 @@ class PlainSockets:
             events.closed(sid)
             self._finish(connection)
 
-    def _keep_alive(self, connection):
-        """Ping the client every ``ping_interval`` seconds; cut the link as soon as it would otherwise stay silent
-        past the heartbeat timeout before the next ping, so a dead link is closed within that timeout."""
+    def keep_alive(self):
+        """A round of ``ping_all`` every ``ping_interval`` seconds, for as long as the app runs."""
         while True:
             gevent.sleep(self.ping_interval)
-            silent = self.clock() - connection.heard_at
+            self.ping_all()
+
+    def ping_all(self):
+        """Ping every client (client libraries answer by themselves); cut each link that would otherwise stay silent
+        past the heartbeat timeout before the next round, so that a dead link is closed within that timeout."""
+        now = self.clock()
+        for connection in list(self._connections.values()):
+            silent = now - connection.heard_at
             if silent + self.ping_interval > self.timeout:
                 logs.event(log, "plain websocket silent", logging.WARNING, seconds=round(silent, 1))
                 connection.abort()
-                return
-            connection.ping()
+            else:
+                connection.ping()
 
     @staticmethod
     def _finish(connection):
-        """Stop the pings; send what is queued (for a few seconds at most), then close."""
-        connection.pinger.kill()
+        """Send what is queued (for a few seconds at most), then close."""
         connection.close()
         connection.writer.join(timeout=WRITER_GRACE)
         connection.writer.kill()  # nothing, if it has ended
