@@ -16,6 +16,7 @@ from taskserver.errors import StoreUnavailable
 from taskserver.store import SQLiteStore
 from taskserver.store.sqlite import SCHEMA, SCHEMA_VERSION
 
+DISK_FULL = sqlite3.OperationalError("database or disk is full")
 PENDING, DISPATCHED, RUNNING = TaskStatus.PENDING, TaskStatus.DISPATCHED, TaskStatus.RUNNING
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
 
@@ -708,7 +709,7 @@ def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_pat
 
 def test_commits_fail_while_the_fault_is_on_and_heal_when_it_is_off(tmp_path):
     store = sqlite_file(tmp_path)
-    store.fail_commits(sqlite3.OperationalError("database or disk is full"))
+    store.fail_commits(DISK_FULL)
     add(store, make_task("task_1"))
     with pytest.raises(StoreUnavailable, match="disk is full"):
         store.durable()
@@ -769,19 +770,15 @@ def test_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_pa
 
 def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
     store = sqlite_file(tmp_path)
-    store._db.executescript(
-        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
-        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
-    )
     store.save_device(make_device("android_001"))
     add(store, make_task("task_1"))
     store.durable()
     dispatch(store, "task_1", "android_001")  # the last pending task leaves, in a batch that will fail
     assert store.has_pending_tasks() is False
-    with store._transaction() as db:
-        db.execute("INSERT INTO child VALUES (42)")
+    store.fail_commits(DISK_FULL)
     with pytest.raises(StoreUnavailable):
         store.durable()
+    store.fail_commits(None)
     assert store.get_task("task_1").status == PENDING
     assert store.has_pending_tasks() is True
     store.close()
@@ -804,10 +801,6 @@ def test_active_tasks_are_known_after_a_reopen_before_any_read(tmp_path, open_st
 
 def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
     store = sqlite_file(tmp_path)
-    store._db.executescript(
-        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
-        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
-    )
     store.save_device(make_device("android_001"))
     add(store, make_task("task_1"))
     add(store, make_task("task_2"))
@@ -815,10 +808,10 @@ def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
     store.durable()
     dispatch(store, "task_2", "android_001")  # in a batch that will fail
     move(store, "task_1", DISPATCHED, COMPLETED, 210.0, finished_at=210.0)
-    with store._transaction() as db:
-        db.execute("INSERT INTO child VALUES (42)")
+    store.fail_commits(DISK_FULL)
     with pytest.raises(StoreUnavailable):
         store.durable()
+    store.fail_commits(None)
     assert store.task_active_on("task_1", "android_001") and not store.task_active_on("task_2", "android_001")
     store.close()
 
