@@ -13,6 +13,7 @@ import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
 from taskserver.store import SQLiteStore
+from taskserver.store.sqlite import SCHEMA_VERSION
 
 PENDING, DISPATCHED, RUNNING = TaskStatus.PENDING, TaskStatus.DISPATCHED, TaskStatus.RUNNING
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
@@ -362,6 +363,35 @@ class TestStoreContract:
         move(store, "filler", DISPATCHED, COMPLETED, 300.0)
         assert sorted(ids(store.due_pending_tasks(1000.0, 10))) == ["to_None", "to_free", "to_full"]
 
+    def test_due_pending_tasks_order_pinned_and_unpinned_tasks_together(self, store):
+        store.save_device(make_device("phone_a", capacity=5))
+        store.save_device(make_device("phone_b", capacity=5))
+        for task_id, priority, created_at, target in [
+            ("any_old", 0, 100.0, None),
+            ("a_same_time", 0, 100.0, "phone_a"),  # same priority and time: the one added first goes first
+            ("b_high", 3, 105.0, "phone_b"),
+            ("any_high", 3, 104.0, None),
+            ("any_oldest", 0, 99.0, None),
+            ("a_same_time_2", 0, 100.0, "phone_a"),
+        ]:
+            add(store, make_task(task_id, created_at=created_at, priority=priority, target_device_id=target))
+        expected = ["any_high", "b_high", "any_oldest", "any_old", "a_same_time", "a_same_time_2"]
+        assert ids(store.due_pending_tasks(1000.0, 10)) == expected
+        assert ids(store.due_pending_tasks(1000.0, 4)) == expected[:4]
+
+    def test_scheduled_and_retried_tasks_join_the_queue_when_due(self, store):
+        store.save_device(make_device("phone", capacity=5))
+        add(store, make_task("past_schedule", created_at=100.0, not_before=50.0))
+        add(store, make_task("pinned_later", created_at=101.0, not_before=300.0, target_device_id="phone"))
+        add(store, make_task("retried", created_at=102.0))
+        dispatch(store, "retried", "phone", now=150.0)
+        retry = {"device_id": None, "avoid_device_id": "phone", "attempt": 2, "not_before": 400.0}
+        assert move(store, "retried", DISPATCHED, PENDING, 160.0, **retry) is not None
+        assert ids(store.due_pending_tasks(200.0, 10)) == ["past_schedule"]
+        assert ids(store.due_pending_tasks(300.0, 10)) == ["past_schedule", "pinned_later"]
+        assert ids(store.due_pending_tasks(400.0, 10)) == ["past_schedule", "pinned_later", "retried"]
+        assert ids(store.due_pending_tasks(250.0, 10)) == ["past_schedule"]  # a clock set back: not due again
+
     # ---- timeouts and lost devices ----
 
     def test_timed_out_tasks_count_from_dispatch(self, store):
@@ -508,6 +538,34 @@ def test_sqlite_file_of_another_schema_version_is_refused(tmp_path):
         db.execute("PRAGMA user_version = 999")
     with pytest.raises(RuntimeError, match="schema version 999"):
         SQLiteStore(path)
+
+
+def test_sqlite_file_of_schema_version_1_is_migrated(tmp_path):
+    path = str(tmp_path / "old.db")
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:  # back to version 1: no ``due`` column, one index over every task
+        db.executescript(
+            """DROP INDEX tasks_queue; DROP INDEX tasks_queue_pinned; DROP INDEX tasks_scheduled;
+               ALTER TABLE tasks DROP COLUMN due;
+               CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at);
+               PRAGMA user_version = 1;"""
+        )
+        for task_id, status, not_before in [
+            ("now", "pending", None),
+            ("later", "pending", 500.0),
+            ("done", "completed", 50.0),
+        ]:
+            db.execute(
+                "INSERT INTO tasks (task_id, task_type, data, status, timeout, created_at, updated_at, not_before) "
+                "VALUES (?, 'DELIST', '{}', ?, 300, 100.0, 100.0, ?)",
+                (task_id, status, not_before),
+            )
+    store = SQLiteStore(path)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert ids(store.due_pending_tasks(499.0, 10)) == ["now"]
+    assert ids(store.due_pending_tasks(500.0, 10)) == ["now", "later"]
+    assert store.get_task("done").status == COMPLETED
+    store.close()
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
@@ -669,4 +727,63 @@ def test_an_active_task_changed_behind_the_store_is_read_again_after_a_refused_u
     assert store.get_task("task_1") == held  # memory, as expected while only the store writes
     assert store.update_task_if(held, {"progress": 10, "updated_at": 301.0}) is None
     assert store.get_task("task_1").status == CANCELLED
+    store.close()
+
+
+# ---- the pending queue reads only what can start now (SQLite) ----
+
+
+def vm_steps(store, call):
+    """How much work ``call`` makes SQLite do, in steps of its virtual machine: the same on any machine."""
+    steps = 0
+
+    def count():
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._db.set_progress_handler(count, 10)
+    try:
+        call()
+    finally:
+        store._db.set_progress_handler(None, 10)
+    return steps
+
+
+def queue_with(store, backlog):
+    """Two tasks that can start now on ``free`` (one for any device, one pinned), then 1,000 that cannot, ahead of
+    them in dispatch order, as ``backlog`` says."""
+    store.save_device(make_device("free", capacity=3))
+    store.save_device(make_device("away", connected=False))
+    store.save_device(make_device("full"))
+    store.save_device(make_device("drained"))
+    store.set_device_disabled("drained", True)
+    add(store, make_task("filler", created_at=90.0))
+    dispatch(store, "filler", "full")
+    add(store, make_task("any", created_at=100.0))
+    add(store, make_task("pinned", created_at=101.0, target_device_id="free"))
+    for number in range(1000):
+        add(store, make_task(f"waiting_{number}", created_at=50.0 + number / 100, priority=5, **backlog))
+
+
+BACKLOGS = {
+    "pinned to an offline device": {"target_device_id": "away"},
+    "pinned to a full device": {"target_device_id": "full"},
+    "pinned to a disabled device": {"target_device_id": "drained"},
+    "scheduled for later": {"not_before": 5000.0},
+    "pinned to a free device, scheduled for later": {"target_device_id": "free", "not_before": 5000.0},
+}
+
+
+@pytest.mark.parametrize("backlog", BACKLOGS.values(), ids=BACKLOGS.keys())
+def test_tasks_that_cannot_start_now_are_not_read(tmp_path, backlog):
+    store = sqlite_file(tmp_path)
+    queue_with(store, {})
+    store.due_pending_tasks(1000.0, 10)  # measure the second look at the queue in both stores
+    alone = vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10))
+    store.close()
+    store = SQLiteStore(str(tmp_path / "with-backlog.db"))
+    queue_with(store, backlog)
+    assert ids(store.due_pending_tasks(1000.0, 10)) == ["any", "pinned"]
+    assert vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10)) < alone * 2  # not 1,000 rows more
     store.close()

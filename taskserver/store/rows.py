@@ -29,6 +29,7 @@ def changed(task, changes):
 def task_from_row(row):
     """Build a Task from a row."""
     values = dict(row)
+    values.pop("due", None)  # the store's own column
     values["data"] = json.loads(values["data"])
     values["result"] = json.loads(values["result"]) if values["result"] is not None else None
     values["status"] = TaskStatus(values["status"])

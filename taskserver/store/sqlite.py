@@ -1,6 +1,7 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
 import json
+import math
 import os
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,47 @@ from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_fro
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Scripts that take a file from the version they are keyed by to the next, each in one transaction.
+MIGRATIONS = {
+    # the pending queue in parts (see schema.sql), so that dispatch never reads tasks that cannot start now
+    1: """BEGIN;
+          ALTER TABLE tasks ADD COLUMN due INTEGER NOT NULL DEFAULT 1;
+          UPDATE tasks SET due = 0 WHERE status = 'pending' AND not_before IS NOT NULL;
+          DROP INDEX IF EXISTS tasks_pending;
+          PRAGMA user_version = 2;
+          COMMIT;""",
+}
+# Pending tasks that can start now, in dispatch order: due ones for any device, and due ones pinned to a device
+# with a free slot. The devices that due pinned tasks wait for are found by skipping through the index from one
+# device id to the next (``targets``), so tasks waiting for a device that is away, full or disabled are not read.
+DUE_PENDING = """
+WITH RECURSIVE targets (device_id) AS (
+    SELECT MIN(target_device_id) FROM tasks INDEXED BY tasks_queue_pinned
+    WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
+    UNION ALL
+    SELECT (SELECT MIN(target_device_id) FROM tasks INDEXED BY tasks_queue_pinned
+            WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
+              AND target_device_id > targets.device_id)
+    FROM targets WHERE targets.device_id IS NOT NULL
+),
+queue AS (
+    SELECT * FROM (
+        SELECT rowid AS position, * FROM tasks INDEXED BY tasks_queue
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL AND (not_before IS NULL OR not_before <= :now)
+        ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    UNION ALL
+    SELECT t.rowid, t.* FROM targets JOIN devices d ON d.device_id = targets.device_id
+    JOIN tasks t ON t.rowid IN (
+        SELECT rowid FROM tasks INDEXED BY tasks_queue_pinned
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL AND target_device_id = d.device_id
+          AND (not_before IS NULL OR not_before <= :now)
+        ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
+)
+SELECT {columns} FROM queue ORDER BY priority DESC, created_at, position LIMIT :limit
+""".format(columns=", ".join(TASK_COLUMNS))
+NEXT_DUE = "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0"
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -27,6 +68,7 @@ class SQLiteStore(DeviceTables, Store):
         self._commits = GroupCommit(self._db, on_failure=self._forget_what_a_failed_commit_undid)
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
+        self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
         # times each, and only this connection writes tasks, so these reads need no query.
         self._active = {}
@@ -39,9 +81,12 @@ class SQLiteStore(DeviceTables, Store):
         self._create_schema()
 
     def _create_schema(self):
-        """Create the tables of a new file; refuse a file written by another version of the schema."""
+        """Create the tables of a new file, migrate a file of an older schema; refuse one of an unknown schema."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
+        while has_tables and version in MIGRATIONS:
+            self._migrate(version)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if has_tables and version != SCHEMA_VERSION:
             raise RuntimeError(
                 f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
@@ -49,6 +94,15 @@ class SQLiteStore(DeviceTables, Store):
             )
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self, version):
+        """Run the migration from ``version``: all of it, or (if it fails) none of it."""
+        try:
+            self._db.executescript(MIGRATIONS[version])
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _transaction(self):
         """One atomic verb inside the open batch."""
@@ -69,6 +123,7 @@ class SQLiteStore(DeviceTables, Store):
 
     def _forget_what_a_failed_commit_undid(self):
         self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
+        self._next_due = -math.inf  # ...or scheduled one, or let one join the queue
         self._active.clear()  # ...and changed active tasks: read them from the file again
 
     def _remember(self, task):
@@ -97,12 +152,12 @@ class SQLiteStore(DeviceTables, Store):
     # tasks
     def add_task(self, task, *events):
         """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
-        columns = ", ".join(TASK_COLUMNS)
-        marks = ", ".join("?" for _ in TASK_COLUMNS)
+        columns = ", ".join([*TASK_COLUMNS, "due"])
+        marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 1))
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO tasks ({columns}) VALUES ({marks})",
-                [to_db(name, getattr(task, name)) for name in TASK_COLUMNS],
+                [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), self._due(task)],
             )
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
@@ -110,6 +165,15 @@ class SQLiteStore(DeviceTables, Store):
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
         self._remember(task)
+
+    def _due(self, task):
+        """The ``due`` column of a task entering the queue: 0 (and a time to look again) if it has a ``not_before``,
+        which may have passed: the next ``due_pending_tasks`` moves it into the queue then."""
+        if task.not_before is None:
+            return 1
+        if task.status == TaskStatus.PENDING:
+            self._next_due = min(self._next_due, task.not_before)
+        return 0
 
     def has_pending_tasks(self):
         """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
@@ -142,18 +206,20 @@ class SQLiteStore(DeviceTables, Store):
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
         """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
         and attempt of ``task`` as the caller read it; return it updated, or None."""
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        after = changed(task, changes)
         with self._transaction() as db:
+            values = {name: to_db(name, value) for name, value in changes.items()}
+            if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
+                values["due"] = self._due(after)
+            assignments = ", ".join(f"{name} = ?" for name in values)
             cursor = db.execute(
                 f"UPDATE tasks SET {assignments} WHERE task_id = ? AND status = ? AND device_id IS ? AND attempt = ?",
-                [to_db(name, value) for name, value in changes.items()]
-                + [task.task_id, task.status.value, task.device_id, task.attempt],
+                [*values.values(), task.task_id, task.status.value, task.device_id, task.attempt],
             )
             if cursor.rowcount != 1:
                 # the caller read an older task; the next read comes from the file, whatever memory holds
                 self._active.pop(task.task_id, None)
                 return None
-            after = changed(task, changes)
             self._maybe_pending |= after.status == TaskStatus.PENDING
             self._move_active_count(db, task, after)
             if event is not None:
@@ -204,16 +270,27 @@ class SQLiteStore(DeviceTables, Store):
         return [task_from_row(row) for row in rows], total
 
     def due_pending_tasks(self, now, limit):
-        """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age."""
-        rows = self._query(
-            """SELECT t.* FROM tasks t LEFT JOIN devices d ON d.device_id = t.target_device_id
-               WHERE t.status = 'pending' AND (t.not_before IS NULL OR t.not_before <= ?)
-                 AND (t.target_device_id IS NULL
-                      OR (d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity))
-               ORDER BY t.priority DESC, t.created_at, t.rowid LIMIT ?""",
-            (now, limit),
-        )
+        """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age; reads
+        neither tasks scheduled for later nor tasks waiting for a device that is away, full or disabled."""
+        self._queue_due_tasks(now)
+        rows = self._query(DUE_PENDING, {"now": now, "limit": limit})
         return [task_from_row(row) for row in rows]
+
+    def _queue_due_tasks(self, now):
+        """Move scheduled tasks whose ``not_before`` has come into the queue (looking only when one may have)."""
+        with self._lock:  # no write comes between reading the next time and keeping it
+            if now < self._next_due:
+                return
+            first = self._query(NEXT_DUE)[0][0]
+            if first is not None and first <= now:
+                with self._transaction() as db:
+                    db.execute(
+                        "UPDATE tasks INDEXED BY tasks_scheduled SET due = 1 "
+                        "WHERE status = 'pending' AND due = 0 AND not_before <= ?",
+                        (now,),
+                    )
+                first = self._query(NEXT_DUE)[0][0]
+            self._next_due = math.inf if first is None else first
 
     def active_tasks_of(self, device_id):
         """The device's dispatched and running tasks, oldest first."""
