@@ -390,7 +390,41 @@ class TestStoreContract:
         assert ids(store.due_pending_tasks(200.0, 10)) == ["past_schedule"]
         assert ids(store.due_pending_tasks(300.0, 10)) == ["past_schedule", "pinned_later"]
         assert ids(store.due_pending_tasks(400.0, 10)) == ["past_schedule", "pinned_later", "retried"]
-        assert ids(store.due_pending_tasks(250.0, 10)) == ["past_schedule"]  # a clock set back: not due again
+        assert ids(store.due_pending_tasks(250.0, 10)) == ["past_schedule", "pinned_later", "retried"]  # stay due
+
+    @pytest.mark.parametrize(
+        "change, now, expected",
+        [
+            (lambda store: move(store, "filler", DISPATCHED, COMPLETED, 100.0), 100.0, ["to_full"]),
+            (lambda store: store.save_device(make_device("full", capacity=2)), 100.0, ["to_full"]),
+            (lambda store: store.save_device(make_device("away")), 100.0, ["to_away"]),
+            (lambda store: store.set_device_disabled("drained", False), 100.0, ["to_drained"]),
+            (lambda store: add(store, make_task("new", created_at=100.0)), 100.0, ["new"]),
+            (lambda store: None, 500.0, ["scheduled"]),
+            (
+                lambda store: move(
+                    store, "busy", DISPATCHED, PENDING, 100.0, device_id=None, attempt=2, not_before=150.0
+                ),
+                150.0,
+                ["busy"],
+            ),
+        ],
+        ids=["a slot frees", "more capacity", "the device returns", "enabled", "a new task", "time", "a retry"],
+    )
+    def test_a_queue_where_nothing_can_start_notices_what_changes_that(self, store, change, now, expected):
+        for device in [make_device("full"), make_device("away", connected=False), make_device("drained")]:
+            store.save_device(device)
+        store.save_device(make_device("spare"))
+        store.set_device_disabled("drained", True)
+        for task_id, device_id in [("filler", "full"), ("busy", "spare")]:
+            add(store, make_task(task_id, created_at=90.0))
+            dispatch(store, task_id, device_id, now=95.0)
+        for target in ("full", "away", "drained"):
+            add(store, make_task(f"to_{target}", target_device_id=target))
+        add(store, make_task("scheduled", not_before=500.0))
+        assert store.due_pending_tasks(100.0, 10) == [] and store.due_pending_tasks(100.0, 10) == []
+        change(store)
+        assert ids(store.due_pending_tasks(now, 10)) == expected
 
     # ---- timeouts and lost devices ----
 
@@ -709,6 +743,25 @@ def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
         store.durable()
     assert store.get_task("task_1").status == PENDING
     assert store.has_pending_tasks() is True
+    store.close()
+
+
+def test_a_failed_commit_forgets_that_no_pending_task_could_start(tmp_path):
+    store = sqlite_file(tmp_path)
+    store._db.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    store.save_device(make_device("android_001"))
+    add(store, make_task("task_1"))
+    store.durable()
+    dispatch(store, "task_1", "android_001")  # the last task that could start leaves, in a batch that will fail
+    assert store.due_pending_tasks(300.0, 10) == []
+    with store._transaction() as db:
+        db.execute("INSERT INTO child VALUES (42)")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.durable()
+    assert ids(store.due_pending_tasks(300.0, 10)) == ["task_1"]
     store.close()
 
 

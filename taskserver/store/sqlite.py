@@ -24,10 +24,9 @@ MIGRATIONS = {
           PRAGMA user_version = 2;
           COMMIT;""",
 }
-# Pending tasks that can start now, in dispatch order: due ones for any device, and due ones pinned to a device
-# with a free slot. The devices that due pinned tasks wait for are found by skipping through the index from one
-# device id to the next (``targets``), so tasks waiting for a device that is away, full or disabled are not read.
-DUE_PENDING = """
+# The devices that due pinned tasks wait for, found by skipping through their index from one device id to the next:
+# as many steps as there are such devices, however many tasks wait for each.
+TARGETS = """
 WITH RECURSIVE targets (device_id) AS (
     SELECT MIN(target_device_id) FROM tasks INDEXED BY tasks_queue_pinned
     WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
@@ -36,23 +35,27 @@ WITH RECURSIVE targets (device_id) AS (
             WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
               AND target_device_id > targets.device_id)
     FROM targets WHERE targets.device_id IS NOT NULL
-),
+)"""
+WAITED_FOR = TARGETS + " SELECT device_id FROM targets WHERE device_id IS NOT NULL"
+# Pending tasks that can start now, in dispatch order: due ones for any device, and due ones pinned to a device
+# with a free slot (at most ``limit`` from each), so tasks waiting for a device that is away, full or disabled are
+# not read.
+DUE_PENDING = f"""{TARGETS},
 queue AS (
     SELECT * FROM (
         SELECT rowid AS position, * FROM tasks INDEXED BY tasks_queue
-        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL AND (not_before IS NULL OR not_before <= :now)
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL
         ORDER BY priority DESC, created_at, rowid LIMIT :limit)
     UNION ALL
     SELECT t.rowid, t.* FROM targets JOIN devices d ON d.device_id = targets.device_id
     JOIN tasks t ON t.rowid IN (
         SELECT rowid FROM tasks INDEXED BY tasks_queue_pinned
         WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL AND target_device_id = d.device_id
-          AND (not_before IS NULL OR not_before <= :now)
         ORDER BY priority DESC, created_at, rowid LIMIT :limit)
     WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
 )
-SELECT {columns} FROM queue ORDER BY priority DESC, created_at, position LIMIT :limit
-""".format(columns=", ".join(TASK_COLUMNS))
+SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, position LIMIT :limit
+"""
 NEXT_DUE = "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0"
 
 
@@ -69,6 +72,9 @@ class SQLiteStore(DeviceTables, Store):
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
         self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
+        # Once a look found that no pending task can start, the devices its pinned tasks wait for: until one of them
+        # frees a slot, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
+        self._waiting_for = None
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
         # times each, and only this connection writes tasks, so these reads need no query.
         self._active = {}
@@ -124,6 +130,7 @@ class SQLiteStore(DeviceTables, Store):
     def _forget_what_a_failed_commit_undid(self):
         self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
         self._next_due = -math.inf  # ...or scheduled one, or let one join the queue
+        self._queue_changed()
         self._active.clear()  # ...and changed active tasks: read them from the file again
 
     def _remember(self, task):
@@ -144,10 +151,15 @@ class SQLiteStore(DeviceTables, Store):
             (task_id, now, event.kind, event.actor, event.device_id, attempt, to_db("detail", event.detail)),
         )
 
-    @staticmethod
-    def _shift_active(db, device_id, delta):
+    def _shift_active(self, db, device_id, delta):
         if device_id is not None and delta:
             db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
+            if delta < 0 and self._waiting_for is not None and device_id in self._waiting_for:
+                self._queue_changed()
+
+    def _queue_changed(self):
+        """Forget that no pending task could start: a write may have changed that."""
+        self._waiting_for = None
 
     # tasks
     def add_task(self, task, *events):
@@ -161,7 +173,9 @@ class SQLiteStore(DeviceTables, Store):
             )
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
-            self._maybe_pending |= task.status == TaskStatus.PENDING
+            if task.status == TaskStatus.PENDING:
+                self._maybe_pending = True
+                self._queue_changed()
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
         self._remember(task)
@@ -220,7 +234,9 @@ class SQLiteStore(DeviceTables, Store):
                 # the caller read an older task; the next read comes from the file, whatever memory holds
                 self._active.pop(task.task_id, None)
                 return None
-            self._maybe_pending |= after.status == TaskStatus.PENDING
+            if after.status == TaskStatus.PENDING:
+                self._maybe_pending = True
+                self._queue_changed()
             self._move_active_count(db, task, after)
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
@@ -271,26 +287,33 @@ class SQLiteStore(DeviceTables, Store):
 
     def due_pending_tasks(self, now, limit):
         """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age; reads
-        neither tasks scheduled for later nor tasks waiting for a device that is away, full or disabled."""
-        self._queue_due_tasks(now)
-        rows = self._query(DUE_PENDING, {"now": now, "limit": limit})
+        neither tasks scheduled for later nor tasks waiting for a device that is away, full or disabled. A task is
+        due once a look at ``now`` has found its ``not_before`` passed (a clock set back does not undo that)."""
+        with self._lock:
+            self._queue_due_tasks(now)
+            if self._waiting_for is not None:
+                return []
+            rows = self._query(DUE_PENDING, {"limit": limit})
+            if not rows:
+                self._waiting_for = frozenset(row[0] for row in self._query(WAITED_FOR))
         return [task_from_row(row) for row in rows]
 
     def _queue_due_tasks(self, now):
-        """Move scheduled tasks whose ``not_before`` has come into the queue (looking only when one may have)."""
-        with self._lock:  # no write comes between reading the next time and keeping it
-            if now < self._next_due:
-                return
+        """Move scheduled tasks whose ``not_before`` has come into the queue (looking only when one may have).
+        The caller holds the lock: no write comes between reading the next time and keeping it."""
+        if now < self._next_due:
+            return
+        first = self._query(NEXT_DUE)[0][0]
+        if first is not None and first <= now:
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE tasks INDEXED BY tasks_scheduled SET due = 1 "
+                    "WHERE status = 'pending' AND due = 0 AND not_before <= ?",
+                    (now,),
+                )
+            self._queue_changed()
             first = self._query(NEXT_DUE)[0][0]
-            if first is not None and first <= now:
-                with self._transaction() as db:
-                    db.execute(
-                        "UPDATE tasks INDEXED BY tasks_scheduled SET due = 1 "
-                        "WHERE status = 'pending' AND due = 0 AND not_before <= ?",
-                        (now,),
-                    )
-                first = self._query(NEXT_DUE)[0][0]
-            self._next_due = math.inf if first is None else first
+        self._next_due = math.inf if first is None else first
 
     def active_tasks_of(self, device_id):
         """The device's dispatched and running tasks, oldest first."""
