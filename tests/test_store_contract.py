@@ -325,6 +325,7 @@ class TestStoreContract:
         add(store, make_task("e", created_at=99.0, priority=9))
         store.save_device(make_device("android_001"))
         dispatch(store, "e", "android_001")  # not pending any more
+        assert store.due_pending_tasks(1000.0, 0) == []
         assert ids(store.due_pending_tasks(1000.0, 10)) == ["c", "b", "a", "d"]
         assert ids(store.due_pending_tasks(1000.0, 2)) == ["c", "b"]
 

@@ -294,7 +294,7 @@ class SQLiteStore(DeviceTables, Store):
             if self._waiting_for is not None:
                 return []
             rows = self._query(DUE_PENDING, {"limit": limit})
-            if not rows:
+            if not rows and limit > 0:
                 self._waiting_for = frozenset(row[0] for row in self._query(WAITED_FOR))
         return [task_from_row(row) for row in rows]
 
