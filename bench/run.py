@@ -176,6 +176,18 @@ def storage_runs(args, workdir):
     return results
 
 
+def pinned_run(args, database, name, options):
+    """One server: the offline devices register and hang up; in the ``with`` run, ``--pinned-tasks`` tasks pinned to
+    them are dispatched and wait as pending (202); then the throughput load runs."""
+    pin = {"mode": "pin", "prefix": "away", "devices": args.pinned_devices, "concurrency": args.concurrency}
+    pin["tasks"] = args.pinned_tasks if name == "with" else 0
+    port = free_port()
+    result = measured(taskserver(port, database), port, options, 900, prepare=pin)
+    if result["prepared"]["pending"] != pin["tasks"]:
+        raise RuntimeError(f"pinned tasks not all pending: {result['prepared']}")
+    return result
+
+
 def pinned_runs(args, workdir):
     """The throughput load with and without ``--pinned-tasks`` pending tasks pinned to ``--pinned-devices`` offline
     devices (both servers know those devices; only one has tasks waiting for them), in alternating rounds; the
@@ -183,22 +195,13 @@ def pinned_runs(args, workdir):
     options = {"mode": "tasks", "devices": args.devices, "tasks": args.pinned_load, "concurrency": args.concurrency}
     rounds = []
     for number in range(args.rounds):
-        results = {}
-        for name in ["without", "with"] if number % 2 == 0 else ["with", "without"]:
-            pin = {"mode": "pin", "prefix": "away", "devices": args.pinned_devices, "concurrency": args.concurrency}
-            pin["tasks"] = args.pinned_tasks if name == "with" else 0
-            port = free_port()
-            server = taskserver(port, str(workdir / f"pinned-{name}-{number}.db"))
-            results[name] = measured(server, port, options, 900, prepare=pin)
-            if results[name]["prepared"]["pending"] != pin["tasks"]:
-                raise RuntimeError(f"pinned tasks not all pending: {results[name]['prepared']}")
-        per_second = {name: results[name]["completed_per_second"] for name in ("without", "with")}
-        ratio = round(per_second["with"] / per_second["without"], 2)
-        rounds.append({"ratio": ratio, **{f"{name}_per_second": value for name, value in per_second.items()}})
-        rounds[-1]["dispatch_to_completed_p50_ms"] = {
-            name: results[name]["dispatch_to_completed_ms"]["p50"] for name in results
-        }
-        print(f"# pinned round {number + 1}: ratio {ratio} ({per_second})", file=sys.stderr, flush=True)
+        order = ["without", "with"] if number % 2 == 0 else ["with", "without"]
+        results = {name: pinned_run(args, str(workdir / f"pinned-{name}-{number}.db"), name, options) for name in order}
+        one = {f"{name}_per_second": results[name]["completed_per_second"] for name in ("without", "with")}
+        one["ratio"] = round(one["with_per_second"] / one["without_per_second"], 2)
+        one["dispatch_to_completed_p50_ms"] = {name: results[name]["dispatch_to_completed_ms"]["p50"] for name in order}
+        rounds.append(one)
+        print(f"# pinned round {number + 1}: {one}", file=sys.stderr, flush=True)
     median = sorted(rounds, key=lambda one: one["ratio"])[len(rounds) // 2]
     return {"pinned_tasks": args.pinned_tasks, "median": median, "rounds": rounds}
 
