@@ -3,6 +3,8 @@
 //   mode "tasks": N devices answer each new_task with one task_progress and one task_result, while M tasks are
 //                 dispatched over HTTP (keep-alive) with bounded concurrency, or at a fixed rate if `rate` is set.
 //   mode "scale": N devices connect, register and heartbeat every `heartbeatSeconds` for `seconds`.
+//   mode "pin":   N devices register and hang up; once the server lists them offline, M tasks pinned to them
+//                 (round robin) are dispatched over HTTP: they wait as pending, as for phones that went away.
 'use strict';
 const http = require('http');
 const { io } = require('socket.io-client');
@@ -149,8 +151,8 @@ async function scaleMode() {
   };
 }
 
-function wronglyOffline() {
-  // every bench device is still connected here, so any that the server lists as offline is wrong
+function offlineCount() {
+  // how many of this run's devices (by prefix) the server lists as offline
   return new Promise((resolve, reject) => {
     http.get(new URL('/api/devices', opts.url), { agent }, (res) => {
       let text = '';
@@ -163,6 +165,29 @@ function wronglyOffline() {
   });
 }
 
-(opts.mode === 'scale' ? scaleMode() : tasksMode())
+// every bench device is still connected here, so any that the server lists as offline is wrong
+const wronglyOffline = offlineCount;
+
+async function pinMode() {
+  const start = now();
+  const sockets = await connectAll(opts.devices, null);
+  sockets.forEach((s) => s.close());
+  while (await offlineCount() < opts.devices) await new Promise((r) => setTimeout(r, 50));
+  let next = 0; let pending = 0; let other = 0;
+  const worker = async () => {
+    while (next < opts.tasks) {
+      const seq = next++;
+      const res = await post('/api/dispatch-task', {
+        task_type: 'DELIST', data: { product_ids: [String(seq)], seq }, device_id: `${opts.prefix}_${seq % opts.devices}`,
+      });
+      if (res.status === 202) pending++; else other++;
+    }
+  };
+  await Promise.all(Array.from({ length: opts.concurrency || 50 }, worker));
+  return { devices: opts.devices, tasks: opts.tasks, pending, not_pending: other, seconds: +((now() - start) / 1000).toFixed(2) };
+}
+
+const MODES = { tasks: tasksMode, scale: scaleMode, pin: pinMode };
+MODES[opts.mode]()
   .then((result) => { process.stdout.write(JSON.stringify(result) + '\n'); process.exit(0); })
   .catch((error) => { process.stderr.write(String(error && error.stack || error) + '\n'); process.exit(1); });

@@ -1,4 +1,5 @@
-"""Benchmarks: task throughput against the ceiling, latency at a fixed rate, 10,000 devices, and SQLite durability.
+"""Benchmarks: task throughput against the ceiling, latency at a fixed rate, 10,000 devices, SQLite durability, and
+throughput with a backlog of tasks pinned to offline devices.
 
 ``.venv/bin/python bench/run.py`` (``--help`` for sizes; ``--only`` picks runs). Every server runs on 127.0.0.1 as a
 subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-client over websocket). Prints JSON."""
@@ -93,15 +94,19 @@ def loadgen(options, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measured(server_cm, port, options, timeout):
-    """Run the load against one server and add the server's CPU and memory to the load generator's numbers."""
+def measured(server_cm, port, options, timeout, prepare=None):
+    """Run the load against one server and add the server's CPU and memory to the load generator's numbers; a
+    ``prepare`` run of the load generator (not measured) goes first."""
     with server_cm as process:
+        prepared = loadgen({"url": f"http://127.0.0.1:{port}", **prepare}, timeout) if prepare else None
         rss_before = memory_kb(process.pid, "VmRSS")
         cpu_before = cpu_seconds(process.pid)
         result = loadgen({"url": f"http://127.0.0.1:{port}", **options}, timeout)
         result["server_cpu_seconds"] = round(cpu_seconds(process.pid) - cpu_before, 2)
         result["server_rss_before_mb"] = round(rss_before / 1024, 1)
         result["server_peak_rss_mb"] = round(memory_kb(process.pid, "VmHWM") / 1024, 1)
+    if prepared is not None:
+        result["prepared"] = prepared
     return result
 
 
@@ -171,7 +176,43 @@ def storage_runs(args, workdir):
     return results
 
 
-RUNS = {"throughput": throughput_runs, "latency": latency_run, "scale": scale_run, "storage": storage_runs}
+def pinned_run(args, database, name, options):
+    """One server: the offline devices register and hang up; in the ``with`` run, ``--pinned-tasks`` tasks pinned to
+    them are dispatched and wait as pending (202); then the throughput load runs."""
+    pin = {"mode": "pin", "prefix": "away", "devices": args.pinned_devices, "concurrency": args.concurrency}
+    pin["tasks"] = args.pinned_tasks if name == "with" else 0
+    port = free_port()
+    result = measured(taskserver(port, database), port, options, 900, prepare=pin)
+    if result["prepared"]["pending"] != pin["tasks"]:
+        raise RuntimeError(f"pinned tasks not all pending: {result['prepared']}")
+    return result
+
+
+def pinned_runs(args, workdir):
+    """The throughput load with and without ``--pinned-tasks`` pending tasks pinned to ``--pinned-devices`` offline
+    devices (both servers know those devices; only one has tasks waiting for them), in alternating rounds; the
+    ratio with/without is the median of the rounds' ratios."""
+    options = {"mode": "tasks", "devices": args.devices, "tasks": args.pinned_load, "concurrency": args.concurrency}
+    rounds = []
+    for number in range(args.rounds):
+        order = ["without", "with"] if number % 2 == 0 else ["with", "without"]
+        results = {name: pinned_run(args, str(workdir / f"pinned-{name}-{number}.db"), name, options) for name in order}
+        one = {f"{name}_per_second": results[name]["completed_per_second"] for name in ("without", "with")}
+        one["ratio"] = round(one["with_per_second"] / one["without_per_second"], 2)
+        one["dispatch_to_completed_p50_ms"] = {name: results[name]["dispatch_to_completed_ms"]["p50"] for name in order}
+        rounds.append(one)
+        print(f"# pinned round {number + 1}: {one}", file=sys.stderr, flush=True)
+    median = sorted(rounds, key=lambda one: one["ratio"])[len(rounds) // 2]
+    return {"pinned_tasks": args.pinned_tasks, "median": median, "rounds": rounds}
+
+
+RUNS = {
+    "throughput": throughput_runs,
+    "latency": latency_run,
+    "scale": scale_run,
+    "storage": storage_runs,
+    "pinned": pinned_runs,
+}
 
 
 def main():
@@ -185,6 +226,9 @@ def main():
     parser.add_argument("--scale-devices", type=int, default=10000)
     parser.add_argument("--scale-seconds", type=int, default=60)
     parser.add_argument("--storage-tasks", type=int, default=5000)
+    parser.add_argument("--pinned-tasks", type=int, default=10000, help="pending tasks pinned to offline devices")
+    parser.add_argument("--pinned-devices", type=int, default=10, help="the offline devices they are pinned to")
+    parser.add_argument("--pinned-load", type=int, default=10000, help="tasks dispatched in each pinned run")
     parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
     args = parser.parse_args()
     if not (BENCH / "node_modules").exists():

@@ -364,6 +364,26 @@ def test_priority_then_age_decides_the_order(server, devices):
     assert order == [high, low, low_later]
 
 
+def test_tasks_waiting_for_a_phone_that_is_away_hold_back_no_one_and_go_when_it_returns(server, devices):
+    away = devices("phone_away")
+    away.disconnect()
+    wait_until(lambda: server.get("/api/device/phone_away").json()["device"]["status"] == "offline")
+    low = server.dispatch(expect=(202,), device_id="phone_away")["task_id"]
+    high = server.dispatch(expect=(202,), device_id="phone_away", priority=5)["task_id"]
+    other = devices("phone_other")
+    answer = server.dispatch()  # nothing pending can start: it goes at once, in one write
+    assert answer["status"] == "dispatched" and answer["device_id"] == "phone_other"
+    assert other.result(other.wait("new_task")["task_id"])["status"] == "completed"
+    assert server.task(low)["status"] == server.task(high)["status"] == "pending"
+
+    back = devices("phone_away")
+    order = []
+    for count in (1, 2):
+        order.append(back.wait("new_task", count=count)["task_id"])
+        back.result(order[-1])
+    assert order == [high, low]
+
+
 # ---- one device id, one connection ----
 
 

@@ -167,4 +167,4 @@ def test_phones_that_keep_losing_their_network_still_finish_and_stop_after_durat
     counts = final_counts(phones.text())
     assert counts["connected"] == 0 and counts["done"] + counts["failed"] == len(task_ids)
     assert counts["network losses"] > 0
-    assert all(d["status"] == "offline" for d in server.devices())
+    wait_until(lambda: all(d["status"] == "offline" for d in server.devices()), message="every phone offline")

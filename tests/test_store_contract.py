@@ -362,6 +362,7 @@ class TestStoreContract:
         add(store, make_task("e", created_at=99.0, priority=9))
         store.save_device(make_device("android_001"))
         dispatch(store, "e", "android_001")  # not pending any more
+        assert store.due_pending_tasks(1000.0, 0) == []
         assert ids(store.due_pending_tasks(1000.0, 10)) == ["c", "b", "a", "d"]
         assert ids(store.due_pending_tasks(1000.0, 2)) == ["c", "b"]
 
@@ -399,6 +400,69 @@ class TestStoreContract:
         assert sorted(ids(store.due_pending_tasks(1000.0, 10))) == ["to_None", "to_free"]
         move(store, "filler", DISPATCHED, COMPLETED, 300.0)
         assert sorted(ids(store.due_pending_tasks(1000.0, 10))) == ["to_None", "to_free", "to_full"]
+
+    def test_due_pending_tasks_order_pinned_and_unpinned_tasks_together(self, store):
+        store.save_device(make_device("phone_a", capacity=5))
+        store.save_device(make_device("phone_b", capacity=5))
+        for task_id, priority, created_at, target in [
+            ("any_old", 0, 100.0, None),
+            ("a_same_time", 0, 100.0, "phone_a"),  # same priority and time: the one added first goes first
+            ("b_high", 3, 105.0, "phone_b"),
+            ("any_high", 3, 104.0, None),
+            ("any_oldest", 0, 99.0, None),
+            ("a_same_time_2", 0, 100.0, "phone_a"),
+        ]:
+            add(store, make_task(task_id, created_at=created_at, priority=priority, target_device_id=target))
+        expected = ["any_high", "b_high", "any_oldest", "any_old", "a_same_time", "a_same_time_2"]
+        assert ids(store.due_pending_tasks(1000.0, 10)) == expected
+        assert ids(store.due_pending_tasks(1000.0, 4)) == expected[:4]
+
+    def test_scheduled_and_retried_tasks_join_the_queue_when_due(self, store):
+        store.save_device(make_device("phone", capacity=5))
+        add(store, make_task("past_schedule", created_at=100.0, not_before=50.0))
+        add(store, make_task("pinned_later", created_at=101.0, not_before=300.0, target_device_id="phone"))
+        add(store, make_task("retried", created_at=102.0))
+        dispatch(store, "retried", "phone", now=150.0)
+        retry = {"device_id": None, "avoid_device_id": "phone", "attempt": 2, "not_before": 400.0}
+        assert move(store, "retried", DISPATCHED, PENDING, 160.0, **retry) is not None
+        assert ids(store.due_pending_tasks(200.0, 10)) == ["past_schedule"]
+        assert ids(store.due_pending_tasks(300.0, 10)) == ["past_schedule", "pinned_later"]
+        assert ids(store.due_pending_tasks(400.0, 10)) == ["past_schedule", "pinned_later", "retried"]
+        assert ids(store.due_pending_tasks(250.0, 10)) == ["past_schedule", "pinned_later", "retried"]  # stay due
+
+    @pytest.mark.parametrize(
+        "change, now, expected",
+        [
+            (lambda store: move(store, "filler", DISPATCHED, COMPLETED, 100.0), 100.0, ["to_full"]),
+            (lambda store: store.save_device(make_device("full", capacity=2)), 100.0, ["to_full"]),
+            (lambda store: store.save_device(make_device("away")), 100.0, ["to_away"]),
+            (lambda store: store.set_device_disabled("drained", False), 100.0, ["to_drained"]),
+            (lambda store: add(store, make_task("new", created_at=100.0)), 100.0, ["new"]),
+            (lambda store: None, 500.0, ["scheduled"]),
+            (
+                lambda store: move(
+                    store, "busy", DISPATCHED, PENDING, 100.0, device_id=None, attempt=2, not_before=150.0
+                ),
+                150.0,
+                ["busy"],
+            ),
+        ],
+        ids=["a slot frees", "more capacity", "the device returns", "enabled", "a new task", "time", "a retry"],
+    )
+    def test_a_queue_where_nothing_can_start_notices_what_changes_that(self, store, change, now, expected):
+        for device in [make_device("full"), make_device("away", connected=False), make_device("drained")]:
+            store.save_device(device)
+        store.save_device(make_device("spare"))
+        store.set_device_disabled("drained", True)
+        for task_id, device_id in [("filler", "full"), ("busy", "spare")]:
+            add(store, make_task(task_id, created_at=90.0))
+            dispatch(store, task_id, device_id, now=95.0)
+        for target in ("full", "away", "drained"):
+            add(store, make_task(f"to_{target}", target_device_id=target))
+        add(store, make_task("scheduled", not_before=500.0))
+        assert store.due_pending_tasks(100.0, 10) == [] and store.due_pending_tasks(100.0, 10) == []
+        change(store)
+        assert ids(store.due_pending_tasks(now, 10)) == expected
 
     # ---- timeouts and lost devices ----
 
@@ -558,6 +622,25 @@ def test_sqlite_file_of_another_schema_version_is_refused(tmp_path):
         SQLiteStore(path)
 
 
+# version -> what takes a file of that version back to the version before (for the migration tests)
+UNDO = {
+    4: """DROP INDEX tasks_queue; DROP INDEX tasks_queue_pinned; DROP INDEX tasks_scheduled;
+          ALTER TABLE tasks DROP COLUMN due;
+          CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at);""",
+    3: "ALTER TABLE tasks DROP COLUMN idempotency_scope; ALTER TABLE tasks DROP COLUMN request_hash;",
+    2: """DROP TABLE owed_cancels;
+          CREATE TABLE owed_cancels (device_id TEXT, task_id TEXT, PRIMARY KEY (device_id, task_id));""",
+}
+
+
+def back_to_version(path, version):
+    """Make the SQLite file at ``path`` what a server of schema ``version`` left (its rows kept)."""
+    with sqlite3.connect(path) as db:
+        for step in range(SCHEMA_VERSION, version, -1):
+            db.executescript(UNDO[step])
+        db.execute(f"PRAGMA user_version = {version}")
+
+
 def test_sqlite_file_of_version_1_is_migrated_and_its_owed_cancels_name_an_attempt(tmp_path):
     path = str(tmp_path / "v1.db")
     store = SQLiteStore(path)
@@ -569,13 +652,9 @@ def test_sqlite_file_of_version_1_is_migrated_and_its_owed_cancels_name_an_attem
     dispatch(store, "task_1", "android_001", now=400.0)
     store.update_task_if(store.get_task("task_1"), {"status": CANCELLED, "updated_at": 500.0})
     store.close()
-    with sqlite3.connect(path) as db:  # the table as version 1 made it, with the cancel owed then
-        db.execute("DROP TABLE owed_cancels")
-        db.execute("CREATE TABLE owed_cancels (device_id TEXT, task_id TEXT, PRIMARY KEY (device_id, task_id))")
+    back_to_version(path, 1)
+    with sqlite3.connect(path) as db:  # the cancel owed then
         db.execute("INSERT INTO owed_cancels VALUES ('android_001', 'task_1')")
-        for column in ("idempotency_scope", "request_hash"):  # added by version 3
-            db.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
-        db.execute("PRAGMA user_version = 1")
 
     migrated = SQLiteStore(path)
     try:
@@ -596,10 +675,7 @@ def test_sqlite_file_of_schema_version_2_is_migrated_and_its_keys_match_any_oper
     store = SQLiteStore(path)
     add(store, make_task("task_1", idempotency_key="k"))
     store.close()
-    with sqlite3.connect(path) as db:  # back to version 2: keys without an owner or a request hash
-        for column in ("idempotency_scope", "request_hash"):
-            db.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
-        db.execute("PRAGMA user_version = 2")
+    back_to_version(path, 2)  # keys without an owner or a request hash
     migrated = SQLiteStore(path)
     try:
         assert migrated.find_task_by_idempotency_key("k", 0.0, "any-operator").task_id == "task_1"
@@ -610,6 +686,29 @@ def test_sqlite_file_of_schema_version_2_is_migrated_and_its_keys_match_any_oper
         migrated.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_sqlite_file_of_schema_version_3_is_migrated_and_its_scheduled_tasks_wait(tmp_path):
+    path = str(tmp_path / "old.db")
+    SQLiteStore(path).close()
+    back_to_version(path, 3)  # no ``due`` column, one index over every task
+    with sqlite3.connect(path) as db:
+        for task_id, status, not_before in [
+            ("now", "pending", None),
+            ("later", "pending", 500.0),
+            ("done", "completed", 50.0),
+        ]:
+            db.execute(
+                "INSERT INTO tasks (task_id, task_type, data, status, timeout, created_at, updated_at, not_before) "
+                "VALUES (?, 'DELIST', '{}', ?, 300, 100.0, 100.0, ?)",
+                (task_id, status, not_before),
+            )
+    store = SQLiteStore(path)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert ids(store.due_pending_tasks(499.0, 10)) == ["now"]
+    assert ids(store.due_pending_tasks(500.0, 10)) == ["now", "later"]
+    assert store.get_task("done").status == COMPLETED
+    store.close()
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
@@ -831,4 +930,63 @@ def test_an_active_task_changed_behind_the_store_is_read_again_after_a_refused_u
     assert store.get_task("task_1") == held  # memory, as expected while only the store writes
     assert store.update_task_if(held, {"progress": 10, "updated_at": 301.0}) is None
     assert store.get_task("task_1").status == CANCELLED
+    store.close()
+
+
+# ---- the pending queue reads only what can start now (SQLite) ----
+
+
+def vm_steps(store, call):
+    """How much work ``call`` makes SQLite do, in steps of its virtual machine: the same on any machine."""
+    steps = 0
+
+    def count():
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._db.set_progress_handler(count, 10)
+    try:
+        call()
+    finally:
+        store._db.set_progress_handler(None, 10)
+    return steps
+
+
+def queue_with(store, backlog):
+    """Two tasks that can start now on ``free`` (one for any device, one pinned), then 1,000 that cannot, ahead of
+    them in dispatch order, as ``backlog`` says."""
+    store.save_device(make_device("free", capacity=3))
+    store.save_device(make_device("away", connected=False))
+    store.save_device(make_device("full"))
+    store.save_device(make_device("drained"))
+    store.set_device_disabled("drained", True)
+    add(store, make_task("filler", created_at=90.0))
+    dispatch(store, "filler", "full")
+    add(store, make_task("any", created_at=100.0))
+    add(store, make_task("pinned", created_at=101.0, target_device_id="free"))
+    for number in range(1000):
+        add(store, make_task(f"waiting_{number}", created_at=50.0 + number / 100, priority=5, **backlog))
+
+
+BACKLOGS = {
+    "pinned to an offline device": {"target_device_id": "away"},
+    "pinned to a full device": {"target_device_id": "full"},
+    "pinned to a disabled device": {"target_device_id": "drained"},
+    "scheduled for later": {"not_before": 5000.0},
+    "pinned to a free device, scheduled for later": {"target_device_id": "free", "not_before": 5000.0},
+}
+
+
+@pytest.mark.parametrize("backlog", BACKLOGS.values(), ids=BACKLOGS.keys())
+def test_tasks_that_cannot_start_now_are_not_read(tmp_path, backlog):
+    store = sqlite_file(tmp_path)
+    queue_with(store, {})
+    store.due_pending_tasks(1000.0, 10)  # measure the second look at the queue in both stores
+    alone = vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10))
+    store.close()
+    store = SQLiteStore(str(tmp_path / "with-backlog.db"))
+    queue_with(store, backlog)
+    assert ids(store.due_pending_tasks(1000.0, 10)) == ["any", "pinned"]
+    assert vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10)) < alone * 2  # not 1,000 rows more
     store.close()

@@ -99,8 +99,11 @@ class TaskOperations:
         return existing
 
     def _device_for_new(self, task, now):
-        """A free device for a new task due now, if no task is pending (else it queues behind them), or None."""
-        if (task.not_before is not None and task.not_before > now) or self.store.has_pending_tasks():
+        """A free device for a new task due now, if no pending task could start now (else it queues behind them),
+        or None. Tasks scheduled for later or waiting for a device that cannot take them do not hold it back."""
+        if task.not_before is not None and task.not_before > now:
+            return None
+        if self.store.has_pending_tasks() and self.store.due_pending_tasks(now, 1):
             return None
         include = [task.target_device_id] if task.target_device_id else []
         return domain.pick_device(task, self.store.free_devices(limit=1, include=include))

@@ -34,6 +34,7 @@ def from_json(text):
 def task_from_row(row):
     """Build a Task from a row."""
     values = dict(row)
+    values.pop("due", None)  # the store's own column
     values["data"] = from_json(values["data"])
     values["result"] = from_json(values["result"]) if values["result"] is not None else None
     values["status"] = TaskStatus(values["status"])

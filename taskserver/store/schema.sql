@@ -25,9 +25,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_before REAL,
     idempotency_key TEXT,
     idempotency_scope TEXT,
-    request_hash TEXT
+    request_hash TEXT,
+    due INTEGER NOT NULL DEFAULT 1  -- the store's own: 0 while a pending task's not_before was still ahead
 );
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (status, priority DESC, created_at);
+-- The pending queue in three parts, so that finding what can start now never reads what cannot: tasks for any
+-- device, and tasks pinned to one (looked up only for devices with a free slot), both in dispatch order and due;
+-- and tasks scheduled for later, by time, which join the first two when they fall due.
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (priority DESC, created_at)
+    WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_queue_pinned ON tasks (target_device_id, priority DESC, created_at)
+    WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_scheduled ON tasks (not_before) WHERE status = 'pending' AND due = 0;
 CREATE INDEX IF NOT EXISTS tasks_device ON tasks (device_id, status);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
 CREATE INDEX IF NOT EXISTS tasks_status_created ON tasks (status, created_at);

@@ -1,6 +1,7 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
 import json
+import math
 import os
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,7 @@ from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_fro
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # An owed cancel names its attempt: a row from before is for the device's latest attempt of the task.
 OWED_CANCEL_ATTEMPTS = """
@@ -36,8 +37,47 @@ IDEMPOTENCY_SCOPES = """
 ALTER TABLE tasks ADD COLUMN idempotency_scope TEXT;
 ALTER TABLE tasks ADD COLUMN request_hash TEXT;
 """
+# The pending queue in parts (see schema.sql), so that dispatch never reads tasks that cannot start now.
+PENDING_QUEUE_PARTS = """
+ALTER TABLE tasks ADD COLUMN due INTEGER NOT NULL DEFAULT 1;
+UPDATE tasks SET due = 0 WHERE status = 'pending' AND not_before IS NOT NULL;
+DROP INDEX IF EXISTS tasks_pending;
+"""
 # version -> the statements that bring a file of the version before it to it
-MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS, 3: IDEMPOTENCY_SCOPES}
+MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS, 3: IDEMPOTENCY_SCOPES, 4: PENDING_QUEUE_PARTS}
+# The devices that due pinned tasks wait for, found by skipping through their index from one device id to the next:
+# as many steps as there are such devices, however many tasks wait for each.
+TARGETS = """
+WITH RECURSIVE targets (device_id) AS (
+    SELECT MIN(target_device_id) FROM tasks INDEXED BY tasks_queue_pinned
+    WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
+    UNION ALL
+    SELECT (SELECT MIN(target_device_id) FROM tasks INDEXED BY tasks_queue_pinned
+            WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL
+              AND target_device_id > targets.device_id)
+    FROM targets WHERE targets.device_id IS NOT NULL
+)"""
+WAITED_FOR = TARGETS + " SELECT device_id FROM targets WHERE device_id IS NOT NULL"
+# Pending tasks that can start now, in dispatch order: due ones for any device, and due ones pinned to a device
+# with a free slot (at most ``limit`` from each), so tasks waiting for a device that is away, full or disabled are
+# not read.
+DUE_PENDING = f"""{TARGETS},
+queue AS (
+    SELECT * FROM (
+        SELECT rowid AS position, * FROM tasks INDEXED BY tasks_queue
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL
+        ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    UNION ALL
+    SELECT t.rowid, t.* FROM targets JOIN devices d ON d.device_id = targets.device_id
+    JOIN tasks t ON t.rowid IN (
+        SELECT rowid FROM tasks INDEXED BY tasks_queue_pinned
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL AND target_device_id = d.device_id
+        ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
+)
+SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, position LIMIT :limit
+"""
+NEXT_DUE = "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0"
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -52,6 +92,10 @@ class SQLiteStore(DeviceTables, Store):
         self._commits = GroupCommit(self._db, on_failure=self._forget_what_a_failed_commit_undid)
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
+        self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
+        # Once a look found that no pending task can start, the devices its pinned tasks wait for: until one of them
+        # frees a slot, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
+        self._waiting_for = None
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
         # times each, and only this connection writes tasks, so these reads need no query. All of them are held
         # (read at open, and again after a failed commit), so that a miss means "not active" without a query.
@@ -109,6 +153,8 @@ class SQLiteStore(DeviceTables, Store):
 
     def _forget_what_a_failed_commit_undid(self):
         self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
+        self._next_due = -math.inf  # ...or scheduled one, or let one join the queue
+        self._queue_changed()
         self._hold_active_tasks()  # ...and changed active tasks: read them from the file again
 
     def _hold_active_tasks(self):
@@ -134,27 +180,43 @@ class SQLiteStore(DeviceTables, Store):
             (task_id, now, event.kind, event.actor, event.device_id, attempt, to_db("detail", event.detail)),
         )
 
-    @staticmethod
-    def _shift_active(db, device_id, delta):
+    def _shift_active(self, db, device_id, delta):
         if device_id is not None and delta:
             db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
+            if delta < 0 and self._waiting_for is not None and device_id in self._waiting_for:
+                self._queue_changed()
+
+    def _queue_changed(self):
+        """Forget that no pending task could start: a write may have changed that."""
+        self._waiting_for = None
 
     # tasks
     def add_task(self, task, *events):
         """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
-        columns = ", ".join(TASK_COLUMNS)
-        marks = ", ".join("?" for _ in TASK_COLUMNS)
+        columns = ", ".join([*TASK_COLUMNS, "due"])
+        marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 1))
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO tasks ({columns}) VALUES ({marks})",
-                [to_db(name, getattr(task, name)) for name in TASK_COLUMNS],
+                [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), self._due(task)],
             )
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
-            self._maybe_pending |= task.status == TaskStatus.PENDING
+            if task.status == TaskStatus.PENDING:
+                self._maybe_pending = True
+                self._queue_changed()
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
         self._remember(task)
+
+    def _due(self, task):
+        """The ``due`` column of a task entering the queue: 0 (and a time to look again) if it has a ``not_before``,
+        which may have passed: the next ``due_pending_tasks`` moves it into the queue then."""
+        if task.not_before is None:
+            return 1
+        if task.status == TaskStatus.PENDING:
+            self._next_due = min(self._next_due, task.not_before)
+        return 0
 
     def has_pending_tasks(self):
         """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
@@ -190,19 +252,23 @@ class SQLiteStore(DeviceTables, Store):
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
         """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
         and attempt of ``task`` as the caller read it; return it updated, or None."""
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        after = changed(task, changes)
         with self._transaction() as db:
+            values = {name: to_db(name, value) for name, value in changes.items()}
+            if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
+                values["due"] = self._due(after)
+            assignments = ", ".join(f"{name} = ?" for name in values)
             cursor = db.execute(
                 f"UPDATE tasks SET {assignments} WHERE task_id = ? AND status = ? AND device_id IS ? AND attempt = ?",
-                [to_db(name, value) for name, value in changes.items()]
-                + [task.task_id, task.status.value, task.device_id, task.attempt],
+                [*values.values(), task.task_id, task.status.value, task.device_id, task.attempt],
             )
             if cursor.rowcount != 1:
                 # the caller read an older task; the next read comes from the file, whatever memory holds
                 self._active.pop(task.task_id, None)
                 return None
-            after = changed(task, changes)
-            self._maybe_pending |= after.status == TaskStatus.PENDING
+            if after.status == TaskStatus.PENDING:
+                self._maybe_pending = True
+                self._queue_changed()
             self._move_active_count(db, task, after)
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
@@ -255,16 +321,34 @@ class SQLiteStore(DeviceTables, Store):
         return [task_from_row(row) for row in rows], total
 
     def due_pending_tasks(self, now, limit):
-        """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age."""
-        rows = self._query(
-            """SELECT t.* FROM tasks t LEFT JOIN devices d ON d.device_id = t.target_device_id
-               WHERE t.status = 'pending' AND (t.not_before IS NULL OR t.not_before <= ?)
-                 AND (t.target_device_id IS NULL
-                      OR (d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity))
-               ORDER BY t.priority DESC, t.created_at, t.rowid LIMIT ?""",
-            (now, limit),
-        )
+        """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age; reads
+        neither tasks scheduled for later nor tasks waiting for a device that is away, full or disabled. A task is
+        due once a look at ``now`` has found its ``not_before`` passed (a clock set back does not undo that)."""
+        with self._lock:
+            self._queue_due_tasks(now)
+            if self._waiting_for is not None:
+                return []
+            rows = self._query(DUE_PENDING, {"limit": limit})
+            if not rows and limit > 0:
+                self._waiting_for = frozenset(row[0] for row in self._query(WAITED_FOR))
         return [task_from_row(row) for row in rows]
+
+    def _queue_due_tasks(self, now):
+        """Move scheduled tasks whose ``not_before`` has come into the queue (looking only when one may have).
+        The caller holds the lock: no write comes between reading the next time and keeping it."""
+        if now < self._next_due:
+            return
+        first = self._query(NEXT_DUE)[0][0]
+        if first is not None and first <= now:
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE tasks INDEXED BY tasks_scheduled SET due = 1 "
+                    "WHERE status = 'pending' AND due = 0 AND not_before <= ?",
+                    (now,),
+                )
+            self._queue_changed()
+            first = self._query(NEXT_DUE)[0][0]
+        self._next_due = math.inf if first is None else first
 
     def active_tasks_of(self, device_id):
         """The device's dispatched and running tasks, oldest first."""

@@ -46,6 +46,7 @@ class DeviceTables:
                     ON CONFLICT (device_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in updated)}""",
                 [to_db(name, getattr(device, name)) for name in DEVICE_COLUMNS],
             )
+            self._queue_changed()  # connected again, or with more capacity: its pinned tasks may start
 
     def get_device(self, device_id):
         """The device with this id (with its active task count), or None."""
@@ -111,11 +112,13 @@ class DeviceTables:
                                    WHERE t.device_id = devices.device_id AND t.status IN (?, ?))""",
                 (now, *ACTIVE_VALUES),
             )
+            self._queue_changed()
 
     def set_device_disabled(self, device_id, disabled):
         """Stop (or resume) giving the device new tasks; return True if the device exists."""
         with self._transaction() as db:
             cursor = db.execute("UPDATE devices SET disabled = ? WHERE device_id = ?", (int(disabled), device_id))
+            self._queue_changed()
             return cursor.rowcount == 1
 
     def delete_device(self, device_id):
