@@ -134,6 +134,8 @@ class DeviceAgent:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self.sio.shutdown()
+        if self.sio.connected:  # a reconnection the library finished while the agent stopped
+            self.sio.disconnect()
         self._stopped.set()
 
     def run_forever(self):
@@ -321,6 +323,8 @@ class DeviceAgent:
 
     def _on_connect(self):
         with self._lock:
+            if self._stopping.is_set():  # a connection finished as the agent stops: ``stop`` closes it
+                return
             self._connected, self._registered, self._library_reconnecting = True, False, False
         self._wake.set()
 
