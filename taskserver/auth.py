@@ -35,7 +35,7 @@ def hash_token(token):
 
 def token_identity(token):
     """A short, stable name for an operator token (16 hex digits of its SHA-256), never the token itself."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
+    return hash_token(token)[:16]
 
 
 def new_token():

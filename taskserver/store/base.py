@@ -166,11 +166,6 @@ class Store:
         """How many commits have failed since the store opened."""
         raise NotImplementedError
 
-    @property
-    def commits_failing(self):
-        """True while the last commit failed and none has succeeded since."""
-        raise NotImplementedError
-
     def fail_commits(self, error):
         """Make every commit fail with ``error``, or commit again with None: a fault for tests."""
         raise NotImplementedError

@@ -32,8 +32,13 @@ def refused_writes_unavailable():
         yield
     except sqlite3.OperationalError as exc:
         if (exc.sqlite_errorcode & 0xFF) in UNAVAILABLE:
-            raise StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）") from exc
+            raise unavailable(exc) from exc
         raise
+
+
+def unavailable(exc):
+    """The error a client gets for a write the store could not make (``exc`` says why)."""
+    return StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）")
 
 
 @dataclass(eq=False)
@@ -56,7 +61,6 @@ class GroupCommit:
         self._batch = None  # the open transaction's Batch, committed by a greenlet of its own
         self._committing = None  # the Batch being committed, until its output is sent
         self.failed = 0  # commits that failed so far: whoever keeps state beside the store notices a new one
-        self.failing = False  # the last commit failed (and none succeeded since)
         self.fault = None  # tests set an exception here: every COMMIT then fails with it, as a full disk would
 
     @contextmanager
@@ -87,8 +91,7 @@ class GroupCommit:
             try:
                 gevent.get_hub().threadpool.apply(self._finish, (batch,))
             except sqlite3.Error as exc:  # the ROLLBACK failed too
-                batch.error = batch.error or StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）")
-            self.failing = batch.error is not None
+                batch.error = batch.error or unavailable(exc)
             if batch.error is not None:
                 log.error("commit failed, %d deferred messages dropped: %s", len(batch.callbacks), batch.error)
                 self.failed += 1
@@ -110,7 +113,7 @@ class GroupCommit:
                 raise self.fault
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            batch.error = StoreUnavailable(f"数据库暂时无法写入，请稍后重试（{exc}）")
+            batch.error = unavailable(exc)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
 

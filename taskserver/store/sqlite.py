@@ -438,11 +438,6 @@ class SQLiteStore(DeviceTables, Store):
         """How many commits have failed since the store opened."""
         return self._commits.failed
 
-    @property
-    def commits_failing(self):
-        """True while the last commit failed and none has succeeded since."""
-        return self._commits.failing
-
     def fail_commits(self, error):
         """Make every COMMIT fail with ``error`` (a ``sqlite3.Error``), or commit again with None: a fault for tests."""
         self._commits.fault = error
