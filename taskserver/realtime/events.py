@@ -4,7 +4,7 @@ and acks."""
 import logging
 
 from taskserver import schemas, wirejson
-from taskserver.errors import TaskServerError
+from taskserver.errors import StoreUnavailable, TaskServerError
 
 log = logging.getLogger("taskserver.realtime")
 
@@ -35,8 +35,9 @@ class DeviceEvents:
         """Run one event; a refused one also gets an ``error`` event on its connection."""
         if not (isinstance(event, str) and wirejson.problem(event) is None):  # a hand-made packet may name anything
             event = None
-        spared = event in REPORTS and self._about_own_task(sid, payload)
+        spared = False
         try:
+            spared = event in REPORTS and self._about_own_task(sid, payload)
             return self._run(sid, event, payload, spared)
         except TaskServerError as error:
             refused = error
@@ -75,4 +76,7 @@ class DeviceEvents:
     def closed(self, sid):
         """The connection closed: its device goes offline and its rate bucket is dropped."""
         self.limiter.forget(sid)
-        self.service.disconnect(sid)
+        try:
+            self.service.disconnect(sid)
+        except StoreUnavailable as error:  # memory let go of it; the watchdog sets it offline once the store is back
+            log.warning("disconnect of %s not stored: %s", sid, error.message)

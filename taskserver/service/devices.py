@@ -91,8 +91,10 @@ class DeviceOperations:
     def disconnect(self, sid):
         """The connection closed: its device, if it still belongs to it, is offline from now."""
         self.metrics.device_event("disconnect")
-        self._release_sid(sid, self.clock())
-        self.connections.closed(sid)
+        try:
+            self._release_sid(sid, self.clock())
+        finally:
+            self.connections.closed(sid)
 
     def _release_sid(self, sid, now, reason="disconnected"):
         device_id = self.connections.release(sid)

@@ -18,7 +18,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from taskserver.domain import ACTIVE, TaskStatus
-from taskserver.errors import StoreUnavailable
+from taskserver.errors import StoreUnavailable, TaskServerError
 from taskserver.store.base import Store
 from taskserver.store.migrations import steps_to
 from taskserver.store.rows import (
@@ -131,7 +131,8 @@ class PostgresStore(Store):
     def atomically(self):
         """One unit of work for the whole operation (it nests): one pooled connection, one transaction, committed
         at the end; then what waited for the commit runs. Other writers are not kept out: every change is a
-        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503)."""
+        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503); text with a NUL character,
+        which PostgreSQL cannot store (SQLite can), is refused as bad input (400)."""
         if getattr(self._local, "unit", None) is not None:
             yield self
             return
@@ -146,6 +147,10 @@ class PostgresStore(Store):
                             raise self._fault
                 finally:
                     self._local.unit = None
+        except psycopg.DataError as exc:
+            if "NUL" not in str(exc):
+                raise
+            raise TaskServerError("文本中不能含有 NUL 字符（\\u0000）", "INVALID_TEXT") from exc
         except psycopg.OperationalError as exc:
             self._failed += 1
             dropped = len(unit.callbacks) if unit else 0

@@ -1,0 +1,221 @@
+"""PostgreSQL's own behaviour: the database going away and coming back (through a TCP proxy the test cuts), schema
+versions and migrations under two servers at once, and the commands that upgrade and copy a database."""
+
+import subprocess
+import sys
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+import psycopg
+import pytest
+from gevent.server import StreamServer
+from gevent.socket import create_connection
+
+from conftest import Device, LiveServer, wait_until
+from taskserver.store.migrations import SchemaMismatch
+from taskserver.store.postgres import SCHEMA_VERSION, PostgresStore
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that the test cuts (every connection closed, new ones refused) and
+    restores."""
+
+    def __init__(self, host, port):
+        self.upstream = (host, port)
+        self.open = True
+        self.links = set()
+        self.server = StreamServer(("127.0.0.1", 0), self._serve)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _serve(self, client, _address):
+        if not self.open:
+            client.close()
+            return
+        upstream = create_connection(self.upstream)
+        link = (client, upstream)
+        self.links.add(link)
+        pumps = [gevent.spawn(self._pump, client, upstream), gevent.spawn(self._pump, upstream, client)]
+        gevent.joinall(pumps, count=1)
+        self._close(link)
+        gevent.killall(pumps)
+
+    @staticmethod
+    def _pump(source, target):
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def _close(self, link):
+        self.links.discard(link)
+        for sock in link:
+            sock.close()
+
+    def cut(self):
+        self.open = False
+        for link in list(self.links):
+            self._close(link)
+
+    def restore(self):
+        self.open = True
+
+    def stop(self):
+        self.cut()
+        self.server.stop()
+
+
+def through(url, port):
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@127.0.0.1:{port}".lstrip("@")))
+
+
+@pytest.fixture
+def postgres_url():  # TEMPORARY until the conftest fixture lands
+    import uuid
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/ts_dev", autocommit=True) as c:
+        c.execute(f"CREATE SCHEMA {schema}")
+    yield f"postgresql://postgres@127.0.0.1:5432/ts_dev?options=-csearch_path%3D{schema}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/ts_dev", autocommit=True) as c:
+        c.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def proxied(postgres_url):
+    parts = urlsplit(postgres_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    live = LiveServer(through(postgres_url, proxy.port), DATABASE_TIMEOUT=1.0)
+    yield live, proxy
+    live.stop()
+    proxy.stop()
+
+
+def test_while_the_database_is_away_writes_answer_503_and_nothing_unstored_is_acknowledged(proxied):
+    server, proxy = proxied
+    phone = Device(server.url, "android_001").connect()
+    first = server.dispatch()["task_id"]
+    phone.wait("new_task")
+    assert server.get("/readyz").json()["checks"]["store"]["ok"] is True
+
+    proxy.cut()
+    refused = server.post("/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["9"]}})
+    assert refused.status_code == 503 and refused.json()["error_code"] == "STORE_UNAVAILABLE", refused.text
+    ack = phone.progress(first, 50)
+    assert ack["success"] is False and ack["error_code"] == "STORE_UNAVAILABLE", ack
+    readiness = server.get("/readyz")
+    assert readiness.status_code == 503 and readiness.json()["checks"]["store"]["ok"] is False
+    assert server.get("/api/tasks").status_code == 503
+
+    proxy.restore()  # no restart: the pool connects again on demand
+    wait_until(lambda: server.get("/readyz").json()["checks"]["store"]["ok"], message="the store to be back")
+    tasks = server.get("/api/tasks").json()["tasks"]
+    assert [task["task_id"] for task in tasks] == [first]  # the refused dispatch left nothing behind
+    assert server.task(first)["status"] == "dispatched" and server.task(first)["progress"] == 0
+    assert phone.progress(first, 50)["success"] is True
+    assert phone.result(first)["status"] == "completed"
+    assert server.dispatch()["status"] in ("pending", "dispatched")
+    phone.disconnect()
+
+
+def test_a_database_newer_than_the_code_is_refused(postgres_url):
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaMismatch, match=f"schema version {SCHEMA_VERSION + 1}"):
+        PostgresStore(postgres_url)
+
+
+def test_servers_starting_together_migrate_once(postgres_url):
+    errors, barrier = [], threading.Barrier(4)
+
+    def start():
+        barrier.wait()
+        try:
+            PostgresStore(postgres_url).close()
+        except Exception as error:  # each failure is reported below
+            errors.append(error)
+
+    starters = [threading.Thread(target=start) for _ in range(4)]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join()
+    assert errors == []
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def run_command(*args, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "taskserver", *args], capture_output=True, text=True, timeout=60, env=env or None
+    )
+
+
+def test_db_upgrade_creates_the_schema_and_says_so(postgres_url, monkeypatch):
+    done = run_command("db", "upgrade", "--database", postgres_url)
+    assert done.returncode == 0, done.stderr
+    assert "schema is up to date" in done.stdout and "password" not in done.stdout
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def fill_sqlite(path):
+    """A SQLite database as a server leaves it: devices, tokens, tasks in every state, history, an owed cancel."""
+    server = LiveServer(path, DEVICE_LOST_GRACE=10)
+    try:
+        token = server.post("/api/device/android_002/token").json()["token"]
+        one = Device(server.url, "android_001").connect()
+        two = Device(server.url, "android_002", token=token).connect()
+        done = server.dispatch(device_id="android_001")["task_id"]
+        one.progress(done, 50)
+        one.result(done, data={"count": 2})
+        running = server.dispatch(device_id="android_002")["task_id"]
+        two.progress(running, 10)
+        keyed = server.dispatch(device_id="android_002", idempotency_key="order-7")["task_id"]
+        server.post(f"/api/task/{running}/cancel")
+        two.disconnect()
+        wait_until(lambda: server.get("/api/device/android_002").json()["device"]["status"] == "offline")
+        stuck = server.dispatch(device_id="android_001", max_retries=1)["task_id"]
+        one.disconnect()
+        wait_until(lambda: server.get("/api/device/android_001").json()["device"]["status"] == "offline")
+        server.sweep(advance=11)  # android_001 is lost: its attempt ends and it is owed a cancel
+        return {"done": done, "running": running, "keyed": keyed, "stuck": stuck}
+    finally:
+        server.stop()
+
+
+def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_path, postgres_url):
+    sqlite_path = str(tmp_path / "old.db")
+    ids = fill_sqlite(sqlite_path)
+
+    copied = run_command("db", "copy", sqlite_path, postgres_url)
+    assert copied.returncode == 0, copied.stderr
+    assert "counts match" in copied.stdout
+    again = run_command("db", "copy", sqlite_path, postgres_url)
+    assert again.returncode != 0 and "already has rows" in again.stderr
+
+    before, after = LiveServer(sqlite_path), LiveServer(postgres_url)
+    try:
+        for path in [
+            "/api/tasks?limit=100",
+            "/api/devices",
+            *(f"/api/task/{task_id}" for task_id in ids.values()),
+            *(f"/api/task/{task_id}/events" for task_id in ids.values()),
+            "/api/device/android_001",
+            "/api/device/android_002",
+        ]:
+            assert after.get(path).json() == before.get(path).json(), path
+        keyed = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}, "device_id": "android_002"}
+        again = after.post("/api/dispatch-task", json={**keyed, "idempotency_key": "order-7"}).json()
+        assert again["task_id"] == ids["keyed"]
+        owed = Device(after.url, "android_001").connect()  # the copy sends the cancel it is owed
+        assert owed.wait("cancel_task")["task_id"] == ids["stuck"]
+        owed.disconnect()
+    finally:
+        before.stop()
+        after.stop()
