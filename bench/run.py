@@ -13,8 +13,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -66,14 +67,49 @@ def running(command, port, env=None, log_path=None):
         log.close()
 
 
+@contextmanager
 def taskserver(port, database, synchronous="NORMAL"):
-    env = {
-        "PORT": str(port),
-        "TASKSERVER_HOST": "127.0.0.1",
-        "TASKSERVER_DATABASE": database,
-        "TASKSERVER_SQLITE_SYNCHRONOUS": synchronous,
-    }
-    return running([sys.executable, "app.py"], port, env, log_path=database + ".log")
+    """A taskserver on ``database``: a SQLite file path, or (with ``--database``) a fresh database of that name on
+    the PostgreSQL server, dropped afterwards."""
+    path = Path(database)
+    env = {"PORT": str(port), "TASKSERVER_HOST": "127.0.0.1", "TASKSERVER_SQLITE_SYNCHRONOUS": synchronous}
+    with postgres_database(path.stem) if POSTGRES else nullcontext(database) as store:
+        server = running([sys.executable, "app.py"], port, {**env, "TASKSERVER_DATABASE": store}, f"{path}.log")
+        with server as process:
+            yield process
+
+
+POSTGRES = None  # --database: the PostgreSQL server to run taskserver on, instead of a SQLite file
+
+
+@contextmanager
+def postgres_database(name):
+    """A new database on the ``--database`` server for one run; its URL. Dropped at the end."""
+    import psycopg  # only for PostgreSQL runs
+
+    name = f"taskserver_bench_{name}".replace("-", "_").lower()
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit(urlsplit(POSTGRES)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postgres_cpu_seconds():
+    """CPU seconds used so far by every PostgreSQL process on this machine (backends, WAL writer, checkpointer)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] in ("postgres", "postmaster"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def ceiling(port):
@@ -100,9 +136,14 @@ def measured(server_cm, port, options, timeout, prepare=None):
     with server_cm as process:
         prepared = loadgen({"url": f"http://127.0.0.1:{port}", **prepare}, timeout) if prepare else None
         rss_before = memory_kb(process.pid, "VmRSS")
-        cpu_before = cpu_seconds(process.pid)
+        cpu_before, database_before = cpu_seconds(process.pid), postgres_cpu_seconds() if POSTGRES else 0.0
         result = loadgen({"url": f"http://127.0.0.1:{port}", **options}, timeout)
         result["server_cpu_seconds"] = round(cpu_seconds(process.pid) - cpu_before, 2)
+        if POSTGRES:
+            result["postgres_cpu_seconds"] = round(postgres_cpu_seconds() - database_before, 2)
+        for key in ("server_cpu_seconds", "postgres_cpu_seconds"):
+            if key in result and result.get("completed"):
+                result[key.replace("_seconds", "_ms_per_task")] = round(result[key] * 1000 / result["completed"], 3)
         result["server_rss_before_mb"] = round(rss_before / 1024, 1)
         result["server_peak_rss_mb"] = round(memory_kb(process.pid, "VmHWM") / 1024, 1)
     if prepared is not None:
@@ -230,10 +271,17 @@ def main():
     parser.add_argument("--pinned-devices", type=int, default=10, help="the offline devices they are pinned to")
     parser.add_argument("--pinned-load", type=int, default=10000, help="tasks dispatched in each pinned run")
     parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
+    parser.add_argument(
+        "--database",
+        help="postgresql://user@host:port/db: run taskserver on a fresh database of this PostgreSQL server per run "
+        "(created and dropped; the server must be on this machine for its CPU to be counted), not on SQLite",
+    )
     args = parser.parse_args()
+    global POSTGRES
+    POSTGRES = args.database
     if not (BENCH / "node_modules").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True)
-    report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}
+    report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "store": POSTGRES or "sqlite"}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
             report[name] = RUNS[name](args, Path(tmp))

@@ -66,6 +66,8 @@ class DeviceEvents:
         validation, so that asking costs next to nothing.)"""
         if not isinstance(payload, dict) or not isinstance(payload.get("task_id"), str):
             return False
+        if wirejson.problem(payload["task_id"]) is not None:  # not text a store can look up: validation names it
+            return False
         return self.service.holds_task(sid, payload["task_id"], payload.get("attempt"))
 
     def opened(self, sid, token):

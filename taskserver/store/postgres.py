@@ -131,8 +131,8 @@ class PostgresStore(Store):
     def atomically(self):
         """One unit of work for the whole operation (it nests): one pooled connection, one transaction, committed
         at the end; then what waited for the commit runs. Other writers are not kept out: every change is a
-        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503); text with a NUL character,
-        which PostgreSQL cannot store (SQLite can), is refused as bad input (400)."""
+        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503); text with a NUL character
+        or a lone surrogate, which PostgreSQL cannot store, is refused as bad input (400)."""
         if getattr(self._local, "unit", None) is not None:
             yield self
             return
@@ -147,10 +147,10 @@ class PostgresStore(Store):
                             raise self._fault
                 finally:
                     self._local.unit = None
-        except psycopg.DataError as exc:
-            if "NUL" not in str(exc):
+        except (psycopg.DataError, UnicodeEncodeError) as exc:
+            if isinstance(exc, psycopg.DataError) and "NUL" not in str(exc):
                 raise
-            raise TaskServerError("文本中不能含有 NUL 字符（\\u0000）", "INVALID_TEXT") from exc
+            raise TaskServerError("文本中不能含有 NUL 字符或孤立的代理字符", "INVALID_TEXT") from exc
         except psycopg.OperationalError as exc:
             self._failed += 1
             dropped = len(unit.callbacks) if unit else 0
