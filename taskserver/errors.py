@@ -61,3 +61,7 @@ class StoreUnavailable(TaskServerError):
 
     status = 503
     error_code = "STORE_UNAVAILABLE"
+
+
+class StoreConflict(StoreUnavailable):
+    """The database undid a whole operation that collided with another (a deadlock): it may simply run again."""

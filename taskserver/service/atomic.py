@@ -2,14 +2,24 @@
 
 from functools import wraps
 
+from taskserver.errors import StoreConflict
+
+CONFLICT_ATTEMPTS = 3  # a unit of work the database undid for colliding with another runs again, this many times
+
 
 def atomic(operation):
-    """Run the whole operation with the store to itself (``Store.atomically``): it may wait to start, while a
-    commit runs, but nothing comes between its reads and its writes."""
+    """Run the whole operation as one unit of work (``Store.atomically``): on SQLite nothing comes between its reads
+    and its writes; on PostgreSQL its writes are compare-and-sets, and an operation the database undid for colliding
+    with another (a deadlock) runs again."""
 
     @wraps(operation)
     def run(self, *args, **kwargs):
-        with self.store.atomically():
-            return operation(self, *args, **kwargs)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                with self.store.atomically():
+                    return operation(self, *args, **kwargs)
+            except StoreConflict:  # raised where the unit of work ends: only the outermost operation runs again
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
 
     return run

@@ -18,7 +18,7 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from taskserver.domain import ACTIVE, TaskStatus
-from taskserver.errors import StoreUnavailable, TaskServerError
+from taskserver.errors import StoreConflict, StoreUnavailable, TaskServerError
 from taskserver.store.base import Store
 from taskserver.store.migrations import steps_to
 from taskserver.store.rows import (
@@ -151,6 +151,8 @@ class PostgresStore(Store):
             if isinstance(exc, psycopg.DataError) and "NUL" not in str(exc):
                 raise
             raise TaskServerError("文本中不能含有 NUL 字符或孤立的代理字符", "INVALID_TEXT") from exc
+        except psycopg.errors.TransactionRollback as exc:  # a deadlock or serialization failure: nothing was written
+            raise StoreConflict(f"数据库事务冲突，请重试（{exc}）") from exc
         except psycopg.OperationalError as exc:
             self._failed += 1
             dropped = len(unit.callbacks) if unit else 0
@@ -489,14 +491,18 @@ class PostgresStore(Store):
         return rows[0]["n"]
 
     def free_devices(self, limit=None, include=()):
-        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``;
+        claimed for this unit of work. Devices another unit holds are skipped, never waited for: a unit that takes
+        slots on several devices in its own order then never waits for one another unit holds (a deadlock)."""
         rows = self._rows(
-            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %s",
+            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (limit,),
         )
         named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
         if named:
-            rows += self._rows(f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%s)", (named,))
+            rows += self._rows(
+                f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%s) FOR UPDATE SKIP LOCKED", (named,)
+            )
         return [device_from_row(row) for row in rows]
 
     def mark_disconnected(self, device_id, sid, now):
