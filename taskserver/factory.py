@@ -64,7 +64,9 @@ def create_app(config=None, clock=None):
     plain_sockets = plainws.PlainSockets(settings["PLAIN_WS_PING_INTERVAL"], settings["HEARTBEAT_TIMEOUT"], clock)
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
     metrics = Metrics([*TaskType, *settings["EXTRA_TASK_TYPES"]], store.after_commit)
-    service = TaskService(store, notifier, settings, metrics=metrics, **({"clock": clock} if clock else {}))
+    service = TaskService(
+        store, notifier, settings, metrics=metrics, spawn=background.spawn, **({"clock": clock} if clock else {})
+    )
     service.recover_on_start()
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets

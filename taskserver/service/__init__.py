@@ -7,6 +7,8 @@ attempt, ``_move``, the one place a stored task changes status, and what time pa
 import logging
 import time
 
+import gevent
+
 from taskserver.connections import Connections
 from taskserver.credentials import DeviceCredentials
 from taskserver.domain import ACTIVE, TaskStatus
@@ -24,13 +26,15 @@ log = logging.getLogger("taskserver")
 class TaskService(DeviceOperations, TaskOperations, TaskMoves):
     """Registers devices, dispatches and tracks tasks, and acts on time passing; emits through the notifier."""
 
-    def __init__(self, store, notifier, config, clock=time.time, metrics=None):
+    def __init__(self, store, notifier, config, clock=time.time, metrics=None, spawn=gevent.spawn):
         self.store = store
         self.notifier = notifier
         self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.connections = Connections()
+        self.spawn = spawn  # the app's background group: what the service starts ends with the app
+        self._look_waiting = False  # a look for work after commit is waiting to run (several writers only)
         self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
         self.credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
 

@@ -26,6 +26,11 @@ class TaskMoves:
         Reads no more tasks than there are free slots, and only as many devices as could take them, so it stays
         cheap with a large fleet and a long queue."""
         now = self.clock() if now is None else now
+        sent = self._fill_free_slots(now)
+        self.store.after_commit(self._look_again_later)
+        return sent
+
+    def _fill_free_slots(self, now):
         sent = []
         while (wanted := min(self.store.dispatchable_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
             tasks = self.store.due_pending_tasks(now, wanted)
@@ -42,6 +47,20 @@ class TaskMoves:
             if len(sent) == sent_before or len(tasks) < wanted:
                 break
         return sent
+
+    def _look_again_later(self):
+        """With other writers, a look for work could not see their uncommitted tasks and freed slots, nor the rows
+        they held: once this is committed, look once more (one look waits at a time; it repeats while it sends)."""
+        if self.store.single_writer or self._look_waiting:
+            return
+        self._look_waiting = True
+        self.spawn(self._look_again)
+
+    @atomic
+    def _look_again(self):
+        self._look_waiting = False
+        if self._fill_free_slots(self.clock()):
+            self.store.after_commit(self._look_again_later)
 
     def _assign(self, task, device, now):
         """Send the pending task to the device; return it as stored, or None if it changed meanwhile."""

@@ -4,6 +4,8 @@
 class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
 
+    single_writer = True  # no other process writes: an operation sees every write made before it
+
     # tasks
     def add_task(self, task, *events):
         """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically;

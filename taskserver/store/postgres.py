@@ -89,7 +89,9 @@ class Unit:
 class PostgresStore(Store):
     """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``)."""
 
-    def __init__(self, url, pool_size=10, timeout=5.0):
+    single_writer = False  # other units of work (other nodes) write beside this one
+
+    def __init__(self, url, pool_size=20, timeout=5.0):
         require_cooperative_driver()
         self._local = threading.local()  # one per greenlet once gevent patched threading: the greenlet's Unit
         self._failed = 0
@@ -100,7 +102,6 @@ class PostgresStore(Store):
             max_size=pool_size,
             kwargs={"row_factory": dict_row, "connect_timeout": max(int(timeout), 1)},
             configure=_read_json_as_text,
-            check=ConnectionPool.check_connection,
             timeout=timeout,
             reconnect_timeout=0,  # keep trying while the database is away: it comes back
             open=False,
