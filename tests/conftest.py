@@ -188,13 +188,14 @@ def admin_connect(url):
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as error:
-        origin = "TASKSERVER_TEST_POSTGRES" if os.environ.get("TASKSERVER_TEST_POSTGRES") else "the default"
-        pytest.fail(
-            f"the PostgreSQL tests need a PostgreSQL server, and none answers at {url} ({origin}): {error}\n"
-            "scripts/test provides one; or set TASKSERVER_TEST_POSTGRES=postgresql://user@host:port/db "
-            "(a role that may CREATE DATABASE)",
-            pytrace=False,
-        )
+        reason = " ".join(str(error).split())
+    origin = "TASKSERVER_TEST_POSTGRES" if os.environ.get("TASKSERVER_TEST_POSTGRES") else "the default"
+    pytest.fail(
+        f"the PostgreSQL tests need a PostgreSQL server, and none answers at {url} ({origin}): {reason}\n"
+        "scripts/test provides one; or set TASKSERVER_TEST_POSTGRES=postgresql://user@host:port/db "
+        "(a role that may CREATE DATABASE)",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
