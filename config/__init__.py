@@ -39,6 +39,8 @@ class Config:
             "PORT": int(environ.get("PORT") or 1888),
             "DATABASE": read("DATABASE", cls.default_database()),
             "SQLITE_SYNCHRONOUS": read("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
+            "DATABASE_POOL_SIZE": read("DATABASE_POOL_SIZE", 10, int),
+            "DATABASE_TIMEOUT": read("DATABASE_TIMEOUT", 5.0, float),
             "TASK_TIMEOUT": read("TASK_TIMEOUT", 300, int),
             "HEARTBEAT_TIMEOUT": read("HEARTBEAT_TIMEOUT", 90.0, float),
             "PLAIN_WS_PING_INTERVAL": read("PLAIN_WS_PING_INTERVAL", 25.0, float),

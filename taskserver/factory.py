@@ -23,7 +23,7 @@ from taskserver.realtime.events import DeviceEvents
 from taskserver.realtime.notifier import Notifier
 from taskserver.service import TaskService
 from taskserver.stats import FleetHistory
-from taskserver.store import open_store
+from taskserver.store import display_database, open_store
 from taskserver.watchdog import Watchdog
 
 REFUSED_TO_START = 3  # gunicorn's "worker failed to boot": the master stops too instead of restarting the worker
@@ -60,7 +60,7 @@ def create_app(config=None, clock=None):
     # test's) can never answer for a later one in the same process.
     socketio = SocketIO()
     background = app.extensions["background"] = Group()
-    store = open_store(settings)
+    store = open_or_refuse(settings)
     plain_sockets = plainws.PlainSockets(settings["PLAIN_WS_PING_INTERVAL"], settings["HEARTBEAT_TIMEOUT"], clock)
     notifier = Notifier(socketio, plain_sockets, store.after_commit)
     metrics = Metrics([*TaskType, *settings["EXTRA_TASK_TYPES"]], store.after_commit)
@@ -170,6 +170,14 @@ def check_security(settings):
             "devices. Set TASKSERVER_ENV=production (with the tokens) before exposing it.",
             "; ".join(problems),
         )
+
+
+def open_or_refuse(settings):
+    """The store the settings name; refuse to start if it cannot be opened (database away, schema too new)."""
+    try:
+        return open_store(settings)
+    except Exception as error:  # whatever the backend raises: the reason is logged, the server does not start
+        refuse_to_start(f"cannot open the store {display_database(settings['DATABASE'])}: {error}")
 
 
 def refuse_to_start(reason):

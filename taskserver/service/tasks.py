@@ -73,8 +73,9 @@ class TaskOperations:
         if device is not None:  # nothing waits before it: store it already dispatched, in one write
             domain.check_transition(task.status, TaskStatus.DISPATCHED)
             dispatched = replace(task, **self._dispatch_changes(device, now))
-            self.store.add_task(dispatched, created, Event("dispatched", "server", device.device_id))
-        else:
+            if not self.store.add_task(dispatched, created, Event("dispatched", "server", device.device_id)):
+                device = None  # another writer took its last slot: the task queues instead
+        if device is None:
             self.store.add_task(task, created)
         self.metrics.count(self.metrics.created, task.task_type)
         logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)

@@ -6,7 +6,8 @@ class Store:
 
     # tasks
     def add_task(self, task, *events):
-        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
+        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically;
+        return False, storing nothing, if it was to be active on a device with no free slot left."""
         raise NotImplementedError
 
     def has_pending_tasks(self):
@@ -25,7 +26,7 @@ class Store:
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
         """Apply ``changes``, append ``event`` and record a ``cancel_task`` of ``task.attempt`` owed to
         ``owe_cancel_to``, only if the stored task still has the status, device and attempt of ``task`` (as the caller
-        read it); return the task updated, or None."""
+        read it) and a device it moves onto has a free slot; return the task updated, or None."""
         raise NotImplementedError
 
     def list_tasks(

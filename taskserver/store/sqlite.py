@@ -9,6 +9,7 @@ from pathlib import Path
 from taskserver.domain import ACTIVE, TaskStatus
 from taskserver.store.base import Store
 from taskserver.store.commits import GroupCommit
+from taskserver.store.migrations import steps_to
 from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_from_row, to_db
 from taskserver.store.sqlite_devices import DeviceTables
 
@@ -77,7 +78,13 @@ queue AS (
 )
 SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, position LIMIT :limit
 """
+
+
 NEXT_DUE = "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0"
+
+
+class NoFreeSlot(Exception):
+    """A move would put more active tasks on a device than its capacity (raised inside a verb, to undo it)."""
 
 
 class SQLiteStore(DeviceTables, Store):
@@ -113,14 +120,8 @@ class SQLiteStore(DeviceTables, Store):
         """Create the tables of a new file, migrate an older one; refuse a file this code cannot bring up to date."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
-        if has_tables and version != SCHEMA_VERSION:
-            steps = range(version + 1, SCHEMA_VERSION + 1)
-            if version > SCHEMA_VERSION or not all(step in MIGRATIONS for step in steps):
-                raise RuntimeError(
-                    f"database schema version {version}, this server needs {SCHEMA_VERSION}: "
-                    "use a new TASKSERVER_DATABASE file or a server of its version"
-                )
-            for step in steps:
+        if has_tables:
+            for step in steps_to(version, SCHEMA_VERSION, MIGRATIONS, "SQLite"):
                 self._migrate(step)
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -186,13 +187,24 @@ class SQLiteStore(DeviceTables, Store):
             if delta < 0 and self._waiting_for is not None and device_id in self._waiting_for:
                 self._queue_changed()
 
+    @staticmethod
+    def _take_slot(db, device_id):
+        """Count one more active task on the device, unless that would overfill it: raise ``NoFreeSlot`` then."""
+        taken = db.execute(
+            "UPDATE devices SET active_tasks = active_tasks + 1 WHERE device_id = ? AND active_tasks < capacity",
+            (device_id,),
+        ).rowcount
+        if not taken and db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone():
+            raise NoFreeSlot(device_id)
+
     def _queue_changed(self):
         """Forget that no pending task could start: a write may have changed that."""
         self._waiting_for = None
 
     # tasks
     def add_task(self, task, *events):
-        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically."""
+        """Insert a new task (pending, or already dispatched to a device) and its first history events, atomically;
+        True (one writer: a device the service found free still is)."""
         columns = ", ".join([*TASK_COLUMNS, "due"])
         marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 1))
         with self._transaction() as db:
@@ -208,6 +220,7 @@ class SQLiteStore(DeviceTables, Store):
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
         self._remember(task)
+        return True
 
     def _due(self, task):
         """The ``due`` column of a task entering the queue: 0 (and a time to look again) if it has a ``not_before``,
@@ -253,6 +266,12 @@ class SQLiteStore(DeviceTables, Store):
         """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
         and attempt of ``task`` as the caller read it; return it updated, or None."""
         after = changed(task, changes)
+        try:
+            return self._update_task_if(task, after, changes, event, owe_cancel_to)
+        except NoFreeSlot:  # the verb was undone: the task is as it was
+            return None
+
+    def _update_task_if(self, task, after, changes, event, owe_cancel_to):
         with self._transaction() as db:
             values = {name: to_db(name, value) for name, value in changes.items()}
             if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
@@ -286,8 +305,8 @@ class SQLiteStore(DeviceTables, Store):
             return
         if before.status in ACTIVE:
             self._shift_active(db, before.device_id, -1)
-        if after.status in ACTIVE:
-            self._shift_active(db, after.device_id, +1)
+        if after.status in ACTIVE and after.device_id is not None:
+            self._take_slot(db, after.device_id)
 
     def list_tasks(
         self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None

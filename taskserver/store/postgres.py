@@ -1,0 +1,579 @@
+"""The PostgreSQL store: psycopg 3 and a connection pool; one pooled connection and one transaction per unit of work.
+
+Other writers may share the database (the next step is several nodes), so nothing here is cached across units:
+every change is a compare-and-set, pending tasks are claimed with ``FOR UPDATE SKIP LOCKED``, and a device's slot
+is taken with a conditional update, so two writers can never overfill a device."""
+
+import json
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import psycopg.waiting
+from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool
+
+from taskserver.domain import ACTIVE, TaskStatus
+from taskserver.errors import StoreUnavailable
+from taskserver.store.base import Store
+from taskserver.store.migrations import steps_to
+from taskserver.store.rows import (
+    ACTIVE_VALUES,
+    DEVICE_COLUMNS,
+    TASK_COLUMNS,
+    changed,
+    device_from_row,
+    task_from_row,
+    to_db,
+)
+
+log = logging.getLogger("taskserver.store")
+
+SCHEMA_VERSION = 1
+# version -> the statements that bring a database of the version before it to it (version 1: a new database)
+POSTGRES_MIGRATIONS = {1: (Path(__file__).parent / "postgres_schema.sql").read_text()}
+MIGRATION_LOCK = 0x7461736B  # "task": the advisory lock two servers starting at once take in turn
+
+TASK_SELECT = ", ".join(TASK_COLUMNS)
+FREE = "connected AND NOT disabled AND active_tasks < capacity"
+DEVICE_STATUS_SQL = "CASE WHEN NOT connected THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
+# Pending tasks that can start now, in dispatch order, claimed: due ones for any device, and due ones pinned to a
+# device with a free slot. Rows another unit holds are skipped, so two writers never claim the same task.
+DUE_PENDING = f"""
+WITH open_queue AS (
+    SELECT {TASK_SELECT}, seq FROM tasks
+    WHERE status = 'pending' AND due AND target_device_id IS NULL
+    ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), pinned AS (
+    SELECT {TASK_SELECT}, seq FROM tasks
+    WHERE status = 'pending' AND due AND target_device_id IN (SELECT device_id FROM devices WHERE {FREE})
+    ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned) queue
+ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
+"""
+
+
+def require_cooperative_driver():
+    """Refuse to run on psycopg's C wait function: it would block every greenlet of the server while one waits for
+    the database (psycopg picks it when imported before gevent patched ``select``)."""
+    if psycopg.waiting.wait is getattr(psycopg.waiting, "wait_c", None):
+        raise RuntimeError(
+            "psycopg was imported before gevent's monkey-patching: its waits would block the whole server "
+            "(patch first, as app.py does)"
+        )
+
+
+def unavailable(exc):
+    """The error a client gets while the database cannot be reached (``exc`` says why)."""
+    return StoreUnavailable(f"数据库暂时无法访问，请稍后重试（{type(exc).__name__}: {exc}）".strip())
+
+
+def _read_json_as_text(conn):
+    """JSON columns come back as their text, as SQLite gives them: one row decoding for both stores."""
+    conn.adapters.register_loader("json", TextLoader)
+
+
+@dataclass(eq=False)
+class Unit:
+    """One unit of work: its connection, and what waits for its commit."""
+
+    conn: psycopg.Connection
+    callbacks: list = field(default_factory=list)
+
+
+class PostgresStore(Store):
+    """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``)."""
+
+    def __init__(self, url, pool_size=10, timeout=5.0):
+        require_cooperative_driver()
+        self._local = threading.local()  # one per greenlet once gevent patched threading: the greenlet's Unit
+        self._failed = 0
+        self._fault = None
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"row_factory": dict_row, "connect_timeout": max(int(timeout), 1)},
+            configure=_read_json_as_text,
+            check=ConnectionPool.check_connection,
+            timeout=timeout,
+            reconnect_timeout=0,  # keep trying while the database is away: it comes back
+            open=False,
+            name="taskserver",
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _migrate(self):
+        """Create or upgrade the schema in one transaction, under an advisory lock (servers starting together wait)."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            found = row["version"] if row else 0
+            for step in steps_to(found, SCHEMA_VERSION, POSTGRES_MIGRATIONS, "PostgreSQL"):
+                conn.execute(POSTGRES_MIGRATIONS[step])
+                log.info("PostgreSQL schema migrated to version %d", step)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+    # units of work
+    @contextmanager
+    def atomically(self):
+        """One unit of work for the whole operation (it nests): one pooled connection, one transaction, committed
+        at the end; then what waited for the commit runs. Other writers are not kept out: every change is a
+        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503)."""
+        if getattr(self._local, "unit", None) is not None:
+            yield self
+            return
+        unit = None
+        try:
+            with self._pool.connection() as conn:
+                unit = self._local.unit = Unit(conn)
+                try:
+                    with conn.transaction():
+                        yield self
+                        if self._fault is not None:
+                            raise self._fault
+                finally:
+                    self._local.unit = None
+        except psycopg.OperationalError as exc:
+            self._failed += 1
+            dropped = len(unit.callbacks) if unit else 0
+            log.error("unit of work failed, %d deferred messages dropped: %s", dropped, exc)
+            raise unavailable(exc) from exc
+        for callback in unit.callbacks:
+            try:
+                callback()
+            except Exception:  # one failed send must not keep the others from going out
+                log.exception("deferred output failed")
+
+    @contextmanager
+    def _db(self):
+        """The connection of this greenlet's unit of work (a verb called outside one gets a unit of its own)."""
+        with self.atomically():
+            yield self._local.unit.conn
+
+    def _rows(self, sql, params=()):
+        with self._db() as db:
+            return db.execute(sql, params).fetchall()
+
+    def durable(self):
+        """Every unit commits before it returns: nothing is left to wait for."""
+
+    def after_commit(self, callback):
+        """Run ``callback`` once this greenlet's unit of work is committed (now, if it has none open)."""
+        unit = getattr(self._local, "unit", None)
+        if unit is None:
+            callback()
+        else:
+            unit.callbacks.append(callback)
+
+    @property
+    def failed_commits(self):
+        """How many units of work failed on the database since the store opened."""
+        return self._failed
+
+    def fail_commits(self, error):
+        """Make every unit of work fail with ``error`` (a ``psycopg.OperationalError``), or commit again with None."""
+        self._fault = error
+
+    def check_writable(self, now):
+        """Write and commit one tiny row; raise if the database cannot take writes."""
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO store_health (id, checked_at) VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                (now,),
+            )
+
+    def close(self):
+        """Close every pooled connection."""
+        self._pool.close()
+
+    # tasks
+    @staticmethod
+    def _insert_event(db, task_id, now, event, attempt):
+        db.execute(
+            "INSERT INTO task_events (task_id, at, kind, actor, device_id, attempt, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (task_id, now, str(event.kind), event.actor, event.device_id, attempt, to_db("detail", event.detail)),
+        )
+
+    @staticmethod
+    def _take_slot(db, device_id):
+        """Count one more active task on the device, unless that would overfill it; False if it would."""
+        taken = db.execute(
+            "UPDATE devices SET active_tasks = active_tasks + 1 WHERE device_id = %s AND active_tasks < capacity",
+            (device_id,),
+        ).rowcount
+        if taken:
+            return True
+        return db.execute("SELECT 1 FROM devices WHERE device_id = %s", (device_id,)).fetchone() is None
+
+    @staticmethod
+    def _release_slot(db, device_id):
+        db.execute("UPDATE devices SET active_tasks = active_tasks - 1 WHERE device_id = %s", (device_id,))
+
+    def add_task(self, task, *events):
+        """Insert a new task and its first events; False (nothing stored) if it was to be active on a device that
+        has no free slot."""
+        columns = [*TASK_COLUMNS, "due"]
+        due = task.not_before is None
+        with self._db() as db:
+            if task.status in ACTIVE and task.device_id is not None and not self._take_slot(db, task.device_id):
+                return False
+            db.execute(
+                f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})",
+                [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), due],
+            )
+            for event in events:
+                self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
+        return True
+
+    def has_pending_tasks(self):
+        """True if any task is pending (due now or scheduled)."""
+        return self._rows("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS any")[0]["any"]
+
+    def get_task(self, task_id):
+        """The task with this id, or None."""
+        rows = self._rows(f"SELECT {TASK_SELECT} FROM tasks WHERE task_id = %s", (task_id,))
+        return task_from_row(rows[0]) if rows else None
+
+    def find_task_by_idempotency_key(self, key, since, scope=""):
+        """The newest task created with ``key`` by ``scope`` (or before keys had a scope) at or after ``since``, or
+        None. Holds a lock on the key until the unit of work ends, so that two writers cannot both create its task."""
+        with self._db() as db:
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (json.dumps([scope, key]),))
+            row = db.execute(
+                f"""SELECT {TASK_SELECT} FROM tasks WHERE idempotency_key = %s AND created_at >= %s
+                      AND (idempotency_scope = %s OR idempotency_scope IS NULL)
+                    ORDER BY created_at DESC, seq DESC LIMIT 1""",
+                (key, since, scope),
+            ).fetchone()
+        return task_from_row(row) if row else None
+
+    def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
+        """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
+        and attempt of ``task`` as the caller read it, and a device it moves onto has a free slot; return it
+        updated, or None."""
+        after = changed(task, changes)
+        values = {name: to_db(name, value) for name, value in changes.items()}
+        if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
+            values["due"] = after.not_before is None
+        onto = after.device_id if after.status in ACTIVE else None
+        leaves = task.device_id if task.status in ACTIVE else None
+        with self._db() as db:
+            if onto != leaves and onto is not None and not self._take_slot(db, onto):
+                return None
+            moved = db.execute(
+                f"UPDATE tasks SET {', '.join(f'{name} = %s' for name in values)} "
+                "WHERE task_id = %s AND status = %s AND device_id IS NOT DISTINCT FROM %s AND attempt = %s",
+                [*values.values(), task.task_id, str(task.status), task.device_id, task.attempt],
+            ).rowcount
+            if not moved:
+                if onto != leaves and onto is not None:
+                    self._release_slot(db, onto)  # give back the slot taken for it
+                return None
+            if onto != leaves and leaves is not None:
+                self._release_slot(db, leaves)
+            if event is not None:
+                self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
+            if owe_cancel_to is not None:
+                db.execute(
+                    "INSERT INTO owed_cancels (device_id, task_id, attempt) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (device_id, task_id) DO UPDATE SET attempt = excluded.attempt",
+                    (owe_cancel_to, task.task_id, task.attempt),
+                )
+        return after
+
+    def list_tasks(
+        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+    ):
+        """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
+        and the number of all that match."""
+        clauses, params = [], []
+        if statuses:
+            clauses.append("status = ANY(%s)")
+            params.append([TaskStatus(s).value for s in statuses])
+        if task_type:
+            clauses.append("task_type = %s")
+            params.append(task_type)
+        if device_id:
+            clauses.append("(device_id = %s OR target_device_id = %s)")
+            params.extend([device_id, device_id])
+        if created_after is not None:
+            clauses.append("created_at >= %s")
+            params.append(created_after)
+        if created_before is not None:
+            clauses.append("created_at < %s")
+            params.append(created_before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db() as db:
+            total = db.execute(f"SELECT COUNT(*) AS n FROM tasks {where}", params).fetchone()["n"]
+            rows = db.execute(
+                f"SELECT {TASK_SELECT} FROM tasks {where} ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
+                [*params, limit, offset],
+            ).fetchall()
+        return [task_from_row(row) for row in rows], total
+
+    def due_pending_tasks(self, now, limit):
+        """Pending tasks that may start now and whose target (if any) has a free slot, by priority then age, claimed
+        for this unit of work (rows another unit claimed are skipped). A task is due once a look at ``now`` has
+        found its ``not_before`` passed (a clock set back does not undo that)."""
+        with self._db() as db:
+            db.execute(
+                "UPDATE tasks SET due = TRUE WHERE status = 'pending' AND NOT due AND not_before <= %s",
+                (now,),
+            )
+            rows = db.execute(DUE_PENDING, {"limit": limit}).fetchall()
+        for row in rows:
+            row.pop("seq")
+        return [task_from_row(row) for row in rows]
+
+    def active_tasks_of(self, device_id):
+        """The device's dispatched and running tasks, oldest first."""
+        rows = self._rows(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE device_id = %s AND status IN (%s, %s) ORDER BY created_at, seq",
+            (device_id, *ACTIVE_VALUES),
+        )
+        return [task_from_row(row) for row in rows]
+
+    def task_active_on(self, task_id, device_id, attempt=None):
+        """True if the task is dispatched to or running on the device (in ``attempt``, if given): one key lookup."""
+        rows = self._rows(
+            "SELECT attempt FROM tasks WHERE task_id = %s AND device_id = %s AND status IN (%s, %s)",
+            (task_id, device_id, *ACTIVE_VALUES),
+        )
+        return bool(rows) and attempt in (None, rows[0]["attempt"])
+
+    def take_owed_cancels(self, device_id):
+        """Remove and return ``(task_id, attempt)`` of each ``cancel_task`` the device missed while away."""
+        rows = self._rows("DELETE FROM owed_cancels WHERE device_id = %s RETURNING task_id, attempt", (device_id,))
+        return [(row["task_id"], row["attempt"]) for row in rows]
+
+    def timed_out_tasks(self, now, limit=None):
+        """Active tasks (at most ``limit``) whose timeout, counted from dispatch, has passed by ``now``."""
+        rows = self._rows(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE status IN (%s, %s) AND dispatched_at + timeout <= %s LIMIT %s",
+            (*ACTIVE_VALUES, now, limit),
+        )
+        return [task_from_row(row) for row in rows]
+
+    def tasks_of_lost_devices(self, disconnected_before, limit=None):
+        """Active tasks (at most ``limit``) whose device has been disconnected since before ``disconnected_before``."""
+        columns = ", ".join(f"t.{name}" for name in TASK_COLUMNS)
+        rows = self._rows(
+            f"""SELECT {columns} FROM tasks t JOIN devices d ON d.device_id = t.device_id
+                WHERE t.status IN (%s, %s) AND NOT d.connected AND d.disconnected_at <= %s LIMIT %s""",
+            (*ACTIVE_VALUES, disconnected_before, limit),
+        )
+        return [task_from_row(row) for row in rows]
+
+    def count_tasks_by_status(self):
+        """A mapping of status value to the number of tasks in it."""
+        rows = self._rows("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+    def count_finished_by_minute(self, since, until):
+        """How many tasks ended in each minute of ``since <= finished_at < until``, by final status."""
+        rows = self._rows(
+            """SELECT FLOOR((finished_at - %s) / 60)::int AS minute, status, COUNT(*) AS n FROM tasks
+               WHERE finished_at >= %s AND finished_at < %s GROUP BY 1, 2""",
+            (since, since, until),
+        )
+        return {(row["minute"], row["status"]): row["n"] for row in rows}
+
+    def count_tasks_by_status_and_type(self):
+        """A mapping of ``(status value, task type)`` to the number of tasks in it."""
+        rows = self._rows("SELECT status, task_type, COUNT(*) AS n FROM tasks GROUP BY status, task_type")
+        return {(row["status"], row["task_type"]): row["n"] for row in rows}
+
+    def task_events(self, task_id):
+        """The task's history, oldest first."""
+        rows = self._rows("SELECT * FROM task_events WHERE task_id = %s ORDER BY id", (task_id,))
+        return [{**row, "detail": json.loads(row["detail"]) if row["detail"] is not None else None} for row in rows]
+
+    def add_event(self, task_id, now, event, attempt):
+        """Append one event to the task's history."""
+        with self._db() as db:
+            self._insert_event(db, task_id, now, event, attempt)
+
+    def device_had_task(self, task_id, device_id):
+        """True if the task was ever dispatched to the device."""
+        rows = self._rows(
+            "SELECT 1 FROM task_events WHERE task_id = %s AND kind = 'dispatched' AND device_id = %s LIMIT 1",
+            (task_id, device_id),
+        )
+        return bool(rows)
+
+    # devices
+    def set_device_token(self, device_id, token_hash, now):
+        """Bind a (hashed) token to the device id, replacing any earlier one."""
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO device_tokens (device_id, token_hash, created_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (device_id) DO UPDATE SET token_hash = excluded.token_hash, "
+                "created_at = excluded.created_at",
+                (device_id, token_hash, now),
+            )
+
+    def device_token_hash(self, device_id):
+        """The hash of the device's own token, or None if it has none."""
+        rows = self._rows("SELECT token_hash FROM device_tokens WHERE device_id = %s", (device_id,))
+        return rows[0]["token_hash"] if rows else None
+
+    def device_id_for_token_hash(self, token_hash):
+        """The device id a (hashed) per-device token belongs to, or None."""
+        rows = self._rows("SELECT device_id FROM device_tokens WHERE token_hash = %s", (token_hash,))
+        return rows[0]["device_id"] if rows else None
+
+    def delete_device_token(self, device_id):
+        """Revoke the device's own token; True if it had one."""
+        with self._db() as db:
+            return db.execute("DELETE FROM device_tokens WHERE device_id = %s", (device_id,)).rowcount == 1
+
+    def save_device(self, device):
+        """Insert the device or update its name, info, capacity and connection."""
+        updated = [c for c in DEVICE_COLUMNS if c not in ("device_id", "created_at", "active_tasks", "disabled")]
+        with self._db() as db:
+            db.execute(
+                f"""INSERT INTO devices ({", ".join(DEVICE_COLUMNS)})
+                    VALUES ({", ".join("%s" for _ in DEVICE_COLUMNS)})
+                    ON CONFLICT (device_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in updated)}""",
+                [to_db(name, getattr(device, name)) for name in DEVICE_COLUMNS],
+            )
+
+    def get_device(self, device_id):
+        """The device with this id (with its active task count), or None."""
+        rows = self._rows("SELECT * FROM devices WHERE device_id = %s", (device_id,))
+        return device_from_row(rows[0]) if rows else None
+
+    def list_devices(self, statuses=(), disabled=None):
+        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
+        clauses, params = [], []
+        if statuses:
+            clauses.append(f"{DEVICE_STATUS_SQL} = ANY(%s)")
+            params.append(list(statuses))
+        if disabled is not None:
+            clauses.append("disabled = %s")
+            params.append(bool(disabled))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._rows(f"SELECT * FROM devices {where} ORDER BY registered_at DESC NULLS LAST, device_id", params)
+        return [device_from_row(row) for row in rows]
+
+    def dispatchable_count(self, at_most):
+        """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
+        ``at_most`` devices), or 0 when no task is pending."""
+        rows = self._rows(
+            f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')
+                THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
+                      (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %s) free)
+                ELSE 0 END AS n""",
+            (at_most,),
+        )
+        return rows[0]["n"]
+
+    def free_devices(self, limit=None, include=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
+        rows = self._rows(
+            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %s",
+            (limit,),
+        )
+        named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
+        if named:
+            rows += self._rows(f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%s)", (named,))
+        return [device_from_row(row) for row in rows]
+
+    def mark_disconnected(self, device_id, sid, now):
+        """Mark the device offline if ``sid`` is still its connection; return True if it was."""
+        with self._db() as db:
+            return (
+                db.execute(
+                    "UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s "
+                    "WHERE device_id = %s AND sid = %s AND connected",
+                    (now, device_id, sid),
+                ).rowcount
+                == 1
+            )
+
+    def record_heartbeat(self, device_id, now):
+        """Remember when the device last sent a heartbeat."""
+        with self._db() as db:
+            db.execute("UPDATE devices SET last_heartbeat = %s WHERE device_id = %s", (now, device_id))
+
+    def disconnect_all(self, now):
+        """On start: no connection survives a restart; tasks get a fresh grace from ``now``; counts are rebuilt."""
+        with self._db() as db:
+            db.execute(
+                """UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s,
+                   active_tasks = (SELECT COUNT(*) FROM tasks t
+                                   WHERE t.device_id = devices.device_id AND t.status IN (%s, %s))""",
+                (now, *ACTIVE_VALUES),
+            )
+
+    def set_device_disabled(self, device_id, disabled):
+        """Stop (or resume) giving the device new tasks; return True if the device exists."""
+        with self._db() as db:
+            return (
+                db.execute("UPDATE devices SET disabled = %s WHERE device_id = %s", (disabled, device_id)).rowcount == 1
+            )
+
+    def delete_device(self, device_id):
+        """Forget an offline device with no active task and no task waiting for it, and its own history;
+        return True if it was deleted."""
+        with self._db() as db:
+            deleted = db.execute(
+                """DELETE FROM devices WHERE device_id = %s AND NOT connected
+                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE device_id = %s AND status IN (%s, %s))
+                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE target_device_id = %s AND status = 'pending')""",
+                (device_id, device_id, *ACTIVE_VALUES, device_id),
+            ).rowcount
+            if deleted:
+                db.execute("DELETE FROM device_events WHERE device_id = %s", (device_id,))
+            return bool(deleted)
+
+    def add_device_event(self, device_id, now, event):
+        """Append one event (registered, offline, disabled, ...) to the device's own history."""
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO device_events (device_id, at, kind, actor, detail) VALUES (%s, %s, %s, %s, %s)",
+                (device_id, now, str(event.kind), event.actor, to_db("detail", event.detail)),
+            )
+
+    def device_history(self, device_id, limit):
+        """The device's latest ``limit`` events, its own and those of tasks on it, newest first."""
+        rows = self._rows(
+            """SELECT * FROM (SELECT at, kind, actor, task_id, attempt, detail, 0 AS source, id FROM task_events
+                              WHERE device_id = %s ORDER BY at DESC, id DESC LIMIT %s) task_side
+               UNION ALL
+               SELECT * FROM (SELECT at, kind, actor, NULL::text, NULL::integer, detail, 1, id FROM device_events
+                              WHERE device_id = %s ORDER BY at DESC, id DESC LIMIT %s) device_side
+               ORDER BY at DESC, source, id DESC LIMIT %s""",  # at one instant, a device's own event came first
+            (device_id, limit, device_id, limit, limit),
+        )
+        return [
+            {
+                "at": row["at"],
+                "kind": row["kind"],
+                "actor": row["actor"],
+                "task_id": row["task_id"],
+                "attempt": row["attempt"],
+                "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
+            }
+            for row in rows
+        ]
+
+    def count_devices_by_status(self):
+        """A mapping of ``(status value, disabled)`` to the number of devices in it."""
+        rows = self._rows(f"SELECT {DEVICE_STATUS_SQL} AS status, disabled, COUNT(*) AS n FROM devices GROUP BY 1, 2")
+        return {(row["status"], row["disabled"]): row["n"] for row in rows}
