@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 
+import psycopg
 import pytest
 import requests
 from openapi_spec_validator import validate
@@ -423,6 +425,22 @@ def test_readyz_with_a_running_watchdog_then_an_unwritable_store(watched):
     watchdog.stop()
     response = watched.get("/readyz")
     assert response.status_code == 503 and response.json()["checks"]["watchdog"]["reason"] == "看门狗已停止"
+
+
+def test_readyz_says_the_store_is_not_ready_while_it_cannot_commit(watched, backend):
+    watchdog = watched.app.extensions["watchdog"]
+    wait_until(lambda: watchdog.last_sweep_at is not None, message="a first sweep")
+    driver_error = psycopg.OperationalError if backend == "postgresql" else sqlite3.OperationalError
+    watched.service.store.fail_commits(driver_error("the database refuses writes"))
+    try:
+        response = watched.get("/readyz")
+        body = response.json()
+        assert response.status_code == 503 and body["error_code"] == "NOT_READY", body
+        assert body["checks"]["store"]["ok"] is False
+        assert "the database refuses writes" in body["checks"]["store"]["reason"]
+    finally:
+        watched.service.store.fail_commits(None)
+    assert watched.get("/readyz").json()["checks"]["store"] == {"ok": True, "reason": None}
 
 
 def test_readyz_notices_a_watchdog_that_stopped_sweeping(watched):

@@ -17,6 +17,7 @@ import pytest
 from taskserver.domain import Device, Event, Task, TaskStatus
 from taskserver.errors import StoreUnavailable
 from taskserver.store import SQLiteStore
+from taskserver.store.postgres import PostgresStore
 from taskserver.store.sqlite import SCHEMA, SCHEMA_VERSION
 
 DISK_FULL = sqlite3.OperationalError("database or disk is full")
@@ -55,8 +56,6 @@ def sqlite_file(place):
 
 
 def postgresql(place):
-    from taskserver.store.postgres import PostgresStore
-
     return PostgresStore(place.postgres_url)
 
 
@@ -845,6 +844,37 @@ def test_a_failed_verb_undoes_only_itself_in_a_shared_commit(place, backend):
     store.durable()
     assert store.list_tasks()[1] == 2 and store.get_task("task_1").created_at == 100.0
     assert [e["kind"] for e in store.task_events("task_1")] == ["created"]  # the refused verb left no event
+    store.close()
+
+
+def commit_fault(open_store):
+    """An error as the backend's driver raises it when the database cannot take a commit."""
+    if open_store is postgresql:
+        return psycopg.OperationalError("server closed the connection unexpectedly")
+    return DISK_FULL
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_a_failed_commit_drops_its_output_is_raised_and_the_next_one_succeeds(place, open_store):
+    store = open_store(place)
+    fault = commit_fault(open_store)
+    sent = []
+    store.fail_commits(fault)
+    with pytest.raises(StoreUnavailable, match=str(fault)):
+        with store.atomically():
+            add(store, make_task("task_1"))
+            store.after_commit(lambda: sent.append("new_task"))
+        store.durable()
+    with pytest.raises(StoreUnavailable):
+        store.check_writable(200.0)
+    store.fail_commits(None)
+    assert sent == [] and store.get_task("task_1") is None and store.failed_commits == 2
+    store.check_writable(201.0)
+    add(store, make_task("task_2"))
+    store.after_commit(lambda: sent.append("new_task"))
+    store.durable()
+    assert sent == ["new_task"] and store.get_task("task_2") is not None and store.failed_commits == 2
+    assert read_elsewhere(place, open_store, "SELECT task_id FROM tasks") == [("task_2",)]
     store.close()
 
 
