@@ -1,12 +1,23 @@
-"""Fixtures: a real server on a free port (in this process, on gevent) and real Socket.IO / HTTP clients."""
+"""Fixtures: a real server on a free port (in this process, on gevent) and real Socket.IO / HTTP clients, on the
+store backend a test runs on.
+
+Backends: a test runs on SQLite unless its module (or the test) says ``pytest.mark.backends("sqlite", "postgresql")``;
+then it runs once per backend, with the backend in its id (``test_x[postgresql]``). The ``database`` fixture gives
+what ``TASKSERVER_DATABASE`` takes: a SQLite file in ``tmp_path``, or the URL of an empty PostgreSQL schema of the
+test's own, in a database this run creates on the server ``TASKSERVER_TEST_POSTGRES`` names and drops at its end.
+"""
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
+import secrets  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
+from urllib.parse import urlencode, urlsplit  # noqa: E402
 
+import psycopg  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
 import socketio  # noqa: E402
@@ -132,10 +143,115 @@ class Device:
             self.sio.disconnect()
 
 
+# ---- the store backend of a test ----
+
+BACKENDS = ("sqlite", "postgresql")
+POSTGRES_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_generate_tests(metafunc):
+    """Run a test once per backend its ``backends`` marker names, if it uses a database at all."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or "backend" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(BACKENDS)
+    if unknown or not marker.args:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: backends must be some of {BACKENDS}, not {marker.args}")
+    metafunc.parametrize("backend", marker.args, indirect=True)
+
+
 @pytest.fixture
-def server(tmp_path):
-    """A fresh server with its own SQLite file."""
-    live = LiveServer(tmp_path / "taskserver.db")
+def backend(request):
+    """The backend this test runs on: "sqlite" unless a ``backends`` marker parametrized it."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database(request, backend, tmp_path):
+    """What ``TASKSERVER_DATABASE`` takes for this test: a SQLite file path, or a PostgreSQL URL of an empty schema.
+
+    A server restarted on the same value finds what the one before it stored."""
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "taskserver.db"
+
+
+def with_query(url, **query):
+    """``url`` with ``query`` added to its query string."""
+    parts = urlsplit(url)
+    extra = urlencode(query)
+    return parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra).geturl()
+
+
+def admin_connect(url):
+    """An autocommit connection to ``url``; fails the test with what to do if no PostgreSQL answers there."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split())
+    origin = "TASKSERVER_TEST_POSTGRES" if os.environ.get("TASKSERVER_TEST_POSTGRES") else "the default"
+    pytest.fail(
+        f"the PostgreSQL tests need a PostgreSQL server, and none answers at {url} ({origin}): {reason}\n"
+        "scripts/test provides one; or set TASKSERVER_TEST_POSTGRES=postgresql://user@host:port/db "
+        "(a role that may CREATE DATABASE)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """The URL of a database of this test run, created on the PostgreSQL server ``TASKSERVER_TEST_POSTGRES`` names
+    (default: the local one) and dropped at the end of the run, whatever its outcome."""
+    server = os.environ.get("TASKSERVER_TEST_POSTGRES") or POSTGRES_DEFAULT
+    name = f"taskserver_test_{secrets.token_hex(6)}"
+    with admin_connect(server) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    try:
+        yield urlsplit(server)._replace(path=f"/{name}").geturl()
+    finally:
+        with admin_connect(server) as admin:
+            admin.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep the outcome of each test's call on it, for fixtures that check more once a test passed."""
+    report = yield
+    if report.when == "call":
+        item.call_report = report
+    return report
+
+
+@pytest.fixture
+def postgres_url(request, postgres_database):
+    """The URL of an empty schema of this test's own (its ``search_path``); dropped with what is in it after the test.
+
+    Connections made with it carry the schema as ``application_name``: any still open at the end are closed first."""
+    schema = f"test_{secrets.token_hex(6)}"
+    identifier = psycopg.sql.Identifier(schema)
+    with admin_connect(postgres_database) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(identifier))
+    yield with_query(postgres_database, options=f"-csearch_path={schema}", application_name=schema)
+    with admin_connect(postgres_database) as admin:
+        tables = admin.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", [schema]).fetchone()[0]
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND pid <> "
+            "pg_backend_pid()",
+            [schema],
+        )
+        admin.execute(psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(identifier))
+    # a store that took the URL for something else (a file name) would pass every test without PostgreSQL
+    passed = getattr(request.node, "call_report", None) is not None and request.node.call_report.passed
+    assert tables or not passed, f"the test stored nothing in its PostgreSQL schema {schema}: it did not use PostgreSQL"
+
+
+# ---- servers and devices ----
+
+
+@pytest.fixture
+def server(database):
+    """A fresh server with its own store (a SQLite file unless the test runs on PostgreSQL)."""
+    live = LiveServer(database)
     yield live
     live.stop()
 

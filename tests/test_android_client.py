@@ -16,6 +16,8 @@ import socketio
 
 from conftest import LiveServer, NoAckClient, wait_until
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 IMPLEMENTED = {"DELIST"}
 NOT_IMPLEMENTED = {"COLLECT", "UPLOAD"}
 
@@ -165,9 +167,9 @@ def run(task):
 
 
 @pytest.fixture
-def app_server(tmp_path):
+def app_server(database):
     """A real server that also knows a task type the app does not (``REFRESH_STOCK``)."""
-    live = LiveServer(tmp_path / "android.db", EXTRA_TASK_TYPES=("REFRESH_STOCK",))
+    live = LiveServer(database, EXTRA_TASK_TYPES=("REFRESH_STOCK",))
     yield live
     live.stop()
 

@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 
+import psycopg
 import pytest
 import requests
 from openapi_spec_validator import validate
@@ -16,6 +18,8 @@ from openapi_spec_validator import validate
 from conftest import Device, LiveServer, wait_until
 from taskserver.logs import JsonFormatter
 from taskserver.present import iso
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -392,14 +396,15 @@ def test_healthz_answers_and_readyz_says_the_watchdog_is_off(server):
 
 
 @pytest.fixture
-def watched(tmp_path):
+def watched(database):
     """A server whose watchdog really runs, every 50 ms."""
-    live = LiveServer(tmp_path / "watched.db", WATCHDOG_INTERVAL=0.05)
+    live = LiveServer(database, WATCHDOG_INTERVAL=0.05)
     yield live
     live.app.extensions["watchdog"].stop()
     live.stop()
 
 
+@pytest.mark.backends("sqlite")  # makes the SQLite file refuse writes with a PRAGMA
 def test_readyz_with_a_running_watchdog_then_an_unwritable_store(watched):
     watchdog = watched.app.extensions["watchdog"]
     wait_until(lambda: watchdog.last_sweep_at is not None, message="a first sweep")
@@ -420,6 +425,22 @@ def test_readyz_with_a_running_watchdog_then_an_unwritable_store(watched):
     watchdog.stop()
     response = watched.get("/readyz")
     assert response.status_code == 503 and response.json()["checks"]["watchdog"]["reason"] == "看门狗已停止"
+
+
+def test_readyz_says_the_store_is_not_ready_while_it_cannot_commit(watched, backend):
+    watchdog = watched.app.extensions["watchdog"]
+    wait_until(lambda: watchdog.last_sweep_at is not None, message="a first sweep")
+    driver_error = psycopg.OperationalError if backend == "postgresql" else sqlite3.OperationalError
+    watched.service.store.fail_commits(driver_error("the database refuses writes"))
+    try:
+        response = watched.get("/readyz")
+        body = response.json()
+        assert response.status_code == 503 and body["error_code"] == "NOT_READY", body
+        assert body["checks"]["store"]["ok"] is False
+        assert "the database refuses writes" in body["checks"]["store"]["reason"]
+    finally:
+        watched.service.store.fail_commits(None)
+    assert watched.get("/readyz").json()["checks"]["store"] == {"ok": True, "reason": None}
 
 
 def test_readyz_notices_a_watchdog_that_stopped_sweeping(watched):
@@ -577,13 +598,13 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_json_logs_from_the_real_entry_point(tmp_path):
+def test_json_logs_from_the_real_entry_point(database):
     port = free_port()
     env = {
         **os.environ,
         "PORT": str(port),
         "TASKSERVER_HOST": "127.0.0.1",
-        "TASKSERVER_DATABASE": str(tmp_path / "json.db"),
+        "TASKSERVER_DATABASE": str(database),
         "TASKSERVER_LOG_FORMAT": "json",
         "TASKSERVER_LOG_LEVEL": "DEBUG",
         "TASKSERVER_ENV": "development",

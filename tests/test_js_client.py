@@ -20,6 +20,7 @@ JS_DIR = Path(__file__).parent / "js"
 SPEC_NEW_TASK_FIELDS = {"type", "task_id", "task_type", "data", "created_at", "timeout"}
 README_NEW_TASK_EXTRAS = {"priority", "attempt"}
 SPEC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")  # "2025-09-17T14:30:00"
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 CURL_BODY = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}}
 
 

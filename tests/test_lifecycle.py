@@ -2,8 +2,12 @@
 
 Time-based rules move the server's fake clock and run one watchdog sweep; nothing sleeps."""
 
+import pytest
+
 from conftest import wait_until
 from taskserver.realtime.notifier import MAX_PENDING_ACKS
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 
 def events_of(server, task_id):

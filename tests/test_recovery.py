@@ -1,16 +1,19 @@
-"""Restart recovery with the real store file: every stored task resumes its lifecycle on the new server."""
+"""Restart recovery with the real store: every stored task resumes its lifecycle on the new server."""
+
+import pytest
 
 from conftest import Device, LiveServer
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 
 def restart(server, database):
-    """Stop ``server`` as a crash would (no goodbye to devices) and start a new one on the same file."""
+    """Stop ``server`` as a crash would (no goodbye to devices) and start a new one on the same database."""
     server.stop()
     return LiveServer(database)
 
 
-def test_tasks_keep_their_device_with_a_fresh_grace_and_their_timeout(tmp_path):
-    database = tmp_path / "taskserver.db"
+def test_tasks_keep_their_device_with_a_fresh_grace_and_their_timeout(database):
     first = LiveServer(database)
     phone = Device(first.url, "android_001", max_concurrent_tasks=2).connect()
     long_task = first.dispatch(timeout=3600)["task_id"]
@@ -43,8 +46,7 @@ def test_tasks_keep_their_device_with_a_fresh_grace_and_their_timeout(tmp_path):
         second.stop()
 
 
-def test_tasks_of_a_device_that_does_not_return_fail_after_the_grace(tmp_path):
-    database = tmp_path / "taskserver.db"
+def test_tasks_of_a_device_that_does_not_return_fail_after_the_grace(database):
     first = LiveServer(database)
     phone = Device(first.url, "android_001").connect()
     task_id = first.dispatch(timeout=3600)["task_id"]

@@ -1,5 +1,5 @@
-"""Restarts of a real server process on the same SQLite file: a clean stop (SIGTERM), a crash (SIGKILL) with
-hundreds of tasks in every state, and a crash in the middle of a burst of dispatches.
+"""Restarts of a real server process on the same database (a SQLite file, or one PostgreSQL schema): a clean stop
+(SIGTERM), a crash (SIGKILL) with hundreds of tasks in every state, and a crash in the middle of a burst of dispatches.
 
 What the HTTP API and the socket acks confirmed before the stop must be there after it: devices (offline until they
 come back), every task with its status, device, progress and result. Devices that reconnect get their active tasks
@@ -15,6 +15,8 @@ import requests
 from test_run_server import APP_PY, ServerProcess
 
 from conftest import Device, wait_until
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 ACTIVE = {"dispatched", "running"}
 
@@ -35,7 +37,7 @@ class Worker(Device):
 
 
 @pytest.fixture
-def launch(tmp_path):
+def launch(tmp_path, database):
     """Start ``python app.py`` processes on one database and port; every one is killed at the end."""
     started = []
 
@@ -43,9 +45,7 @@ def launch(tmp_path):
         previous = started[-1] if started else None
         port = previous.port if previous else None
         # simulated phones here finish dozens of tasks a second, far beyond the per-connection rate limit
-        server = ServerProcess(
-            APP_PY, tmp_path, database=tmp_path / "restart.db", port=port, TASKSERVER_DEVICE_EVENT_RATE="0"
-        )
+        server = ServerProcess(APP_PY, tmp_path, database=database, port=port, TASKSERVER_DEVICE_EVENT_RATE="0")
         started.append(server)
         return server.start()
 

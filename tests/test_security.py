@@ -4,7 +4,9 @@ and nothing leaking into responses or logs."""
 import json
 import logging
 import subprocess
+from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 import socketio
@@ -15,14 +17,16 @@ from test_run_server import APP_PY, ROOT, free_port, procfile_command, server_en
 from conftest import Device, LiveServer, wait_until
 from taskserver import REFUSED_TO_START
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 OPERATOR = "op-token-0123456789"
 FLEET = "fleet-token-0123456789"
 
 
 @pytest.fixture
-def secured(tmp_path):
+def secured(database):
     """A server with operator and fleet tokens configured."""
-    live = LiveServer(tmp_path / "secured.db", API_TOKENS=(OPERATOR,), DEVICE_TOKENS=(FLEET,))
+    live = LiveServer(database, API_TOKENS=(OPERATOR,), DEVICE_TOKENS=(FLEET,))
     live.session.headers["Authorization"] = f"Bearer {OPERATOR}"
     yield live
     live.stop()
@@ -226,9 +230,24 @@ def test_revoking_a_token_closes_the_plain_websocket_registered_with_it(secured)
         phone.close()
 
 
-def test_idempotency_keys_belong_to_the_operator_token_that_made_them(tmp_path):
+def everything_stored(database):
+    """All the store keeps, as text: the SQLite file and its journal, or every row of the PostgreSQL schema."""
+    if str(database).startswith("postgresql://"):
+        with psycopg.connect(database) as db:
+            tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            rows = psycopg.sql.SQL("SELECT t::text FROM {} t")
+            return "\n".join(
+                row
+                for (table,) in db.execute(tables).fetchall()
+                for (row,) in db.execute(rows.format(psycopg.sql.Identifier(table)))
+            )
+    path = Path(database)
+    return b"".join(part.read_bytes() for part in path.parent.glob(path.name + "*")).decode(errors="replace")
+
+
+def test_idempotency_keys_belong_to_the_operator_token_that_made_them(database):
     other = "op-token-other-9876543210"
-    live = LiveServer(tmp_path / "keys.db", API_TOKENS=(OPERATOR, other))
+    live = LiveServer(database, API_TOKENS=(OPERATOR, other))
 
     def dispatch(token, **change):
         body = {"task_type": "DELIST", "data": {"product_ids": ["1"]}, "idempotency_key": "order-42", **change}
@@ -243,8 +262,8 @@ def test_idempotency_keys_belong_to_the_operator_token_that_made_them(tmp_path):
         assert dispatch(OPERATOR, priority=3).json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
         assert live.get("/api/tasks", headers={"Authorization": f"Bearer {OPERATOR}"}).json()["total"] == 2
         live.service.store.durable()
-        stored = b"".join(path.read_bytes() for path in tmp_path.glob("keys.db*"))
-        assert OPERATOR.encode() not in stored and other.encode() not in stored  # only an identity is kept
+        stored = everything_stored(database)
+        assert stored and OPERATOR not in stored and other not in stored  # only an identity is kept
     finally:
         live.stop()
 
@@ -265,12 +284,12 @@ def test_bad_device_id_for_a_token_is_a_validation_error(server):
 # ---- production mode ----
 
 
-def run_app(tmp_path, command=APP_PY, wait=3, **env):
+def run_app(database, command=APP_PY, wait=3, **env):
     """Start ``command`` (``python app.py``) and return its exit code and output once it exits or after ``wait`` s."""
     process = subprocess.Popen(
         command,
         cwd=ROOT,
-        env=server_env(0, tmp_path / "prod.db", **env),
+        env=server_env(0, database, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -284,21 +303,21 @@ def run_app(tmp_path, command=APP_PY, wait=3, **env):
 
 
 def test_production_refuses_to_start_open(tmp_path):
-    code, output = run_app(tmp_path, TASKSERVER_ENV="production")
+    code, output = run_app(tmp_path / "prod.db", TASKSERVER_ENV="production")
     assert code not in (0, None) and code != -9, output
     assert "production mode refuses to start" in output
     assert "TASKSERVER_API_TOKENS" in output and "TASKSERVER_DEVICE_TOKENS" in output and "SECRET_KEY" in output
 
 
 def test_procfile_refuses_to_start_open_and_gunicorn_stops(tmp_path):
-    code, output = run_app(tmp_path, command=procfile_command(free_port()), wait=20)
+    code, output = run_app(tmp_path / "prod.db", command=procfile_command(free_port()), wait=20)
     assert code == 3, output  # gunicorn's "worker failed to boot": the master exits instead of looping
     assert "production mode refuses to start" in output and "Worker failed to boot" in output
 
 
-def test_production_starts_with_everything_set(tmp_path):
+def test_production_starts_with_everything_set(database):
     code, output = run_app(
-        tmp_path,
+        database,
         TASKSERVER_ENV="production",
         TASKSERVER_API_TOKENS=OPERATOR,
         TASKSERVER_DEVICE_TOKENS=FLEET,
@@ -310,27 +329,27 @@ def test_production_starts_with_everything_set(tmp_path):
 
 
 def test_unknown_environment_refuses_to_start_and_names_the_known_ones(tmp_path):
-    code, output = run_app(tmp_path, TASKSERVER_ENV="prod")
+    code, output = run_app(tmp_path / "prod.db", TASKSERVER_ENV="prod")
     assert code == REFUSED_TO_START, output  # not an open development server
     assert "TASKSERVER_ENV='prod'" in output and "development, testing, production" in output
 
 
-def test_a_test_config_mapping_ignores_the_developers_environment(monkeypatch, tmp_path):
+def test_a_test_config_mapping_ignores_the_developers_environment(monkeypatch, database):
     for name, value in {"ENV": "testing", "API_TOKENS": OPERATOR, "TASK_TIMEOUT": "7", "DATABASE": "x.db"}.items():
         monkeypatch.setenv(f"TASKSERVER_{name}", value)
-    live = LiveServer(tmp_path / "env.db", MAX_BODY_BYTES=4096)
+    live = LiveServer(database, MAX_BODY_BYTES=4096)
     try:
         assert live.app.config["ENV_NAME"] == "development" and live.app.config["MAX_BODY_BYTES"] == 4096
-        assert live.app.config["DATABASE"] == str(tmp_path / "env.db")
+        assert live.app.config["DATABASE"] == str(database)
         task_id = live.dispatch(expect=(202,))["task_id"]  # no operator token needed: API_TOKENS did not leak in
         assert live.get(f"/api/task/{task_id}").json()["task"]["timeout"] == 300
     finally:
         live.stop()
 
 
-def test_development_mode_warns_that_it_is_open(caplog, tmp_path):
+def test_development_mode_warns_that_it_is_open(caplog, database):
     with caplog.at_level(logging.WARNING, logger="taskserver"):
-        LiveServer(tmp_path / "dev.db").stop()
+        LiveServer(database).stop()
     assert any("OPEN SERVER" in record.getMessage() for record in caplog.records)
 
 
@@ -362,8 +381,8 @@ def test_oversized_plain_websocket_frame_closes_the_connection(server):
     assert server.get("/healthz").ok
 
 
-def test_event_flood_is_rate_limited_without_slowing_others(tmp_path):
-    live = LiveServer(tmp_path / "flood.db", DEVICE_EVENT_RATE=5, DEVICE_EVENT_BURST=10)
+def test_event_flood_is_rate_limited_without_slowing_others(database):
+    live = LiveServer(database, DEVICE_EVENT_RATE=5, DEVICE_EVENT_BURST=10)
     try:
         flooder = Device(live.url, "android_001").connect()
         calm = Device(live.url, "android_002").connect()
@@ -380,8 +399,8 @@ def test_event_flood_is_rate_limited_without_slowing_others(tmp_path):
         live.stop()
 
 
-def test_dispatch_rate_limit_per_token(tmp_path):
-    live = LiveServer(tmp_path / "rate.db", DISPATCH_RATE=1, DISPATCH_BURST=3)
+def test_dispatch_rate_limit_per_token(database):
+    live = LiveServer(database, DISPATCH_RATE=1, DISPATCH_BURST=3)
     try:
         codes = [
             live.post("/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["1"]}})
@@ -412,8 +431,8 @@ def test_cors_is_same_origin_by_default(server):
         ws.recv()
 
 
-def test_configured_origin_is_allowed(tmp_path):
-    live = LiveServer(tmp_path / "cors.db", CORS_ORIGINS=("https://console.example",))
+def test_configured_origin_is_allowed(database):
+    live = LiveServer(database, CORS_ORIGINS=("https://console.example",))
     try:
         response = live.get("/api/tasks", headers={"Origin": "https://console.example"})
         assert response.headers["Access-Control-Allow-Origin"] == "https://console.example"

@@ -1,19 +1,23 @@
 """Contract of ``taskserver.store.base.Store``, run against every store implementation.
 
-Each backend in ``BACKENDS`` is a function that opens a fresh, empty store given a private directory; a new
-backend (PostgreSQL, ...) joins by adding a line there (and to ``DURABLE_BACKENDS`` if it survives a reopen).
+Each backend in ``BACKENDS`` is a function that opens a store given the test's ``Place`` (a private directory, and an
+empty PostgreSQL schema of its own when asked); a new backend joins by adding a line there (and to
+``DURABLE_BACKENDS`` if it survives a reopen, to ``SHARED_BACKENDS`` if several servers may open it at once).
 The tests drive the store only through its verbs, with ``domain`` objects and explicit times, as the service does.
+Tests named ``test_sqlite_...`` are about SQLite itself (its file, its migrations, its group commit, its faults).
 """
 
 import sqlite3
 from dataclasses import FrozenInstanceError, replace
 
 import gevent
+import psycopg
 import pytest
 
 from taskserver.domain import Device, Event, Task, TaskStatus
 from taskserver.errors import StoreUnavailable
 from taskserver.store import SQLiteStore
+from taskserver.store.postgres import PostgresStore
 from taskserver.store.sqlite import SCHEMA, SCHEMA_VERSION
 
 DISK_FULL = sqlite3.OperationalError("database or disk is full")
@@ -21,16 +25,60 @@ PENDING, DISPATCHED, RUNNING = TaskStatus.PENDING, TaskStatus.DISPATCHED, TaskSt
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
 
 
-def sqlite_memory(directory):
-    return SQLiteStore(":memory:")
+class Place:
+    """Where a test's stores live: its private ``directory``, and the URL of an empty PostgreSQL schema of its own
+    (made on first use, the same for every store the test opens, dropped after the test)."""
+
+    def __init__(self, request, directory):
+        self.directory = directory
+        self._request = request
+
+    @property
+    def postgres_url(self):
+        return self._request.getfixturevalue("postgres_url")
 
 
-def sqlite_file(directory):
+@pytest.fixture
+def place(request, tmp_path):
+    return Place(request, tmp_path)
+
+
+def sqlite_at(directory):
     return SQLiteStore(str(directory / "store.db"))
 
 
-BACKENDS = [pytest.param(sqlite_memory, id="sqlite-memory"), pytest.param(sqlite_file, id="sqlite-file")]
-DURABLE_BACKENDS = [pytest.param(sqlite_file, id="sqlite-file")]
+def sqlite_memory(place):
+    return SQLiteStore(":memory:")
+
+
+def sqlite_file(place):
+    return sqlite_at(place.directory)
+
+
+def postgresql(place):
+    return PostgresStore(place.postgres_url)
+
+
+BACKENDS = [
+    pytest.param(sqlite_memory, id="sqlite-memory"),
+    pytest.param(sqlite_file, id="sqlite-file"),
+    pytest.param(postgresql, id="postgresql"),
+]
+DURABLE_BACKENDS = [pytest.param(sqlite_file, id="sqlite-file"), pytest.param(postgresql, id="postgresql")]
+SHARED_BACKENDS = [pytest.param(postgresql, id="postgresql")]  # several servers (nodes) may open one at once
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)  # a wrong write, as each driver names it
+
+
+def read_elsewhere(place, open_store, query):
+    """The rows ``query`` finds on a connection of its own to the store's database: what other readers see."""
+    if open_store is postgresql:
+        with psycopg.connect(place.postgres_url) as db:
+            return [tuple(row) for row in db.execute(query).fetchall()]
+    reader = sqlite3.connect(str(place.directory / "store.db"))
+    try:
+        return reader.execute(query).fetchall()
+    finally:
+        reader.close()
 
 
 def make_task(task_id, created_at=100.0, **fields):
@@ -88,9 +136,9 @@ def ids(tasks):
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request, tmp_path):
+def store(request, place):
     """A fresh empty store of each backend."""
-    opened = request.param(tmp_path)
+    opened = request.param(place)
     yield opened
     opened.close()
 
@@ -712,8 +760,8 @@ def test_sqlite_file_of_schema_version_3_is_migrated_and_its_scheduled_tasks_wai
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
-def test_data_survives_close_and_reopen(tmp_path, open_store):
-    first = open_store(tmp_path)
+def test_data_survives_close_and_reopen(place, open_store):
+    first = open_store(place)
     first.save_device(make_device("android_001", capacity=3, device_info={"model": "Mi 13"}))
     add(first, make_task("task_1", created_at=100.0, idempotency_key="k"))
     add(first, make_task("task_2", created_at=101.0))
@@ -723,7 +771,7 @@ def test_data_survives_close_and_reopen(tmp_path, open_store):
     task_1, device = first.get_task("task_1"), first.get_device("android_001")
     first.close()
 
-    second = open_store(tmp_path)
+    second = open_store(place)
     try:
         assert second.get_task("task_1") == task_1
         assert second.get_task("task_2").status == CANCELLED
@@ -740,8 +788,22 @@ def test_data_survives_close_and_reopen(tmp_path, open_store):
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
-def test_after_commit_runs_once_the_writes_are_visible_to_another_connection(tmp_path, open_store):
-    store = open_store(tmp_path)
+def test_after_commit_runs_once_the_writes_are_visible_to_another_connection(place, open_store):
+    store = open_store(place)
+    seen_by_others = []
+    add(store, make_task("task_1"))
+    store.after_commit(
+        lambda: seen_by_others.append(
+            read_elsewhere(place, open_store, "SELECT status FROM tasks WHERE task_id = 'task_1'")
+        )
+    )
+    store.durable()
+    assert seen_by_others == [[("pending",)]]
+    store.close()
+
+
+def test_sqlite_group_commit_holds_the_writes_and_their_output_until_the_batch_commits(tmp_path):
+    store = sqlite_at(tmp_path)
     seen_by_others = []
 
     def look():
@@ -759,33 +821,65 @@ def test_after_commit_runs_once_the_writes_are_visible_to_another_connection(tmp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_after_commit_keeps_order_and_runs_at_once_when_nothing_waits(tmp_path, backend):
-    store = backend(tmp_path)
+def test_after_commit_keeps_order_and_runs_at_once_when_nothing_waits(place, backend):
+    store = backend(place)
     calls = []
     store.after_commit(lambda: calls.append("idle"))
     assert calls == ["idle"]
     add(store, make_task("task_1"))
-    for name in ("first", "second", "third"):
+    for name in ("first", "second", "third"):  # SQLite runs them at its group commit, PostgreSQL may run them now
         store.after_commit(lambda name=name: calls.append(name))
-    assert calls == ["idle"]
     store.durable()
     assert calls == ["idle", "first", "second", "third"]
+    store.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_failed_verb_undoes_only_itself_in_a_shared_commit(tmp_path, backend):
-    store = backend(tmp_path)
+def test_a_failed_verb_undoes_only_itself_in_a_shared_commit(place, backend):
+    store = backend(place)
     add(store, make_task("task_1"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         store.add_task(make_task("task_1", created_at=105.0), CREATED)  # same id: refused, in the same batch
     add(store, make_task("task_2"))
     store.durable()
     assert store.list_tasks()[1] == 2 and store.get_task("task_1").created_at == 100.0
     assert [e["kind"] for e in store.task_events("task_1")] == ["created"]  # the refused verb left no event
+    store.close()
 
 
-def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_path):
-    store = sqlite_file(tmp_path)
+def commit_fault(open_store):
+    """An error as the backend's driver raises it when the database cannot take a commit."""
+    if open_store is postgresql:
+        return psycopg.OperationalError("server closed the connection unexpectedly")
+    return DISK_FULL
+
+
+@pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
+def test_a_failed_commit_drops_its_output_is_raised_and_the_next_one_succeeds(place, open_store):
+    store = open_store(place)
+    fault = commit_fault(open_store)
+    sent = []
+    store.fail_commits(fault)
+    with pytest.raises(StoreUnavailable, match=str(fault)):
+        with store.atomically():
+            add(store, make_task("task_1"))
+            store.after_commit(lambda: sent.append("new_task"))
+        store.durable()
+    with pytest.raises(StoreUnavailable):
+        store.check_writable(200.0)
+    store.fail_commits(None)
+    assert sent == [] and store.get_task("task_1") is None and store.failed_commits == 2
+    store.check_writable(201.0)
+    add(store, make_task("task_2"))
+    store.after_commit(lambda: sent.append("new_task"))
+    store.durable()
+    assert sent == ["new_task"] and store.get_task("task_2") is not None and store.failed_commits == 2
+    assert read_elsewhere(place, open_store, "SELECT task_id FROM tasks") == [("task_2",)]
+    store.close()
+
+
+def test_sqlite_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_path):
+    store = sqlite_at(tmp_path)
     store._db.executescript(  # a deferred foreign key makes COMMIT itself fail, as a full disk would
         "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
         "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
@@ -806,8 +900,8 @@ def test_a_failed_commit_drops_its_output_and_is_raised_to_those_waiting(tmp_pat
     store.close()
 
 
-def test_commits_fail_while_the_fault_is_on_and_heal_when_it_is_off(tmp_path):
-    store = sqlite_file(tmp_path)
+def test_sqlite_commits_fail_while_the_fault_is_on_and_heal_when_it_is_off(tmp_path):
+    store = sqlite_at(tmp_path)
     store.fail_commits(DISK_FULL)
     add(store, make_task("task_1"))
     with pytest.raises(StoreUnavailable, match="disk is full"):
@@ -823,8 +917,8 @@ def test_commits_fail_while_the_fault_is_on_and_heal_when_it_is_off(tmp_path):
     store.close()
 
 
-def test_a_write_the_disk_refuses_is_store_unavailable_and_a_wrong_one_is_not(tmp_path):
-    store = sqlite_file(tmp_path)
+def test_sqlite_write_the_disk_refuses_is_store_unavailable_and_a_wrong_one_is_not(tmp_path):
+    store = sqlite_at(tmp_path)
     add(store, make_task("task_1"))
     store.durable()
     store._db.execute("PRAGMA query_only = ON")  # the file refuses writes, as a read-only disk would
@@ -837,8 +931,34 @@ def test_a_write_the_disk_refuses_is_store_unavailable_and_a_wrong_one_is_not(tm
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
-def test_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_path, open_store):
-    store = open_store(tmp_path)
+def test_an_operation_is_seen_by_other_connections_whole_once_it_ends(place, open_store):
+    store = open_store(place)
+    seen_by_others = []
+
+    def stored(task_id):
+        return read_elsewhere(place, open_store, f"SELECT status FROM tasks WHERE task_id = '{task_id}'")
+
+    def operation():
+        with store.atomically():
+            store.save_device(make_device("android_001"))
+            add(store, make_task("task_1"))
+            gevent.sleep(0.05)  # others run meanwhile (or wait, on SQLite)
+            seen_by_others.append(stored("task_1"))
+            dispatch(store, "task_1", "android_001")
+
+    def other():
+        add(store, make_task("task_2", created_at=101.0))
+
+    gevent.joinall([gevent.spawn(operation), gevent.spawn(other)], raise_error=True)
+    store.durable()
+    assert seen_by_others == [[]]  # nothing of an operation shows before it ends...
+    assert stored("task_1") == [("dispatched",)] and stored("task_2") == [("pending",)]  # ...and all of it after
+    assert store.get_device("android_001").active_tasks == 1
+    store.close()
+
+
+def test_sqlite_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_path):
+    store = sqlite_at(tmp_path)
     order, seen_by_others = [], []
 
     def committed_tasks():
@@ -867,8 +987,8 @@ def test_atomically_keeps_commits_and_other_greenlets_out_of_an_operation(tmp_pa
     store.close()
 
 
-def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
-    store = sqlite_file(tmp_path)
+def test_sqlite_failed_commit_forgets_that_no_task_was_pending(tmp_path):
+    store = sqlite_at(tmp_path)
     store.save_device(make_device("android_001"))
     add(store, make_task("task_1"))
     store.durable()
@@ -884,22 +1004,75 @@ def test_a_failed_commit_forgets_that_no_task_was_pending(tmp_path):
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)
-def test_active_tasks_are_known_after_a_reopen_before_any_read(tmp_path, open_store):
+def test_active_tasks_are_known_after_a_reopen_before_any_read(place, open_store):
     # After a restart devices report on the tasks they were running before anything reads those tasks.
-    first = open_store(tmp_path)
+    first = open_store(place)
     first.save_device(make_device("android_001"))
     add(first, make_task("task_1"))
     dispatch(first, "task_1", "android_001")
     first.close()
-    second = open_store(tmp_path)
+    second = open_store(place)
     try:
         assert second.task_active_on("task_1", "android_001", 1)
     finally:
         second.close()
 
 
-def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
-    store = sqlite_file(tmp_path)
+# ---- several servers on one database (PostgreSQL): no server answers from what only it wrote ----
+
+
+@pytest.mark.parametrize("open_store", SHARED_BACKENDS)
+def test_a_server_sees_what_another_server_on_the_database_wrote(place, open_store):
+    node_a, node_b = open_store(place), open_store(place)
+    try:
+        node_a.save_device(make_device("android_001", capacity=2))
+        add(node_a, make_task("task_1"))
+        node_a.durable()
+        assert node_b.get_task("task_1") == node_a.get_task("task_1") and node_b.has_pending_tasks()
+        assert ids(node_b.due_pending_tasks(1000.0, 10)) == ["task_1"]
+        stale = node_a.get_task("task_1")
+        assert dispatch(node_b, "task_1", "android_001") is not None
+        node_b.durable()
+        assert node_a.update_task_if(stale, {"status": CANCELLED, "updated_at": 300.0}) is None
+        assert node_a.get_task("task_1").status == DISPATCHED and not node_a.has_pending_tasks()
+        assert node_a.get_device("android_001").active_tasks == 1
+        assert [e["kind"] for e in node_a.task_events("task_1")] == ["created", "dispatched"]
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+@pytest.mark.parametrize("open_store", SHARED_BACKENDS)
+def test_of_two_servers_racing_to_move_one_task_only_one_wins(place, open_store):
+    node_a, node_b = open_store(place), open_store(place)
+    try:
+        for device_id in ("phone_a", "phone_b"):
+            node_a.save_device(make_device(device_id))
+        add(node_a, make_task("task_1"))
+        node_a.durable()
+        reads = [(node_a, node_a.get_task("task_1"), "phone_a"), (node_b, node_b.get_task("task_1"), "phone_b")]
+
+        def claim(node, read, device_id):
+            changes = {"status": DISPATCHED, "device_id": device_id, "dispatched_at": 200.0, "updated_at": 200.0}
+            won = node.update_task_if(read, changes, Event("dispatched", "server", device_id))
+            node.durable()
+            return won
+
+        racers = [gevent.spawn(claim, *read) for read in reads]
+        gevent.joinall(racers, raise_error=True)
+        winners = [racer.value for racer in racers if racer.value is not None]
+        assert len(winners) == 1
+        assert node_b.get_task("task_1") == winners[0]
+        loads = {device_id: node_b.get_device(device_id).active_tasks for device_id in ("phone_a", "phone_b")}
+        assert loads[winners[0].device_id] == 1 and sorted(loads.values()) == [0, 1]
+        assert [e["kind"] for e in node_b.task_events("task_1")] == ["created", "dispatched"]
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_sqlite_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
+    store = sqlite_at(tmp_path)
     store.save_device(make_device("android_001"))
     add(store, make_task("task_1"))
     add(store, make_task("task_2"))
@@ -915,10 +1088,10 @@ def test_a_failed_commit_leaves_the_active_tasks_as_the_file_has_them(tmp_path):
     store.close()
 
 
-def test_an_active_task_changed_behind_the_store_is_read_again_after_a_refused_update(tmp_path):
+def test_sqlite_active_task_changed_behind_the_store_is_read_again_after_a_refused_update(tmp_path):
     # Active tasks are answered from memory (only the store's connection writes them). Should the file change
     # anyway, a refused update makes the next read come from the file, so a service retry cannot loop on memory.
-    store = sqlite_file(tmp_path)
+    store = sqlite_at(tmp_path)
     store.save_device(make_device("android_001"))
     add(store, make_task("task_1"))
     dispatch(store, "task_1", "android_001")
@@ -979,8 +1152,8 @@ BACKLOGS = {
 
 
 @pytest.mark.parametrize("backlog", BACKLOGS.values(), ids=BACKLOGS.keys())
-def test_tasks_that_cannot_start_now_are_not_read(tmp_path, backlog):
-    store = sqlite_file(tmp_path)
+def test_sqlite_does_not_read_tasks_that_cannot_start_now(tmp_path, backlog):
+    store = sqlite_at(tmp_path)
     queue_with(store, {})
     store.due_pending_tasks(1000.0, 10)  # measure the second look at the queue in both stores
     alone = vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10))
