@@ -74,18 +74,6 @@ def through(url, port):
 
 
 @pytest.fixture
-def postgres_url():  # TEMPORARY until the conftest fixture lands
-    import uuid
-
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/ts_dev", autocommit=True) as c:
-        c.execute(f"CREATE SCHEMA {schema}")
-    yield f"postgresql://postgres@127.0.0.1:5432/ts_dev?options=-csearch_path%3D{schema}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/ts_dev", autocommit=True) as c:
-        c.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
 def proxied(postgres_url):
     parts = urlsplit(postgres_url)
     proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
@@ -219,3 +207,21 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
     finally:
         before.stop()
         after.stop()
+
+
+def test_a_server_whose_psycopg_would_block_the_event_loop_refuses_to_start(postgres_url):
+    PostgresStore(postgres_url).close()  # a database it could use: the refusal is about the driver alone
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import psycopg\n"  # imported before gevent patched select: psycopg picks its blocking C wait
+            "from gevent import monkey; monkey.patch_all()\n"
+            f"from taskserver import create_app; create_app({{'DATABASE': {postgres_url!r}}})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 3, started.stderr
+    assert "psycopg was imported before gevent" in started.stderr

@@ -56,9 +56,13 @@ class TaskMoves:
         self._look_waiting = True
         self.spawn(self._look_again)
 
-    @atomic
     def _look_again(self):
         self._look_waiting = False
+        if self.store.dispatchable_count(at_most=DISPATCH_BATCH) > 0:  # one read, no unit of work, when idle
+            self._dispatch_again()
+
+    @atomic
+    def _dispatch_again(self):
         if self._fill_free_slots(self.clock()):
             self.store.after_commit(self._look_again_later)
 

@@ -100,7 +100,8 @@ class PostgresStore(Store):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"row_factory": dict_row, "connect_timeout": max(int(timeout), 1)},
+            # autocommit: a read outside a unit of work is one statement; a unit opens its transaction itself
+            kwargs={"row_factory": dict_row, "connect_timeout": max(int(timeout), 1), "autocommit": True},
             configure=_read_json_as_text,
             timeout=timeout,
             reconnect_timeout=0,  # keep trying while the database is away: it comes back
@@ -132,22 +133,38 @@ class PostgresStore(Store):
     def atomically(self):
         """One unit of work for the whole operation (it nests): one pooled connection, one transaction, committed
         at the end; then what waited for the commit runs. Other writers are not kept out: every change is a
-        compare-and-set. A database that cannot be reached is ``StoreUnavailable`` (503); text with a NUL character
-        or a lone surrogate, which PostgreSQL cannot store, is refused as bad input (400)."""
+        compare-and-set."""
         if getattr(self._local, "unit", None) is not None:
             yield self
             return
-        unit = None
+        with self._refusals(), self._pool.connection() as conn:
+            unit = self._local.unit = Unit(conn)
+            try:
+                with conn.transaction():
+                    yield self
+                    if self._fault is not None:
+                        raise self._fault
+            except psycopg.errors.TransactionRollback:
+                raise
+            except psycopg.OperationalError as exc:
+                self._failed += 1
+                log.error("unit of work failed, %d deferred messages dropped: %s", len(unit.callbacks), exc)
+                raise
+            finally:
+                self._local.unit = None
+        for callback in unit.callbacks:
+            try:
+                callback()
+            except Exception:  # one failed send must not keep the others from going out
+                log.exception("deferred output failed")
+
+    @staticmethod
+    @contextmanager
+    def _refusals():
+        """What psycopg raises, as clients get it: the database away is ``StoreUnavailable`` (503), a deadlock
+        ``StoreConflict`` (the operation runs again), text PostgreSQL cannot store bad input (400)."""
         try:
-            with self._pool.connection() as conn:
-                unit = self._local.unit = Unit(conn)
-                try:
-                    with conn.transaction():
-                        yield self
-                        if self._fault is not None:
-                            raise self._fault
-                finally:
-                    self._local.unit = None
+            yield
         except (psycopg.DataError, UnicodeEncodeError) as exc:
             if isinstance(exc, psycopg.DataError) and "NUL" not in str(exc):
                 raise
@@ -155,15 +172,7 @@ class PostgresStore(Store):
         except psycopg.errors.TransactionRollback as exc:  # a deadlock or serialization failure: nothing was written
             raise StoreConflict(f"数据库事务冲突，请重试（{exc}）") from exc
         except psycopg.OperationalError as exc:
-            self._failed += 1
-            dropped = len(unit.callbacks) if unit else 0
-            log.error("unit of work failed, %d deferred messages dropped: %s", dropped, exc)
             raise unavailable(exc) from exc
-        for callback in unit.callbacks:
-            try:
-                callback()
-            except Exception:  # one failed send must not keep the others from going out
-                log.exception("deferred output failed")
 
     @contextmanager
     def _db(self):
@@ -172,8 +181,12 @@ class PostgresStore(Store):
             yield self._local.unit.conn
 
     def _rows(self, sql, params=()):
-        with self._db() as db:
-            return db.execute(sql, params).fetchall()
+        """Run one statement and return its rows: in this greenlet's unit of work, or alone (it commits by itself)
+        outside one."""
+        if getattr(self._local, "unit", None) is not None:
+            return self._local.unit.conn.execute(sql, params).fetchall()
+        with self._refusals(), self._pool.connection() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def durable(self):
         """Every unit commits before it returns: nothing is left to wait for."""
