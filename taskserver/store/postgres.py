@@ -58,6 +58,12 @@ ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
 
 
+# One history event of the task %(task_id)s, written in the statement that changed the task ("... FROM moved").
+LOG_EVENT = """INSERT INTO task_events (task_id, at, kind, actor, device_id, attempt, detail)
+    SELECT %(task_id)s, %(event_at)s, %(event_kind)s, %(event_actor)s, %(event_device_id)s, %(event_attempt)s,
+           %(event_detail)s::json"""
+
+
 def require_cooperative_driver():
     """Refuse to run on psycopg's C wait function: it would block every greenlet of the server while one waits for
     the database (psycopg picks it when imported before gevent patched ``select``)."""
@@ -246,19 +252,24 @@ class PostgresStore(Store):
         db.execute("UPDATE devices SET active_tasks = active_tasks - 1 WHERE device_id = %s", (device_id,))
 
     def add_task(self, task, *events):
-        """Insert a new task and its first events; False (nothing stored) if it was to be active on a device that
-        has no free slot."""
+        """Insert a new task and its first events (one statement); False (nothing stored) if it was to be active on a
+        device that has no free slot."""
         columns = [*TASK_COLUMNS, "due"]
-        due = task.not_before is None
+        params = [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), task.not_before is None]
+        sql = f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})"
+        if events:
+            rows = ", ".join(f"({n}, %s, %s, %s, %s::json)" for n in range(len(events)))
+            sql = f"""WITH inserted AS ({sql} RETURNING task_id)
+                INSERT INTO task_events (task_id, at, kind, actor, device_id, attempt, detail)
+                SELECT inserted.task_id, %s, e.kind, e.actor, e.device_id, %s, e.detail
+                FROM inserted, (VALUES {rows}) AS e (n, kind, actor, device_id, detail) ORDER BY e.n"""
+            params += [task.created_at, task.attempt]
+            for event in events:
+                params += [str(event.kind), event.actor, event.device_id, to_db("detail", event.detail)]
         with self._db() as db:
             if task.status in ACTIVE and task.device_id is not None and not self._take_slot(db, task.device_id):
                 return False
-            db.execute(
-                f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)})",
-                [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), due],
-            )
-            for event in events:
-                self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
+            db.execute(sql, params)
         return True
 
     def has_pending_tasks(self):
@@ -286,36 +297,58 @@ class PostgresStore(Store):
     def update_task_if(self, task, changes, event=None, owe_cancel_to=None):
         """Apply ``changes`` (and ``event``, and an owed cancel) only if the stored task still has the status, device
         and attempt of ``task`` as the caller read it, and a device it moves onto has a free slot; return it
-        updated, or None."""
+        updated, or None. One statement, but for taking a slot (a move onto a device)."""
         after = changed(task, changes)
         values = {name: to_db(name, value) for name, value in changes.items()}
         if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
             values["due"] = after.not_before is None
         onto = after.device_id if after.status in ACTIVE else None
         leaves = task.device_id if task.status in ACTIVE else None
+        params = {f"set_{name}": value for name, value in values.items()}
+        params.update(task_id=task.task_id, status=str(task.status), device_id=task.device_id, attempt=task.attempt)
+        steps = [
+            f"""moved AS (UPDATE tasks SET {", ".join(f"{name} = %(set_{name})s" for name in values)}
+                WHERE task_id = %(task_id)s AND status = %(status)s AND device_id IS NOT DISTINCT FROM %(device_id)s
+                  AND attempt = %(attempt)s RETURNING 1)"""
+        ]
+        if leaves is not None and leaves != onto:
+            params["leaves"] = leaves
+            steps.append(
+                "freed AS (UPDATE devices SET active_tasks = active_tasks - 1 "
+                "WHERE device_id = %(leaves)s AND EXISTS (SELECT 1 FROM moved))"
+            )
+        if event is not None:
+            params.update(self._event_params(event, after.updated_at, after.attempt))
+            steps.append(f"logged AS ({LOG_EVENT} FROM moved)")
+        if owe_cancel_to is not None:
+            params["owed_to"] = owe_cancel_to
+            steps.append(
+                "owed AS (INSERT INTO owed_cancels (device_id, task_id, attempt) "
+                "SELECT %(owed_to)s, %(task_id)s, %(attempt)s FROM moved "
+                "ON CONFLICT (device_id, task_id) DO UPDATE SET attempt = excluded.attempt)"
+            )
         with self._db() as db:
-            if onto != leaves and onto is not None and not self._take_slot(db, onto):
+            taking = onto is not None and onto != leaves
+            if taking and not self._take_slot(db, onto):
                 return None
-            moved = db.execute(
-                f"UPDATE tasks SET {', '.join(f'{name} = %s' for name in values)} "
-                "WHERE task_id = %s AND status = %s AND device_id IS NOT DISTINCT FROM %s AND attempt = %s",
-                [*values.values(), task.task_id, str(task.status), task.device_id, task.attempt],
-            ).rowcount
+            moved = db.execute(f"WITH {', '.join(steps)} SELECT COUNT(*) AS n FROM moved", params).fetchone()["n"]
             if not moved:
-                if onto != leaves and onto is not None:
+                if taking:
                     self._release_slot(db, onto)  # give back the slot taken for it
                 return None
-            if onto != leaves and leaves is not None:
-                self._release_slot(db, leaves)
-            if event is not None:
-                self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
-            if owe_cancel_to is not None:
-                db.execute(
-                    "INSERT INTO owed_cancels (device_id, task_id, attempt) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (device_id, task_id) DO UPDATE SET attempt = excluded.attempt",
-                    (owe_cancel_to, task.task_id, task.attempt),
-                )
         return after
+
+    @staticmethod
+    def _event_params(event, at, attempt):
+        """The parameters of ``LOG_EVENT``."""
+        return {
+            "event_at": at,
+            "event_kind": str(event.kind),
+            "event_actor": event.actor,
+            "event_device_id": event.device_id,
+            "event_attempt": attempt,
+            "event_detail": to_db("detail", event.detail),
+        }
 
     def list_tasks(
         self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
