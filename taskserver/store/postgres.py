@@ -240,9 +240,10 @@ class PostgresStore(Store):
     def _take_slot(db, device_id):
         """Count one more active task on the device, unless that would overfill it; False if it would."""
         taken = db.execute(
-            "UPDATE devices SET active_tasks = active_tasks + 1 WHERE device_id = %s AND active_tasks < capacity",
+            "UPDATE devices SET active_tasks = active_tasks + 1 WHERE device_id = %s AND active_tasks < capacity "
+            "RETURNING 1",
             (device_id,),
-        ).rowcount
+        ).fetchone()
         if taken:
             return True
         return db.execute("SELECT 1 FROM devices WHERE device_id = %s", (device_id,)).fetchone() is None
@@ -493,8 +494,7 @@ class PostgresStore(Store):
 
     def delete_device_token(self, device_id):
         """Revoke the device's own token; True if it had one."""
-        with self._db() as db:
-            return db.execute("DELETE FROM device_tokens WHERE device_id = %s", (device_id,)).rowcount == 1
+        return bool(self._rows("DELETE FROM device_tokens WHERE device_id = %s RETURNING 1", (device_id,)))
 
     def save_device(self, device):
         """Insert the device or update its name, info, capacity and connection."""
@@ -554,15 +554,12 @@ class PostgresStore(Store):
 
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
-        with self._db() as db:
-            return (
-                db.execute(
-                    "UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s "
-                    "WHERE device_id = %s AND sid = %s AND connected",
-                    (now, device_id, sid),
-                ).rowcount
-                == 1
-            )
+        rows = self._rows(
+            "UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s "
+            "WHERE device_id = %s AND sid = %s AND connected RETURNING 1",
+            (now, device_id, sid),
+        )
+        return bool(rows)
 
     def record_heartbeat(self, device_id, now):
         """Remember when the device last sent a heartbeat."""
@@ -581,10 +578,9 @@ class PostgresStore(Store):
 
     def set_device_disabled(self, device_id, disabled):
         """Stop (or resume) giving the device new tasks; return True if the device exists."""
-        with self._db() as db:
-            return (
-                db.execute("UPDATE devices SET disabled = %s WHERE device_id = %s", (disabled, device_id)).rowcount == 1
-            )
+        return bool(
+            self._rows("UPDATE devices SET disabled = %s WHERE device_id = %s RETURNING 1", (disabled, device_id))
+        )
 
     def delete_device(self, device_id):
         """Forget an offline device with no active task and no task waiting for it, and its own history;
@@ -593,9 +589,10 @@ class PostgresStore(Store):
             deleted = db.execute(
                 """DELETE FROM devices WHERE device_id = %s AND NOT connected
                    AND NOT EXISTS (SELECT 1 FROM tasks WHERE device_id = %s AND status IN (%s, %s))
-                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE target_device_id = %s AND status = 'pending')""",
+                   AND NOT EXISTS (SELECT 1 FROM tasks WHERE target_device_id = %s AND status = 'pending')
+                   RETURNING 1""",
                 (device_id, device_id, *ACTIVE_VALUES, device_id),
-            ).rowcount
+            ).fetchone()
             if deleted:
                 db.execute("DELETE FROM device_events WHERE device_id = %s", (device_id,))
             return bool(deleted)
