@@ -27,10 +27,12 @@ class TaskMoves:
         cheap with a large fleet and a long queue."""
         now = self.clock() if now is None else now
         sent = self._fill_free_slots(now)
-        self.store.after_commit(self._look_again_later)
+        if not self.store.single_writer:
+            self.store.after_commit(self._look_again_later)
         return sent
 
     def _fill_free_slots(self, now):
+        """Assign due pending tasks to free slots, a batch at a time, until either runs out; return those sent."""
         sent = []
         while (wanted := min(self.store.dispatchable_count(at_most=DISPATCH_BATCH), DISPATCH_BATCH)) > 0:
             tasks = self.store.due_pending_tasks(now, wanted)
@@ -51,12 +53,13 @@ class TaskMoves:
     def _look_again_later(self):
         """With other writers, a look for work could not see their uncommitted tasks and freed slots, nor the rows
         they held: once this is committed, look once more (one look waits at a time; it repeats while it sends)."""
-        if self.store.single_writer or self._look_waiting:
+        if self._look_waiting:
             return
         self._look_waiting = True
         self.spawn(self._look_again)
 
     def _look_again(self):
+        """The look itself: a read, and a unit of work only if something can be dispatched."""
         self._look_waiting = False
         if self.store.dispatchable_count(at_most=DISPATCH_BATCH) > 0:  # one read, no unit of work, when idle
             self._dispatch_again()
