@@ -69,6 +69,14 @@ def check_transition(current, target):
     return target
 
 
+def check_change(current, target):
+    """Return ``target`` if a stored task in ``current`` may change to ``target``: an allowed transition, or a change
+    that keeps an active task in its status (progress, delivery); else raise ``InvalidTransition``."""
+    if target == current and current in ACTIVE:
+        return target
+    return check_transition(current, target)
+
+
 @dataclass(frozen=True)
 class Task:
     """One task as the store keeps it; times are epoch seconds (server clock)."""

@@ -25,7 +25,7 @@ def list_devices(query):
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def get_device(device_id):
     """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
-    return {"success": True, "device": _detail(service().get_device(device_id))}
+    return {"success": True, "device": _detail(service().devices.get_device(device_id))}
 
 
 @blp.route("/device/<device_id>/disable", methods=["POST"])
@@ -33,7 +33,7 @@ def get_device(device_id):
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def disable_device(device_id):
     """Drain a device: it gets no new tasks (tasks pinned to it wait as pending); its running tasks finish."""
-    device = service().set_device_disabled(device_id, True)
+    device = service().devices.set_device_disabled(device_id, True)
     return {"success": True, "message": "设备已停用，不再分配新任务", "device": _detail(device)}
 
 
@@ -42,7 +42,7 @@ def disable_device(device_id):
 @blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
 def enable_device(device_id):
     """Undo ``disable``: the device takes new tasks again, starting with those waiting for it."""
-    device = service().set_device_disabled(device_id, False)
+    device = service().devices.set_device_disabled(device_id, False)
     return {"success": True, "message": "设备已启用", "device": _detail(device)}
 
 
@@ -52,7 +52,7 @@ def enable_device(device_id):
 @blp.alt_response(409, **error_doc("DEVICE_ONLINE", "DEVICE_HAS_ACTIVE_TASKS", "DEVICE_HAS_PENDING_TASKS"))
 def forget_device(device_id):
     """Forget an offline device that has no dispatched or running task and no pending task pinned to it."""
-    service().forget_device(device_id)
+    service().devices.forget_device(device_id)
     return {"success": True, "message": "设备已删除", "device_id": device_id}
 
 
@@ -65,7 +65,7 @@ def issue_device_token(device_id):
 
     From then on only this token can register the id; issuing again replaces it. The device's live connection, if
     any, gets an ``UNAUTHORIZED`` error and is closed: it reconnects with the new token."""
-    token = service().issue_device_token(device_id)
+    token = service().devices.issue_device_token(device_id)
     return {"success": True, "device_id": device_id, "token": token, "message": "令牌只显示这一次，请妥善保存"}, 201
 
 
@@ -76,7 +76,7 @@ def revoke_device_token(device_id):
     """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set).
 
     The device's live connection, if any, gets an ``UNAUTHORIZED`` error and is closed."""
-    service().revoke_device_token(device_id)
+    service().devices.revoke_device_token(device_id)
     return {"success": True, "message": "设备专属令牌已撤销", "device_id": device_id}
 
 

@@ -54,7 +54,7 @@ def dispatch_task(body):
         idempotency_key=_idempotency_key(body),
         operator=_operator(),
     )
-    task, _created = service().dispatch(dispatch)
+    task, _created = service().dispatcher.dispatch(dispatch)
     return _dispatch_answer(task)
 
 
@@ -90,7 +90,7 @@ def _dispatch_answer(task):
         "success": True,
         "task_id": task.task_id,
         "device_id": device_id,
-        "device_name": service().device_names([device_id]).get(device_id),
+        "device_name": service().devices.device_names([device_id]).get(device_id),
         "status": task.status.value,
         "message": message,
     }
@@ -102,7 +102,7 @@ def _dispatch_answer(task):
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task(task_id):
     """The whole task: data, result, error code, every timing and each attempt (device, times, outcome)."""
-    task = service().get_task(task_id)
+    task = service().tasks.get_task(task_id)
     return {"success": True, "task": task_detail(task, service().store.task_events(task_id))}
 
 
@@ -112,7 +112,7 @@ def get_task(task_id):
 def get_task_events(task_id):
     """The task's history, oldest first: created, dispatched, delivered, progress milestones, result, timeout,
     retry, cancel; each with its time, its actor (operator, server, watchdog or the device) and a message."""
-    service().get_task(task_id)
+    service().tasks.get_task(task_id)
     events = [task_event(event) for event in service().store.task_events(task_id)]
     return {"success": True, "task_id": task_id, "events": events, "total": len(events)}
 
@@ -122,7 +122,7 @@ def get_task_events(task_id):
 @blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
-    return {"success": True, "task": task_status(service().get_task(task_id))}
+    return {"success": True, "task": task_status(service().tasks.get_task(task_id))}
 
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
@@ -131,4 +131,4 @@ def get_task_status(task_id):
 @blp.alt_response(409, **error_doc("INVALID_STATE"))
 def cancel_task(task_id):
     """Cancel a task that has not ended; its device gets ``cancel_task`` (now, or when it reconnects)."""
-    return {"success": True, "message": "任务已取消", "task": task_status(service().cancel(task_id))}
+    return {"success": True, "message": "任务已取消", "task": task_status(service().tasks.cancel(task_id))}

@@ -2,18 +2,19 @@
 and acks."""
 
 import logging
+from operator import attrgetter
 
 from taskserver import schemas, wirejson
 from taskserver.errors import TaskServerError
 
 log = logging.getLogger("taskserver.realtime")
 
-# event name -> (payload schema, service method, legacy error event also emitted on failure)
+# event name -> (payload schema, the service method that handles it, legacy error event also emitted on failure)
 DEVICE_EVENTS = {
-    "device_register": (schemas.DeviceRegisterSchema(), "register", "register_error"),
-    "heartbeat": (schemas.HeartbeatSchema(), "heartbeat", None),
-    "task_progress": (schemas.TaskProgressSchema(), "report_progress", None),
-    "task_result": (schemas.TaskResultSchema(), "report_result", None),
+    "device_register": (schemas.DeviceRegisterSchema(), attrgetter("devices.register"), "register_error"),
+    "heartbeat": (schemas.HeartbeatSchema(), attrgetter("devices.heartbeat"), None),
+    "task_progress": (schemas.TaskProgressSchema(), attrgetter("tasks.report_progress"), None),
+    "task_result": (schemas.TaskResultSchema(), attrgetter("tasks.report_result"), None),
 }
 # Reports about a task: those about the device's own active tasks are bounded by what the server sent it, so the
 # rate limit never drops them (it still counts every other event, and every report that is refused).
@@ -55,8 +56,8 @@ class DeviceEvents:
         if event not in DEVICE_EVENTS:
             message = f"未知事件: {event}" if event is not None else "未知事件：事件名必须是有效的文本"
             raise TaskServerError(message, "UNKNOWN_EVENT")
-        schema, method, _ = DEVICE_EVENTS[event]
-        answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+        schema, handler, _ = DEVICE_EVENTS[event]
+        answer = handler(self.service)(sid, schemas.load_payload(schema, payload))
         self.service.store.durable()  # an ack promises that what it reports is stored
         return answer
 
@@ -65,14 +66,14 @@ class DeviceEvents:
         validation, so that asking costs next to nothing.)"""
         if not isinstance(payload, dict) or not isinstance(payload.get("task_id"), str):
             return False
-        return self.service.holds_task(sid, payload["task_id"], payload.get("attempt"))
+        return self.service.tasks.holds_task(sid, payload["task_id"], payload.get("attempt"))
 
     def opened(self, sid, token):
         """A connection opens: its token (if any) is checked before any event is handled; raises if refused."""
         credentials = schemas.load_payload(CONNECT_SCHEMA, {"token": token or None})
-        self.service.connect(sid, credentials["token"])
+        self.service.devices.connect(sid, credentials["token"])
 
     def closed(self, sid):
         """The connection closed: its device goes offline and its rate bucket is dropped."""
         self.limiter.forget(sid)
-        self.service.disconnect(sid)
+        self.service.devices.disconnect(sid)

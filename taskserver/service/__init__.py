@@ -1,8 +1,10 @@
 """The service: every change of task or device state happens here, and nowhere else.
 
-``TaskService`` is one object, written in three parts: ``devices.py`` (connections, registration, heartbeats,
-draining), ``tasks.py`` (what operators and devices ask of tasks) and ``moves.py`` (dispatch, the end of an
-attempt, ``_move``, the one place a stored task changes status, and what time passing does)."""
+A few objects, each given its collaborators: ``TaskMoves`` (``moves.py``, the one place a stored task changes),
+the ``Dispatcher`` (``dispatcher.py``: new tasks, pending tasks to free devices, ``new_task`` and its ack), the
+``DeviceRegistry`` (``registry.py``: connections, registration, heartbeats, draining, tokens) and the
+``TaskLifecycle`` (``lifecycle.py``: progress, results, cancels, the end of attempts). ``TaskService`` builds them
+and is the transports' one entry point."""
 
 import logging
 import time
@@ -12,27 +14,40 @@ from taskserver.credentials import DeviceCredentials
 from taskserver.domain import ACTIVE, TaskStatus
 from taskserver.metrics import Metrics
 from taskserver.present import iso
-from taskserver.service.devices import DeviceOperations
+from taskserver.service.dispatcher import Dispatcher, DispatchRequest
+from taskserver.service.lifecycle import TaskLifecycle
 from taskserver.service.moves import TaskMoves
-from taskserver.service.tasks import DispatchRequest, TaskOperations
+from taskserver.service.registry import DeviceRegistry
 
 __all__ = ["DispatchRequest", "TaskService"]
 
 log = logging.getLogger("taskserver")
 
 
-class TaskService(DeviceOperations, TaskOperations, TaskMoves):
-    """Registers devices, dispatches and tracks tasks, and acts on time passing; emits through the notifier."""
+class TaskService:
+    """Builds the service's parts and holds them: ``devices`` (the registry), ``dispatcher`` and ``tasks`` (the
+    lifecycle). Transports call the part that owns what they ask."""
 
     def __init__(self, store, notifier, config, clock=time.time, metrics=None):
         self.store = store
         self.notifier = notifier
-        self.config = config
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.connections = Connections()
-        self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
-        self.credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
+        moves = TaskMoves(store, notifier)
+        metrics = self.metrics
+        self.dispatcher = Dispatcher(store, moves, notifier, config, clock, metrics)
+        credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
+        self.devices = DeviceRegistry(
+            store, notifier, config, clock, metrics, self.connections, credentials, self.dispatcher
+        )
+        self.tasks = TaskLifecycle(
+            store, moves, notifier, config, clock, metrics, self.connections, self.devices, self.dispatcher
+        )
+
+    def recover_on_start(self):
+        """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
+        self.devices.recover_on_start()
 
     def system_status(self):
         """Counts for ``GET /``."""

@@ -1,14 +1,12 @@
-"""Task operations of ``TaskService``: what operators ask (dispatch, cancel) and what devices report."""
+"""The task lifecycle: what devices report (progress, results), operators' cancels, and attempts that end: in failure,
+by timeout, or because their device stayed away."""
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, replace
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, Event, Task, TaskStatus
+from taskserver.domain import ACTIVE, Event, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound
-from taskserver.present import attempts
+from taskserver.present import attempts, iso
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
@@ -18,95 +16,20 @@ STOPPED_BY_SERVER = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE"})  # attempts wh
 PROGRESS_MILESTONES = (25, 50, 75, 100)
 
 
-@dataclass(frozen=True)
-class DispatchRequest:
-    """A validated dispatch: what the operator asked for, defaults already applied by the schemas."""
+class TaskLifecycle:
+    """Moves dispatched and running tasks on to their end (or back to pending for a retry); every change goes through
+    ``TaskMoves``. Reports are taken only from the device the registry says the connection is."""
 
-    task_type: str
-    data: dict
-    device_id: str | None = None
-    priority: int = 0
-    timeout: int | None = None
-    max_retries: int = 0
-    not_before: float | None = None
-    idempotency_key: str | None = None
-    operator: str = ""  # whose idempotency key: ``auth.token_identity`` of the operator token, "" if the API is open
-
-    def fingerprint(self):
-        """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
-        asked = [self.task_type, self.data, self.device_id, self.priority, self.timeout, self.max_retries]
-        text = json.dumps([*asked, self.not_before], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-class TaskOperations:
-    """The part of ``TaskService`` that answers operators and devices about tasks."""
-
-    @atomic
-    def dispatch(self, request):
-        """Store a new task (or find the one this idempotency key made) and dispatch what can go now.
-
-        Returns ``(task, created)``."""
-        now = self.clock()
-        fingerprint = request.fingerprint() if request.idempotency_key else None
-        if fingerprint is not None and (existing := self._keyed_task(request, fingerprint, now)) is not None:
-            return existing, False
-        if request.device_id is not None and self.store.get_device(request.device_id) is None:
-            raise NotFound(f"设备 {request.device_id} 不存在", "DEVICE_NOT_FOUND")
-        task = Task(
-            task_id=domain.new_task_id(),
-            task_type=request.task_type,
-            data=request.data,
-            target_device_id=request.device_id,
-            priority=request.priority,
-            timeout=request.timeout or self.config["TASK_TIMEOUT"],
-            max_retries=request.max_retries,
-            created_at=now,
-            updated_at=now,
-            not_before=request.not_before,
-            idempotency_key=request.idempotency_key,
-            idempotency_scope=request.operator if fingerprint else None,
-            request_hash=fingerprint,
-        )
-        created = Event("created", "operator", request.device_id, {"task_type": task.task_type})
-        device = self._device_for_new(task, now)
-        if device is not None:  # nothing waits before it: store it already dispatched, in one write
-            domain.check_transition(task.status, TaskStatus.DISPATCHED)
-            dispatched = replace(task, **self._dispatch_changes(device, now))
-            self.store.add_task(dispatched, created, Event("dispatched", "server", device.device_id))
-        else:
-            self.store.add_task(task, created)
-        self.metrics.count(self.metrics.created, task.task_type)
-        logs.event(log, "task created", task_id=task.task_id, task_type=task.task_type, device_id=request.device_id)
-        if device is not None:
-            self.notifier.task_changed(dispatched, (device.device_id,))
-            self._sent(dispatched, device)
-            return dispatched, True
-        self.notifier.task_changed(task)
-        sent = self.dispatch_pending(now)
-        return next((sent_task for sent_task in sent if sent_task.task_id == task.task_id), task), True
-
-    def _keyed_task(self, request, fingerprint, now):
-        """The task this operator's idempotency key made within the window, or None; 409 if it asked for another
-        task. Tasks stored before keys had owners and hashes match any operator and any request."""
-        since = now - self.config["IDEMPOTENCY_WINDOW"]
-        existing = self.store.find_task_by_idempotency_key(request.idempotency_key, since, request.operator)
-        if existing is not None and existing.request_hash not in (None, fingerprint):
-            raise InvalidState(
-                f"幂等键 {request.idempotency_key} 已用于另一个内容不同的任务请求（{existing.task_id}）",
-                "IDEMPOTENCY_KEY_REUSED",
-            )
-        return existing
-
-    def _device_for_new(self, task, now):
-        """A free device for a new task due now, if no pending task could start now (else it queues behind them),
-        or None. Tasks scheduled for later or waiting for a device that cannot take them do not hold it back."""
-        if task.not_before is not None and task.not_before > now:
-            return None
-        if self.store.has_pending_tasks() and self.store.due_pending_tasks(now, 1):
-            return None
-        include = [task.target_device_id] if task.target_device_id else []
-        return domain.pick_device(task, self.store.free_devices(limit=1, include=include))
+    def __init__(self, store, moves, notifier, config, clock, metrics, connections, registry, dispatcher):
+        self.store = store
+        self.moves = moves
+        self.notifier = notifier
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.connections = connections
+        self.registry = registry
+        self.dispatcher = dispatcher
 
     @atomic
     def cancel(self, task_id):
@@ -118,14 +41,15 @@ class TaskOperations:
         sid = self.connections.sid_of(task.device_id) if task.status in ACTIVE else None
         owed_to = task.device_id if task.status in ACTIVE and sid is None else None
         changes = {"finished_at": now, "error_code": "TASK_CANCELLED"}
-        updated = self._move(task, TaskStatus.CANCELLED, changes, "cancelled", "operator", now, owe_cancel_to=owed_to)
+        cancelled = Event("cancelled", "operator", task.device_id)
+        updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
         if updated is None:
             return self.cancel(task_id)
         if sid is not None:
             self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
         logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
-        self.dispatch_pending(now)
+        self.dispatcher.dispatch_pending(now)
         return updated
 
     def get_task(self, task_id):
@@ -145,7 +69,7 @@ class TaskOperations:
     @atomic
     def report_progress(self, sid, payload):
         """Record progress of the device's own current attempt; the first report marks the task running."""
-        device_id = self._device_for(sid)
+        device_id = self.registry.device_for(sid)
         self.metrics.device_event("task_progress")
         task = self.get_task(payload["task_id"])
         if task.is_terminal:
@@ -154,16 +78,14 @@ class TaskOperations:
         self._check_owner(task, device_id, payload.get("attempt"))
         now = self.clock()
         progress, message = payload["progress"], payload.get("message")
-        changes = {"progress": progress, "progress_message": message, "updated_at": now}
+        changes = {"progress": progress, "progress_message": message}
         event = self._progress_event(task, device_id, progress, message)
         if task.status == TaskStatus.DISPATCHED:
             changes["started_at"] = now
-            detail = {"progress": progress, "message": message}
-            updated = self._move(task, TaskStatus.RUNNING, changes, "started", device_id, now, detail=detail)
+            started = Event("started", device_id, device_id, {"progress": progress, "message": message})
+            updated = self.moves.move(task, TaskStatus.RUNNING, changes, started, now)
         else:
-            updated = self.store.update_task_if(task, changes, event)
-            if updated is not None:
-                self.notifier.task_changed(updated)
+            updated = self.moves.move(task, task.status, changes, event, now)
         if updated is None:
             return self.report_progress(sid, payload)
         if task.status == TaskStatus.DISPATCHED or event is not None:
@@ -181,7 +103,7 @@ class TaskOperations:
     @atomic
     def report_result(self, sid, payload):
         """Finish the device's current attempt; late, duplicate and foreign results change nothing."""
-        device_id = self._device_for(sid)
+        device_id = self.registry.device_for(sid)
         self.metrics.device_event("task_result")
         task = self.get_task(payload["task_id"])
         result, attempt = payload["result"], payload.get("attempt")
@@ -194,7 +116,8 @@ class TaskOperations:
         now = self.clock()
         if result["success"]:
             changes = {"result": result, "progress": 100, "finished_at": now, "error_code": None}
-            updated = self._move(task, TaskStatus.COMPLETED, changes, "completed", device_id, now)
+            completed = Event("completed", device_id, device_id)
+            updated = self.moves.move(task, TaskStatus.COMPLETED, changes, completed, now)
         else:
             updated = self._end_attempt(task, result.get("error_code") or "TASK_FAILED", now, device_id, result)
         if updated is None:
@@ -202,7 +125,7 @@ class TaskOperations:
         self.metrics.result(task.task_type, result["success"], now - task.dispatched_at if task.dispatched_at else None)
         logs.event(log, "task result", task_id=task.task_id, device_id=device_id, status=updated.status.value)
         self.notifier.result_received(sid, task.task_id)
-        self.dispatch_pending(now)
+        self.dispatcher.dispatch_pending(now)
         return {"success": True, "task_id": task.task_id, "status": updated.status.value}
 
     def _late_result(self, sid, task, device_id, result, attempt):
@@ -252,19 +175,56 @@ class TaskOperations:
             raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
         raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
 
-    @atomic
-    def task_delivered(self, task_id, device_id, attempt, *ack):
-        """The device acknowledged ``new_task``: record the first delivery of the attempt. Delivery is not start: the
-        task stays dispatched (and is sent again when the device registers) until its first progress."""
-        task = self.store.get_task(task_id)
-        if task is None or task.status not in ACTIVE or (task.device_id, task.attempt) != (device_id, attempt):
-            return
-        self.metrics.device_event("new_task_ack")
-        if task.delivered_at is not None:  # a resent new_task, acknowledged again
-            return
-        now = self.clock()
-        delivered = Event("delivered", device_id, device_id)
-        updated = self.store.update_task_if(task, {"delivered_at": now, "updated_at": now}, delivered)
+    def _end_attempt(self, task, error_code, now, actor, result=None, tell_device=False):
+        """End the current attempt in failure: back to pending after a backoff if retries are left, else failed."""
+        changes = {"error_code": error_code, "result": result}
+        if domain.retries_left(task):
+            delay = domain.retry_backoff(task.attempt, self.config["RETRY_DELAY"], self.config["RETRY_DELAY_MAX"])
+            changes.update(
+                device_id=None,
+                avoid_device_id=task.device_id,
+                attempt=task.attempt + 1,
+                not_before=now + delay,
+                progress=0,
+                progress_message=None,
+            )
+            target, kind = TaskStatus.PENDING, "retry_scheduled"
+            detail_extra = {"retry_at": iso(now + delay)}
+        else:
+            changes["finished_at"] = now
+            target, kind = TaskStatus.FAILED, "failed"
+            detail_extra = {}
+        sid = self.connections.sid_of(task.device_id) if tell_device else None
+        owed_to = task.device_id if tell_device and sid is None else None
+        event = Event(kind, actor, task.device_id, {"error_code": error_code, **detail_extra})
+        updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
         if updated is not None:
-            self.notifier.task_changed(updated)
-            logs.event(log, "task delivered", logging.DEBUG, task_id=task_id, device_id=device_id, attempt=attempt)
+            self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
+            logs.event(
+                log,
+                "attempt ended",
+                task_id=task.task_id,
+                device_id=task.device_id,
+                error_code=error_code,
+                status=updated.status.value,
+            )
+            if sid is not None:
+                self.notifier.cancel_task(sid, task.task_id, task.attempt)
+        return updated
+
+    @atomic
+    def expire_timeouts(self, now, limit=None):
+        """End attempts that outlived their timeout (at most ``limit``); the device is told to stop. Return how many
+        were found."""
+        tasks = self.store.timed_out_tasks(now, limit)
+        for task in tasks:
+            self._end_attempt(task, "TASK_TIMEOUT", now, "watchdog", tell_device=True)
+        return len(tasks)
+
+    @atomic
+    def expire_lost_devices(self, now, limit=None):
+        """End attempts whose device stayed away longer than the grace (at most ``limit``); return how many."""
+        tasks = self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"], limit)
+        for task in tasks:
+            self._end_attempt(task, "DEVICE_OFFLINE", now, "watchdog", tell_device=True)
+        return len(tasks)

@@ -1,4 +1,5 @@
-"""Device operations of ``TaskService``: connections, registration, heartbeats, draining and forgetting."""
+"""The device registry: connections, registration, heartbeats, draining, forgetting, tokens, and making memory and
+the store agree again after a failed commit."""
 
 import logging
 
@@ -11,8 +12,20 @@ from taskserver.service.atomic import atomic
 log = logging.getLogger("taskserver")
 
 
-class DeviceOperations:
-    """The part of ``TaskService`` that deals with devices and their connections."""
+class DeviceRegistry:
+    """Knows which device each connection is, and keeps devices' stored state in step with their connections; a
+    device that registers is handed what it is owed by the dispatcher."""
+
+    def __init__(self, store, notifier, config, clock, metrics, connections, credentials, dispatcher):
+        self.store = store
+        self.notifier = notifier
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.connections = connections
+        self.credentials = credentials
+        self.dispatcher = dispatcher
+        self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
 
     def connect(self, sid, token=None):
         """A connection opens: a token it presents must be valid when device tokens are required."""
@@ -58,26 +71,13 @@ class DeviceOperations:
             device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
         )
         logs.event(log, "device registered", device_id=device_id, active=len(active))
-        self._catch_up(sid, device_id, active, now)
+        self.dispatcher.catch_up(sid, device_id, active, now)
         return answer
-
-    def _catch_up(self, sid, device_id, active, now):
-        """Resend the tasks the device has reported no progress on (delivered or not), hand out work, and send the
-        cancels it missed while away, but not for a task it is being sent again: a device that knows no attempts
-        (the Android app) would stop the new one."""
-        owed = self.store.take_owed_cancels(device_id)
-        unstarted = [task for task in active if task.status == TaskStatus.DISPATCHED]
-        for task in unstarted:
-            self._send_task(sid, task)
-        sent_again = {task.task_id for task in unstarted + self.dispatch_pending(now) if task.device_id == device_id}
-        for task_id, attempt in owed:
-            if task_id not in sent_again:
-                self.notifier.cancel_task(sid, task_id, attempt)
 
     @atomic
     def heartbeat(self, sid, payload):
         """Note that the device is alive (by the server's clock) and answer with the server time."""
-        device_id = self._device_for(sid, payload.get("device_id"))
+        device_id = self.device_for(sid, payload.get("device_id"))
         now = self.clock()
         self.connections.heard_from(device_id, now, heartbeat=True)
         self.metrics.device_event("heartbeat")
@@ -106,7 +106,7 @@ class DeviceOperations:
         logs.event(log, "device offline", device_id=device_id, reason=reason)
         self.notifier.device_changed(device_id)
 
-    def _device_for(self, sid, claimed_device_id=None):
+    def device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
         device_id = self.connections.device_of(sid)
         if device_id is None:
@@ -146,7 +146,7 @@ class DeviceOperations:
             logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
             self.notifier.device_changed(device_id)
             if not disabled:
-                self.dispatch_pending(now)
+                self.dispatcher.dispatch_pending(now)
         return self.get_device(device_id)
 
     @atomic
@@ -225,3 +225,8 @@ class DeviceOperations:
             logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=limit)
             self._release_sid(sid, now, reason="heartbeat_timeout")
             self.notifier.disconnect(sid)
+
+    @atomic
+    def recover_on_start(self):
+        """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
+        self.store.disconnect_all(self.clock())
