@@ -12,7 +12,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from taskserver.domain import DeviceStatus, TaskStatus
+from taskserver.domain import DeviceStatus, ErrorCode, TaskStatus
 
 disable_created_metrics()  # no "<name>_created" series beside every counter: half the scrape, nothing lost to us
 
@@ -95,9 +95,9 @@ class Metrics:
 
     def attempt_ended(self, task_type, error_code, retried):
         """Count an attempt that ended in failure: timeouts, lost devices, retries."""
-        if error_code == "TASK_TIMEOUT":
+        if error_code == ErrorCode.TASK_TIMEOUT:
             self.count(self.timeouts, task_type)
-        elif error_code == "DEVICE_OFFLINE":
+        elif error_code == ErrorCode.DEVICE_OFFLINE:
             self.count(self.lost, task_type)
         if retried:
             self.count(self.retries, task_type)

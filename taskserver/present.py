@@ -3,7 +3,7 @@
 import math
 from datetime import datetime
 
-from taskserver.domain import ACTIVE
+from taskserver.domain import ACTIVE, ErrorCode, EventKind, TaskStatus
 
 EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
 
@@ -107,18 +107,23 @@ def task_detail(task, events):
     }
 
 
-ATTEMPT_ENDS = {"completed": "completed", "failed": "failed", "retry_scheduled": "failed", "cancelled": "cancelled"}
+ATTEMPT_ENDS = {  # the event that ends an attempt -> its outcome
+    EventKind.COMPLETED: TaskStatus.COMPLETED,
+    EventKind.FAILED: TaskStatus.FAILED,
+    EventKind.RETRY_SCHEDULED: TaskStatus.FAILED,
+    EventKind.CANCELLED: TaskStatus.CANCELLED,
+}
 
 
 def attempts(events):
     """Each dispatch of the task, from its history: device, times, and how it ended (None while it runs)."""
     found, current = [], None
     for event in events:
-        if event["kind"] == "dispatched":
+        if event["kind"] == EventKind.DISPATCHED:
             current = {"attempt": event["attempt"], "device_id": event["device_id"], "dispatched_at": iso(event["at"])}
             current.update(delivered_at=None, ended_at=None, outcome=None, error_code=None)
             found.append(current)
-        elif current is not None and event["kind"] == "delivered":
+        elif current is not None and event["kind"] == EventKind.DELIVERED:
             current["delivered_at"] = iso(event["at"])
         elif current is not None and event["kind"] in ATTEMPT_ENDS:
             detail = event["detail"] or {}
@@ -128,7 +133,7 @@ def attempts(events):
     return found
 
 
-FAILURES = {"TASK_TIMEOUT": "执行超时", "DEVICE_OFFLINE": "设备离线超过宽限期"}
+FAILURES = {ErrorCode.TASK_TIMEOUT: "执行超时", ErrorCode.DEVICE_OFFLINE: "设备离线超过宽限期"}
 OFFLINE_REASONS = {"disconnected": "连接断开", "heartbeat_timeout": "心跳超时"}
 
 
@@ -140,21 +145,22 @@ def _failure(detail):
 def event_message(event):
     """One history event in words, for people reading it."""
     detail, device = event.get("detail") or {}, event.get("device_id")
+    note = f"：{detail['message']}" if detail.get("message") else ""
     messages = {
-        "created": "任务创建" + (f"，指定设备 {device}" if device else ""),
-        "dispatched": f"分发到设备 {device}",
-        "delivered": f"设备 {device} 确认收到任务",
-        "started": f"设备 {device} 开始执行",
-        "progress": f"进度 {detail.get('progress')}%" + (f"：{detail['message']}" if detail.get("message") else ""),
-        "completed": "执行完成",
-        "failed": f"{_failure(detail)}，任务失败" if detail else "任务失败",
-        "retry_scheduled": f"{_failure(detail)}，将于 {detail.get('retry_at')} 重试" if detail else "等待重试",
-        "cancelled": "任务已取消",
-        "cancel_confirmed": f"设备 {device} 确认已取消",
-        "registered": f"设备注册（容量 {detail.get('capacity')}）",
-        "offline": f"设备离线（{OFFLINE_REASONS.get(detail.get('reason'), detail.get('reason'))}）",
-        "disabled": "设备已停用：不再分配新任务",
-        "enabled": "设备已启用",
+        EventKind.CREATED: "任务创建" + (f"，指定设备 {device}" if device else ""),
+        EventKind.DISPATCHED: f"分发到设备 {device}",
+        EventKind.DELIVERED: f"设备 {device} 确认收到任务",
+        EventKind.STARTED: f"设备 {device} 开始执行",
+        EventKind.PROGRESS: f"进度 {detail.get('progress')}%{note}",
+        EventKind.COMPLETED: "执行完成",
+        EventKind.FAILED: f"{_failure(detail)}，任务失败" if detail else "任务失败",
+        EventKind.RETRY_SCHEDULED: f"{_failure(detail)}，将于 {detail.get('retry_at')} 重试" if detail else "等待重试",
+        EventKind.CANCELLED: "任务已取消",
+        EventKind.CANCEL_CONFIRMED: f"设备 {device} 确认已取消",
+        EventKind.REGISTERED: f"设备注册（容量 {detail.get('capacity')}）",
+        EventKind.OFFLINE: f"设备离线（{OFFLINE_REASONS.get(detail.get('reason'), detail.get('reason'))}）",
+        EventKind.DISABLED: "设备已停用：不再分配新任务",
+        EventKind.ENABLED: "设备已启用",
     }
     return messages.get(event["kind"], event["kind"])
 

@@ -9,6 +9,7 @@ from flask import current_app
 
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
+from taskserver.domain import ErrorCode
 from taskserver.present import iso
 from taskserver.stats import throughput
 
@@ -30,7 +31,7 @@ def task_types():
 @blp.route("/stats/throughput")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
 @blp.response(200, responses.ThroughputSchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def stats_throughput(query):
     """Tasks that ended in each of the last ``minutes`` minutes (the current one included), oldest first:
     completed, failed (after their last attempt) and cancelled; counted from the tasks' ``finished_at``."""
@@ -43,7 +44,7 @@ def stats_throughput(query):
 @blp.route("/stats/devices")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
 @blp.response(200, responses.FleetHistorySchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def stats_devices(query):
     """Devices online (connected) and busy in each of the last ``minutes`` minutes, oldest first, as sampled in
     memory every 15 s while the server runs (null for minutes without a sample, e.g. before a restart)."""

@@ -2,6 +2,7 @@
 
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
+from taskserver.domain import ErrorCode
 from taskserver.present import device_detail, device_summary
 
 blp = Blueprint("devices", __name__, url_prefix="/api", description="设备管理")
@@ -12,7 +13,7 @@ RECENT_HISTORY = 50
 @blp.route("/devices")
 @blp.arguments(schemas.DeviceListQuerySchema(), location="query")
 @blp.response(200, responses.DeviceListSchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_devices(query):
     """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
     found = service().store.list_devices(statuses=query["status"], disabled=query.get("disabled"))
@@ -22,7 +23,7 @@ def list_devices(query):
 
 @blp.route("/device/<device_id>")
 @blp.response(200, responses.DeviceDetailSchema)
-@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
 def get_device(device_id):
     """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
     return {"success": True, "device": _detail(service().devices.get_device(device_id))}
@@ -30,7 +31,7 @@ def get_device(device_id):
 
 @blp.route("/device/<device_id>/disable", methods=["POST"])
 @blp.response(200, responses.DeviceDetailSchema)
-@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
 def disable_device(device_id):
     """Drain a device: it gets no new tasks (tasks pinned to it wait as pending); its running tasks finish."""
     device = service().devices.set_device_disabled(device_id, True)
@@ -39,7 +40,7 @@ def disable_device(device_id):
 
 @blp.route("/device/<device_id>/enable", methods=["POST"])
 @blp.response(200, responses.DeviceDetailSchema)
-@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
 def enable_device(device_id):
     """Undo ``disable``: the device takes new tasks again, starting with those waiting for it."""
     device = service().devices.set_device_disabled(device_id, False)
@@ -48,8 +49,10 @@ def enable_device(device_id):
 
 @blp.route("/device/<device_id>", methods=["DELETE"])
 @blp.response(200, responses.DeletedSchema)
-@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
-@blp.alt_response(409, **error_doc("DEVICE_ONLINE", "DEVICE_HAS_ACTIVE_TASKS", "DEVICE_HAS_PENDING_TASKS"))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
+@blp.alt_response(
+    409, **error_doc(ErrorCode.DEVICE_ONLINE, ErrorCode.DEVICE_HAS_ACTIVE_TASKS, ErrorCode.DEVICE_HAS_PENDING_TASKS)
+)
 def forget_device(device_id):
     """Forget an offline device that has no dispatched or running task and no pending task pinned to it."""
     service().devices.forget_device(device_id)
@@ -59,7 +62,7 @@ def forget_device(device_id):
 @blp.route("/device/<device_id>/token", methods=["POST"])
 @blp.arguments(schemas.DevicePathSchema(), location="path", as_kwargs=True)
 @blp.response(201, responses.DeviceTokenSchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def issue_device_token(device_id):
     """Issue a token bound to this device id (it may not have registered yet); it is shown once, stored hashed.
 
@@ -71,7 +74,7 @@ def issue_device_token(device_id):
 
 @blp.route("/device/<device_id>/token", methods=["DELETE"])
 @blp.response(200, responses.DeletedSchema)
-@blp.alt_response(404, **error_doc("TOKEN_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.TOKEN_NOT_FOUND))
 def revoke_device_token(device_id):
     """Revoke the device's own token: the id registers with a fleet token again (or freely, if none are set).
 

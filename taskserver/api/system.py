@@ -5,6 +5,7 @@ from flask import Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from taskserver.api import Blueprint, responses, service
+from taskserver.domain import ErrorCode
 
 blp = Blueprint("system", __name__, description="系统状态")
 
@@ -42,7 +43,12 @@ def readyz():
     if store_ok and checks["watchdog"]["ok"]:
         return {"success": True, "status": "ready", "checks": checks}
     reasons = "；".join(check["reason"] for check in checks.values() if not check["ok"])
-    answer = {"success": False, "status": "not_ready", "message": f"服务未就绪：{reasons}", "error_code": "NOT_READY"}
+    answer = {
+        "success": False,
+        "status": "not_ready",
+        "message": f"服务未就绪：{reasons}",
+        "error_code": ErrorCode.NOT_READY,
+    }
     return {**answer, "checks": checks}, 503
 
 

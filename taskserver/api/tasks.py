@@ -4,7 +4,7 @@ from flask import current_app, request
 
 from taskserver import auth, schemas
 from taskserver.api import Blueprint, error_doc, responses, service
-from taskserver.domain import TaskStatus
+from taskserver.domain import ErrorCode, TaskStatus
 from taskserver.errors import ValidationFailed
 from taskserver.present import task_detail, task_event, task_status, task_summary
 from taskserver.service import DispatchRequest
@@ -15,7 +15,7 @@ blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理"
 @blp.route("/tasks")
 @blp.arguments(schemas.TaskListQuerySchema(), location="query")
 @blp.response(200, responses.TaskListSchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_tasks(query):
     """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``created_after``,
     ``created_before``; page with ``limit`` / ``offset``. ``total`` counts every match, not just the page."""
@@ -36,9 +36,9 @@ def list_tasks(query):
 @blp.arguments(schemas.DispatchSchema())
 @blp.response(200, responses.DispatchOutSchema, description="已分发到设备")
 @blp.alt_response(202, schema=responses.DispatchOutSchema, description="暂无可用设备或已排期：任务等待分发")
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR", "INVALID_JSON", "UNKNOWN_TASK_TYPE"))
-@blp.alt_response(404, **error_doc("DEVICE_NOT_FOUND"))
-@blp.alt_response(409, **error_doc("IDEMPOTENCY_KEY_REUSED"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR, ErrorCode.INVALID_JSON, ErrorCode.UNKNOWN_TASK_TYPE))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
+@blp.alt_response(409, **error_doc(ErrorCode.IDEMPOTENCY_KEY_REUSED))
 def dispatch_task(body):
     """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
     data, data_schedule = schemas.load_task_data(body["task_type"], body["data"], _extra_types())
@@ -99,7 +99,7 @@ def _dispatch_answer(task):
 
 @blp.route("/task/<task_id>")
 @blp.response(200, responses.TaskDetailSchema)
-@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task(task_id):
     """The whole task: data, result, error code, every timing and each attempt (device, times, outcome)."""
     task = service().tasks.get_task(task_id)
@@ -108,7 +108,7 @@ def get_task(task_id):
 
 @blp.route("/task/<task_id>/events")
 @blp.response(200, responses.TaskEventsSchema)
-@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task_events(task_id):
     """The task's history, oldest first: created, dispatched, delivered, progress milestones, result, timeout,
     retry, cancel; each with its time, its actor (operator, server, watchdog or the device) and a message."""
@@ -119,7 +119,7 @@ def get_task_events(task_id):
 
 @blp.route("/task/<task_id>/status")
 @blp.response(200, responses.TaskStatusSchema)
-@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
+@blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
     return {"success": True, "task": task_status(service().tasks.get_task(task_id))}
@@ -127,8 +127,8 @@ def get_task_status(task_id):
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
 @blp.response(200, responses.TaskStatusSchema)
-@blp.alt_response(404, **error_doc("TASK_NOT_FOUND"))
-@blp.alt_response(409, **error_doc("INVALID_STATE"))
+@blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
+@blp.alt_response(409, **error_doc(ErrorCode.INVALID_STATE))
 def cancel_task(task_id):
     """Cancel a task that has not ended; its device gets ``cancel_task`` (now, or when it reconnects)."""
     return {"success": True, "message": "任务已取消", "task": task_status(service().tasks.cancel(task_id))}

@@ -12,6 +12,7 @@ from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from taskserver import auth
+from taskserver.domain import ErrorCode
 from taskserver.present import device_summary, iso, task_summary
 
 log = logging.getLogger("taskserver.dashboard")
@@ -162,7 +163,7 @@ class DashboardNamespace(Namespace):
         token = auth_data.get("token") if isinstance(auth_data, dict) else None
         if not auth.operator_allowed(self.config, token):
             message = "操作员令牌无效，控制台拒绝连接" if token else "需要操作员令牌才能打开控制台"
-            raise ConnectionRefusedError(message, {"message": message, "error_code": "UNAUTHORIZED"})
+            raise ConnectionRefusedError(message, {"message": message, "error_code": ErrorCode.UNAUTHORIZED})
         self.feed.watch(request.sid)
         emit("hello", {"flush_interval": self.feed.interval, "server_time": iso(self.feed.clock())})
 

@@ -5,6 +5,7 @@ import logging
 from operator import attrgetter
 
 from taskserver import schemas, wirejson
+from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError
 
 log = logging.getLogger("taskserver.realtime")
@@ -43,7 +44,7 @@ class DeviceEvents:
             refused = error
         except Exception:
             log.exception("device event %s failed", event)
-            refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
+            refused = TaskServerError("服务器内部错误", ErrorCode.INTERNAL_ERROR)
         if spared:
             self.limiter.allow(sid)  # a refused report was not one the server bounded: it costs a token after all
         self.notifier.error(sid, refused, DEVICE_EVENTS.get(event, (None, None, None))[2])
@@ -52,10 +53,10 @@ class DeviceEvents:
     def _run(self, sid, event, payload, spared):
         """Limit (unless ``spared``), validate, call the service, and return the ack once what it reports is stored."""
         if not spared and not self.limiter.allow(sid):
-            raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
+            raise TaskServerError("事件过于频繁，已丢弃", ErrorCode.RATE_LIMITED)
         if event not in DEVICE_EVENTS:
             message = f"未知事件: {event}" if event is not None else "未知事件：事件名必须是有效的文本"
-            raise TaskServerError(message, "UNKNOWN_EVENT")
+            raise TaskServerError(message, ErrorCode.UNKNOWN_EVENT)
         schema, handler, _ = DEVICE_EVENTS[event]
         answer = handler(self.service)(sid, schemas.load_payload(schema, payload))
         self.service.store.durable()  # an ack promises that what it reports is stored

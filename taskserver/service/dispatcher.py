@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, Event, Task, TaskStatus
+from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, Task, TaskStatus
 from taskserver.errors import InvalidState, NotFound
 from taskserver.service.atomic import atomic
 
@@ -62,9 +62,9 @@ class Dispatcher:
         if fingerprint is not None and (existing := self._keyed_task(request, fingerprint, now)) is not None:
             return existing, False
         if request.device_id is not None and self.store.get_device(request.device_id) is None:
-            raise NotFound(f"设备 {request.device_id} 不存在", "DEVICE_NOT_FOUND")
+            raise NotFound(f"设备 {request.device_id} 不存在", ErrorCode.DEVICE_NOT_FOUND)
         task = self._new_task(request, fingerprint, now)
-        created = Event("created", "operator", request.device_id, {"task_type": task.task_type})
+        created = Event(EventKind.CREATED, "operator", request.device_id, {"task_type": task.task_type})
         device = self._device_for_new(task, now)
         dispatched = self._create_dispatched(task, device, created, now) if device is not None else None
         if dispatched is None:
@@ -98,7 +98,7 @@ class Dispatcher:
         """Store the new task already dispatched to ``device``, in one write; return it, or None if the device's slot
         went to another writer's task meanwhile (nothing is stored then)."""
         dispatched = replace(task, **self._dispatch_changes(device, now))
-        if not self.moves.create(dispatched, created, Event("dispatched", "server", device.device_id)):
+        if not self.moves.create(dispatched, created, Event(EventKind.DISPATCHED, "server", device.device_id)):
             return None
         return dispatched
 
@@ -110,7 +110,7 @@ class Dispatcher:
         if existing is not None and existing.request_hash not in (None, fingerprint):
             raise InvalidState(
                 f"幂等键 {request.idempotency_key} 已用于另一个内容不同的任务请求（{existing.task_id}）",
-                "IDEMPOTENCY_KEY_REUSED",
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
         return existing
 
@@ -152,7 +152,7 @@ class Dispatcher:
     def _assign(self, task, device, now):
         """Send the pending task to the device; return it as stored, or None if it changed meanwhile or the device
         has no free slot any more."""
-        dispatched = Event("dispatched", "server", device.device_id)
+        dispatched = Event(EventKind.DISPATCHED, "server", device.device_id)
         updated = self.moves.move(task, TaskStatus.DISPATCHED, self._dispatch_changes(device, now), dispatched, now)
         if updated is not None:
             self._send(updated, device.sid)
@@ -207,6 +207,6 @@ class Dispatcher:
         if task.delivered_at is not None:  # a resent new_task, acknowledged again
             return
         now = self.clock()
-        delivered = Event("delivered", device_id, device_id)
+        delivered = Event(EventKind.DELIVERED, device_id, device_id)
         if self.moves.move(task, task.status, {"delivered_at": now}, delivered, now) is not None:
             logs.event(log, "task delivered", logging.DEBUG, task_id=task_id, device_id=device_id, attempt=attempt)

@@ -4,15 +4,16 @@ by timeout, or because their device stayed away."""
 import logging
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, Event, TaskStatus
+from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound
 from taskserver.present import attempts, iso
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
 
-SERVER_ENDED = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE", "TASK_CANCELLED"})
-STOPPED_BY_SERVER = frozenset({"TASK_TIMEOUT", "DEVICE_OFFLINE"})  # attempts whose device got (or is owed) a cancel
+SERVER_ENDED = frozenset({ErrorCode.TASK_TIMEOUT, ErrorCode.DEVICE_OFFLINE, ErrorCode.TASK_CANCELLED})
+# attempts whose device got (or is owed) a cancel
+STOPPED_BY_SERVER = frozenset({ErrorCode.TASK_TIMEOUT, ErrorCode.DEVICE_OFFLINE})
 PROGRESS_MILESTONES = (25, 50, 75, 100)
 
 
@@ -36,12 +37,12 @@ class TaskLifecycle:
         """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
         task = self.get_task(task_id)
         if task.is_terminal:
-            raise InvalidState(f"任务已结束（{task.status.value}），无法取消", "INVALID_STATE")
+            raise InvalidState(f"任务已结束（{task.status.value}），无法取消", ErrorCode.INVALID_STATE)
         now = self.clock()
         sid = self.connections.sid_of(task.device_id) if task.status in ACTIVE else None
         owed_to = task.device_id if task.status in ACTIVE and sid is None else None
-        changes = {"finished_at": now, "error_code": "TASK_CANCELLED"}
-        cancelled = Event("cancelled", "operator", task.device_id)
+        changes = {"finished_at": now, "error_code": ErrorCode.TASK_CANCELLED}
+        cancelled = Event(EventKind.CANCELLED, "operator", task.device_id)
         updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
         if updated is None:
             return self.cancel(task_id)
@@ -56,7 +57,7 @@ class TaskLifecycle:
         """The task, or 404 ``TASK_NOT_FOUND``."""
         task = self.store.get_task(task_id)
         if task is None:
-            raise NotFound(f"任务 {task_id} 不存在", "TASK_NOT_FOUND")
+            raise NotFound(f"任务 {task_id} 不存在", ErrorCode.TASK_NOT_FOUND)
         return task
 
     def holds_task(self, sid, task_id, attempt=None):
@@ -74,7 +75,7 @@ class TaskLifecycle:
         task = self.get_task(payload["task_id"])
         if task.is_terminal:
             self._check_had_task(task, device_id)
-            raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+            raise InvalidState(f"任务已结束（{task.status.value}）", ErrorCode.TASK_FINISHED, task_id=task.task_id)
         self._check_owner(task, device_id, payload.get("attempt"))
         now = self.clock()
         progress, message = payload["progress"], payload.get("message")
@@ -82,7 +83,7 @@ class TaskLifecycle:
         event = self._progress_event(task, device_id, progress, message)
         if task.status == TaskStatus.DISPATCHED:
             changes["started_at"] = now
-            started = Event("started", device_id, device_id, {"progress": progress, "message": message})
+            started = Event(EventKind.STARTED, device_id, device_id, {"progress": progress, "message": message})
             updated = self.moves.move(task, TaskStatus.RUNNING, changes, started, now)
         else:
             updated = self.moves.move(task, task.status, changes, event, now)
@@ -98,7 +99,7 @@ class TaskLifecycle:
         """A history event when progress crosses a milestone (25, 50, 75, 100), else None."""
         if not any(task.progress < mark <= progress for mark in PROGRESS_MILESTONES):
             return None
-        return Event("progress", device_id, device_id, {"progress": progress, "message": message})
+        return Event(EventKind.PROGRESS, device_id, device_id, {"progress": progress, "message": message})
 
     @atomic
     def report_result(self, sid, payload):
@@ -116,10 +117,10 @@ class TaskLifecycle:
         now = self.clock()
         if result["success"]:
             changes = {"result": result, "progress": 100, "finished_at": now, "error_code": None}
-            completed = Event("completed", device_id, device_id)
+            completed = Event(EventKind.COMPLETED, device_id, device_id)
             updated = self.moves.move(task, TaskStatus.COMPLETED, changes, completed, now)
         else:
-            updated = self._end_attempt(task, result.get("error_code") or "TASK_FAILED", now, device_id, result)
+            updated = self._end_attempt(task, result.get("error_code") or ErrorCode.TASK_FAILED, now, device_id, result)
         if updated is None:
             return self.report_result(sid, payload)
         self.metrics.result(task.task_type, result["success"], now - task.dispatched_at if task.dispatched_at else None)
@@ -131,22 +132,22 @@ class TaskLifecycle:
     def _late_result(self, sid, task, device_id, result, attempt):
         """A result for an ended task: a cancel confirmation or a duplicate is acknowledged, anything else refused."""
         self._check_had_task(task, device_id)
-        if result.get("error_code") == "TASK_CANCELLED":
+        if result.get("error_code") == ErrorCode.TASK_CANCELLED:
             return self._cancel_answered(sid, task, device_id, attempt or task.attempt, "任务已取消")
         if attempt not in (None, task.attempt):
-            raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
+            raise InvalidState("该任务的这次执行已失效", ErrorCode.STALE_ATTEMPT, task_id=task.task_id)
         if task.device_id == device_id and task.error_code not in SERVER_ENDED:
             self.notifier.result_received(sid, task.task_id)
             answer = {"success": True, "task_id": task.task_id, "status": task.status.value}
             return {**answer, "duplicate": True, "result": task.result, "message": "结果已记录"}
-        raise InvalidState(f"任务已结束（{task.status.value}）", "TASK_FINISHED", task_id=task.task_id)
+        raise InvalidState(f"任务已结束（{task.status.value}）", ErrorCode.TASK_FINISHED, task_id=task.task_id)
 
     def _cancelled_attempt(self, task, device_id, result, attempt):
         """The earlier attempt whose ``cancel_task`` this ``TASK_CANCELLED`` result answers, or None.
 
         An answer naming no attempt (the Android app's) is for the latest attempt the server stopped on this device,
         if there is one: never a failure of the attempt the device may be running now."""
-        if result.get("error_code") != "TASK_CANCELLED" or attempt == task.attempt:
+        if result.get("error_code") != ErrorCode.TASK_CANCELLED or attempt == task.attempt:
             return None
         mine = [a for a in attempts(self.store.task_events(task.task_id)) if a["device_id"] == device_id]
         stopped = [a["attempt"] for a in mine if a["error_code"] in STOPPED_BY_SERVER]
@@ -156,7 +157,7 @@ class TaskLifecycle:
 
     def _cancel_answered(self, sid, task, device_id, attempt, message):
         """The device's answer to the ``cancel_task`` of ``attempt``: recorded in the history, it changes nothing."""
-        confirmed = Event("cancel_confirmed", device_id, device_id)
+        confirmed = Event(EventKind.CANCEL_CONFIRMED, device_id, device_id)
         self.store.add_event(task.task_id, self.clock(), confirmed, attempt)
         self.notifier.result_received(sid, task.task_id)
         return {"success": True, "task_id": task.task_id, "status": task.status.value, "message": message}
@@ -164,7 +165,7 @@ class TaskLifecycle:
     def _check_had_task(self, task, device_id):
         """Refuse a device that never had the task (so it learns nothing about it)."""
         if not self.store.device_had_task(task.task_id, device_id):
-            raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
+            raise Forbidden("该任务不属于此设备", ErrorCode.NOT_TASK_OWNER, task_id=task.task_id)
 
     def _check_owner(self, task, device_id, attempt):
         """Refuse reports for a task that is not this device's current attempt."""
@@ -172,8 +173,8 @@ class TaskLifecycle:
         if current and attempt in (None, task.attempt):
             return
         if self.store.device_had_task(task.task_id, device_id):
-            raise InvalidState("该任务的这次执行已失效", "STALE_ATTEMPT", task_id=task.task_id)
-        raise Forbidden("该任务不属于此设备", "NOT_TASK_OWNER", task_id=task.task_id)
+            raise InvalidState("该任务的这次执行已失效", ErrorCode.STALE_ATTEMPT, task_id=task.task_id)
+        raise Forbidden("该任务不属于此设备", ErrorCode.NOT_TASK_OWNER, task_id=task.task_id)
 
     def _end_attempt(self, task, error_code, now, actor, result=None, tell_device=False):
         """End the current attempt in failure: back to pending after a backoff if retries are left, else failed."""
@@ -188,11 +189,11 @@ class TaskLifecycle:
                 progress=0,
                 progress_message=None,
             )
-            target, kind = TaskStatus.PENDING, "retry_scheduled"
+            target, kind = TaskStatus.PENDING, EventKind.RETRY_SCHEDULED
             detail_extra = {"retry_at": iso(now + delay)}
         else:
             changes["finished_at"] = now
-            target, kind = TaskStatus.FAILED, "failed"
+            target, kind = TaskStatus.FAILED, EventKind.FAILED
             detail_extra = {}
         sid = self.connections.sid_of(task.device_id) if tell_device else None
         owed_to = task.device_id if tell_device and sid is None else None
@@ -218,7 +219,7 @@ class TaskLifecycle:
         were found."""
         tasks = self.store.timed_out_tasks(now, limit)
         for task in tasks:
-            self._end_attempt(task, "TASK_TIMEOUT", now, "watchdog", tell_device=True)
+            self._end_attempt(task, ErrorCode.TASK_TIMEOUT, now, "watchdog", tell_device=True)
         return len(tasks)
 
     @atomic
@@ -226,5 +227,5 @@ class TaskLifecycle:
         """End attempts whose device stayed away longer than the grace (at most ``limit``); return how many."""
         tasks = self.store.tasks_of_lost_devices(now - self.config["DEVICE_LOST_GRACE"], limit)
         for task in tasks:
-            self._end_attempt(task, "DEVICE_OFFLINE", now, "watchdog", tell_device=True)
+            self._end_attempt(task, ErrorCode.DEVICE_OFFLINE, now, "watchdog", tell_device=True)
         return len(tasks)

@@ -4,7 +4,7 @@ the store agree again after a failed commit."""
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, DeviceStatus, Event, TaskStatus
+from taskserver.domain import Device, DeviceStatus, ErrorCode, Event, EventKind, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
@@ -68,7 +68,7 @@ class DeviceRegistry:
         self.notifier.registered(sid, answer)
         self.metrics.device_event("device_register")
         self.store.add_device_event(
-            device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
+            device_id, now, Event(EventKind.REGISTERED, device_id, device_id, {"capacity": device.capacity})
         )
         logs.event(log, "device registered", device_id=device_id, active=len(active))
         self.dispatcher.catch_up(sid, device_id, active, now)
@@ -102,7 +102,7 @@ class DeviceRegistry:
             self._went_offline(device_id, now, reason)
 
     def _went_offline(self, device_id, now, reason):
-        self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
+        self.store.add_device_event(device_id, now, Event(EventKind.OFFLINE, "server", device_id, {"reason": reason}))
         logs.event(log, "device offline", device_id=device_id, reason=reason)
         self.notifier.device_changed(device_id)
 
@@ -110,9 +110,9 @@ class DeviceRegistry:
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
         device_id = self.connections.device_of(sid)
         if device_id is None:
-            raise Unauthorized("设备未注册，请先发送 device_register", "NOT_REGISTERED")
+            raise Unauthorized("设备未注册，请先发送 device_register", ErrorCode.NOT_REGISTERED)
         if claimed_device_id is not None and claimed_device_id != device_id:
-            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", "FORBIDDEN")
+            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", ErrorCode.FORBIDDEN)
         self.connections.heard_from(device_id, self.clock())
         return device_id
 
@@ -131,7 +131,7 @@ class DeviceRegistry:
         """The device, or 404 ``DEVICE_NOT_FOUND``."""
         device = self.store.get_device(device_id)
         if device is None:
-            raise NotFound(f"设备 {device_id} 不存在", "DEVICE_NOT_FOUND")
+            raise NotFound(f"设备 {device_id} 不存在", ErrorCode.DEVICE_NOT_FOUND)
         return device
 
     @atomic
@@ -141,7 +141,7 @@ class DeviceRegistry:
         if device.disabled != disabled:
             now = self.clock()
             self.store.set_device_disabled(device_id, disabled)
-            kind = "disabled" if disabled else "enabled"
+            kind = EventKind.DISABLED if disabled else EventKind.ENABLED
             self.store.add_device_event(device_id, now, Event(kind, "operator", device_id))
             logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
             self.notifier.device_changed(device_id)
@@ -154,14 +154,16 @@ class DeviceRegistry:
         """Delete an offline device with no active task and no task waiting for it; else 409."""
         device = self.get_device(device_id)
         if device.connected:
-            raise InvalidState(f"设备 {device_id} 在线，无法删除", "DEVICE_ONLINE")
+            raise InvalidState(f"设备 {device_id} 在线，无法删除", ErrorCode.DEVICE_ONLINE)
         if device.active_tasks:
-            raise InvalidState(f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", "DEVICE_HAS_ACTIVE_TASKS")
+            raise InvalidState(
+                f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", ErrorCode.DEVICE_HAS_ACTIVE_TASKS
+            )
         _, waiting = self.store.list_tasks(statuses=[TaskStatus.PENDING], device_id=device_id, limit=1)
         if waiting:
-            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", "DEVICE_HAS_PENDING_TASKS")
+            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", ErrorCode.DEVICE_HAS_PENDING_TASKS)
         if not self.store.delete_device(device_id):  # its tasks changed between the checks and the delete
-            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", "DEVICE_HAS_ACTIVE_TASKS")
+            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", ErrorCode.DEVICE_HAS_ACTIVE_TASKS)
         logs.event(log, "device forgotten", device_id=device_id)
         self.notifier.device_changed(device_id)
 
@@ -185,7 +187,7 @@ class DeviceRegistry:
         if sid is None:
             return
         self._release_sid(sid, self.clock(), reason=reason)
-        self.notifier.close_with_error(sid, message, "UNAUTHORIZED")
+        self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
 
     def converge_after_failed_commits(self, now):
         """If a commit failed since the last call, make the store and the live connections agree again."""
