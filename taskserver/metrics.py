@@ -117,7 +117,7 @@ class StateCollector:
         yield from self._watchdog()
 
     def _devices(self):
-        counts = self.service.store.count_devices_by_status()
+        counts = self.service.queries.count_devices_by_status()
         devices = GaugeMetricFamily("taskserver_devices", "Known devices by status.", labels=["status"])
         for status in DeviceStatus:
             devices.add_metric([status.value], sum(n for (s, _), n in counts.items() if s == status.value))
@@ -126,7 +126,7 @@ class StateCollector:
         yield GaugeMetricFamily("taskserver_devices_disabled", "Devices disabled (drained) by an operator.", disabled)
 
     def _tasks(self):
-        counts = self.service.store.count_tasks_by_status_and_type()
+        counts = self.service.queries.count_tasks_by_status_and_type()
         types = sorted({*self.task_types, *(task_type for _, task_type in counts)})
         tasks = GaugeMetricFamily(
             "taskserver_tasks", "Stored tasks by status and type.", labels=["status", "task_type"]

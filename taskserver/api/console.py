@@ -35,7 +35,7 @@ def task_types():
 def stats_throughput(query):
     """Tasks that ended in each of the last ``minutes`` minutes (the current one included), oldest first:
     completed, failed (after their last attempt) and cancelled; counted from the tasks' ``finished_at``."""
-    rows = throughput(service().store, service().clock(), query["minutes"])
+    rows = throughput(service().queries, service().clock(), query["minutes"])
     totals = {key: sum(row[key] for row in rows) for key in ("completed", "failed", "cancelled")}
     per_minute = [{**row, "at": iso(row["at"])} for row in rows]
     return {"success": True, "minutes": query["minutes"], "totals": totals, "per_minute": per_minute}
@@ -49,7 +49,7 @@ def stats_devices(query):
     """Devices online (connected) and busy in each of the last ``minutes`` minutes, oldest first, as sampled in
     memory every 15 s while the server runs (null for minutes without a sample, e.g. before a restart)."""
     history, now = current_app.extensions["fleet_history"], service().clock()
-    history.sample(service().store, now)
+    history.sample(service().queries, now)
     per_minute = [{**row, "at": iso(row["at"])} for row in history.series(now, query["minutes"])]
     current = {key: per_minute[-1][key] for key in ("online", "busy")}
     return {"success": True, "minutes": query["minutes"], "now": current, "per_minute": per_minute}

@@ -16,7 +16,7 @@ RECENT_HISTORY = 50
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_devices(query):
     """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
-    found = service().store.list_devices(statuses=query["status"], disabled=query.get("disabled"))
+    found = service().queries.devices(statuses=query["status"], disabled=query.get("disabled"))
     devices = [device_summary(device) for device in found]
     return {"success": True, "devices": devices, "total": len(devices)}
 
@@ -26,7 +26,7 @@ def list_devices(query):
 @blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
 def get_device(device_id):
     """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
-    return {"success": True, "device": _detail(service().devices.get_device(device_id))}
+    return {"success": True, "device": _detail(service().queries.device(device_id))}
 
 
 @blp.route("/device/<device_id>/disable", methods=["POST"])
@@ -84,7 +84,7 @@ def revoke_device_token(device_id):
 
 
 def _detail(device):
-    store = service().store
+    queries = service().queries
     return device_detail(
-        device, store.active_tasks_of(device.device_id), store.device_history(device.device_id, RECENT_HISTORY)
+        device, queries.active_tasks_of(device.device_id), queries.device_history(device.device_id, RECENT_HISTORY)
     )

@@ -22,7 +22,7 @@ def system_status():
         "version": VERSION,
         "status": "running",
         "port": current_app.config["PORT"],
-        **service().system_status(),
+        **service().queries.system_status(),
     }
 
 
@@ -38,7 +38,7 @@ def healthz():
 @blp.alt_response(503, schema=responses.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
 def readyz():
     """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s)."""
-    store_ok, store_reason = service().store_health()
+    store_ok, store_reason = service().queries.store_health()
     checks = {"store": {"ok": store_ok, "reason": store_reason}, "watchdog": _watchdog_check()}
     if store_ok and checks["watchdog"]["ok"]:
         return {"success": True, "status": "ready", "checks": checks}

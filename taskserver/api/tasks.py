@@ -19,7 +19,7 @@ blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理"
 def list_tasks(query):
     """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``created_after``,
     ``created_before``; page with ``limit`` / ``offset``. ``total`` counts every match, not just the page."""
-    tasks, total = service().store.list_tasks(
+    tasks, total = service().queries.tasks(
         statuses=query["status"],
         task_type=query.get("task_type"),
         device_id=query.get("device_id"),
@@ -78,7 +78,7 @@ def _operator():
 def _dispatch_answer(task):
     if task.status == TaskStatus.PENDING:
         waiting = "任务已排期，到时自动分发" if task.not_before else "暂无可用设备，任务已进入等待队列"
-        target = service().store.get_device(task.target_device_id) if task.target_device_id else None
+        target = service().queries.find_device(task.target_device_id) if task.target_device_id else None
         if target is not None and target.disabled:
             waiting = "设备已停用，任务将在设备启用后分发"
         device_id = task.target_device_id
@@ -90,7 +90,7 @@ def _dispatch_answer(task):
         "success": True,
         "task_id": task.task_id,
         "device_id": device_id,
-        "device_name": service().devices.device_names([device_id]).get(device_id),
+        "device_name": service().queries.device_names([device_id]).get(device_id),
         "status": task.status.value,
         "message": message,
     }
@@ -102,8 +102,8 @@ def _dispatch_answer(task):
 @blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task(task_id):
     """The whole task: data, result, error code, every timing and each attempt (device, times, outcome)."""
-    task = service().tasks.get_task(task_id)
-    return {"success": True, "task": task_detail(task, service().store.task_events(task_id))}
+    queries = service().queries
+    return {"success": True, "task": task_detail(queries.task(task_id), queries.task_events(task_id))}
 
 
 @blp.route("/task/<task_id>/events")
@@ -112,8 +112,7 @@ def get_task(task_id):
 def get_task_events(task_id):
     """The task's history, oldest first: created, dispatched, delivered, progress milestones, result, timeout,
     retry, cancel; each with its time, its actor (operator, server, watchdog or the device) and a message."""
-    service().tasks.get_task(task_id)
-    events = [task_event(event) for event in service().store.task_events(task_id)]
+    events = [task_event(event) for event in service().queries.task_events(task_id)]
     return {"success": True, "task_id": task_id, "events": events, "total": len(events)}
 
 
@@ -122,7 +121,7 @@ def get_task_events(task_id):
 @blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
-    return {"success": True, "task": task_status(service().tasks.get_task(task_id))}
+    return {"success": True, "task": task_status(service().queries.task(task_id))}
 
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])

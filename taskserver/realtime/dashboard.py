@@ -40,9 +40,9 @@ class DashboardFeed:
     a console is connected. An ``interval`` of 0 runs no greenlet at all: whoever drives the feed calls ``flush``
     (tests, which must not race a timer)."""
 
-    def __init__(self, socketio, store, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
+    def __init__(self, socketio, queries, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
         self.socketio = socketio
-        self.store = store
+        self.queries = queries  # the service's: what the feed reads
         self.history = history
         self.spawn = spawn  # starts the flush loop among the app's background greenlets
         self.clock = clock
@@ -113,7 +113,7 @@ class DashboardFeed:
         now = time.monotonic()
         if self._last_sample is None or now - self._last_sample >= SAMPLE_INTERVAL:
             self._last_sample = now
-            self.history.sample(self.store, self.clock())
+            self.history.sample(self.queries, self.clock())
 
     def flush(self):
         """Send one ``changes`` event with what changed since the last flush; return it (None if nothing did).
@@ -144,7 +144,7 @@ class DashboardFeed:
 
     def _describe_devices(self, changes, device_ids):
         for device_id in sorted(device_ids):
-            device = self.store.get_device(device_id)
+            device = self.queries.find_device(device_id)
             if device is None:
                 changes["removed_devices"].append(device_id)
             else:

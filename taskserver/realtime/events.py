@@ -67,7 +67,7 @@ class DeviceEvents:
         validation, so that asking costs next to nothing.)"""
         if not isinstance(payload, dict) or not isinstance(payload.get("task_id"), str):
             return False
-        return self.service.tasks.holds_task(sid, payload["task_id"], payload.get("attempt"))
+        return self.service.queries.holds_task(sid, payload["task_id"], payload.get("attempt"))
 
     def opened(self, sid, token):
         """A connection opens: its token (if any) is checked before any event is handled; raises if refused."""

@@ -5,7 +5,7 @@ import logging
 
 from taskserver import domain, logs
 from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, TaskStatus
-from taskserver.errors import Forbidden, InvalidState, NotFound
+from taskserver.errors import Forbidden, InvalidState
 from taskserver.present import attempts, iso
 from taskserver.service.atomic import atomic
 
@@ -21,8 +21,9 @@ class TaskLifecycle:
     """Moves dispatched and running tasks on to their end (or back to pending for a retry); every change goes through
     ``TaskMoves``. Reports are taken only from the device the registry says the connection is."""
 
-    def __init__(self, store, moves, notifier, config, clock, metrics, connections, registry, dispatcher):
+    def __init__(self, store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher):
         self.store = store
+        self.queries = queries
         self.moves = moves
         self.notifier = notifier
         self.config = config
@@ -35,7 +36,7 @@ class TaskLifecycle:
     @atomic
     def cancel(self, task_id):
         """Cancel a task that has not ended; its device, if it has one, is told now or when it returns."""
-        task = self.get_task(task_id)
+        task = self.queries.task(task_id)
         if task.is_terminal:
             raise InvalidState(f"任务已结束（{task.status.value}），无法取消", ErrorCode.INVALID_STATE)
         now = self.clock()
@@ -53,26 +54,12 @@ class TaskLifecycle:
         self.dispatcher.dispatch_pending(now)
         return updated
 
-    def get_task(self, task_id):
-        """The task, or 404 ``TASK_NOT_FOUND``."""
-        task = self.store.get_task(task_id)
-        if task is None:
-            raise NotFound(f"任务 {task_id} 不存在", ErrorCode.TASK_NOT_FOUND)
-        return task
-
-    def holds_task(self, sid, task_id, attempt=None):
-        """True if the task (in ``attempt``, if given) is dispatched to or running on the device this connection
-        registered as: reports about it are bounded by what the server sent, so the rate limit spares them (a look
-        in memory, made before any other work)."""
-        device_id = self.connections.device_of(sid)
-        return device_id is not None and self.store.task_active_on(task_id, device_id, attempt)
-
     @atomic
     def report_progress(self, sid, payload):
         """Record progress of the device's own current attempt; the first report marks the task running."""
         device_id = self.registry.device_for(sid)
         self.metrics.device_event("task_progress")
-        task = self.get_task(payload["task_id"])
+        task = self.queries.task(payload["task_id"])
         if task.is_terminal:
             self._check_had_task(task, device_id)
             raise InvalidState(f"任务已结束（{task.status.value}）", ErrorCode.TASK_FINISHED, task_id=task.task_id)
@@ -106,7 +93,7 @@ class TaskLifecycle:
         """Finish the device's current attempt; late, duplicate and foreign results change nothing."""
         device_id = self.registry.device_for(sid)
         self.metrics.device_event("task_result")
-        task = self.get_task(payload["task_id"])
+        task = self.queries.task(payload["task_id"])
         result, attempt = payload["result"], payload.get("attempt")
         if task.is_terminal:
             return self._late_result(sid, task, device_id, result, attempt)

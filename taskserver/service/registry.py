@@ -5,7 +5,7 @@ import logging
 
 from taskserver import logs
 from taskserver.domain import Device, DeviceStatus, ErrorCode, Event, EventKind, TaskStatus
-from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
+from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
 
@@ -16,8 +16,9 @@ class DeviceRegistry:
     """Knows which device each connection is, and keeps devices' stored state in step with their connections; a
     device that registers is handed what it is owed by the dispatcher."""
 
-    def __init__(self, store, notifier, config, clock, metrics, connections, credentials, dispatcher):
+    def __init__(self, store, queries, notifier, config, clock, metrics, connections, credentials, dispatcher):
         self.store = store
+        self.queries = queries
         self.notifier = notifier
         self.config = config
         self.clock = clock
@@ -116,28 +117,10 @@ class DeviceRegistry:
         self.connections.heard_from(device_id, self.clock())
         return device_id
 
-    def device_names(self, device_ids):
-        """Map each known device id to its name (a connected device's from memory)."""
-        names = {}
-        for device_id in set(device_ids) - {None}:
-            name = self.connections.name_of(device_id)
-            if name is None and (device := self.store.get_device(device_id)) is not None:
-                name = device.device_name
-            if name is not None:
-                names[device_id] = name
-        return names
-
-    def get_device(self, device_id):
-        """The device, or 404 ``DEVICE_NOT_FOUND``."""
-        device = self.store.get_device(device_id)
-        if device is None:
-            raise NotFound(f"设备 {device_id} 不存在", ErrorCode.DEVICE_NOT_FOUND)
-        return device
-
     @atomic
     def set_device_disabled(self, device_id, disabled):
         """Drain (or undrain) a device: disabled, it keeps its tasks but gets no new ones."""
-        device = self.get_device(device_id)
+        device = self.queries.device(device_id)
         if device.disabled != disabled:
             now = self.clock()
             self.store.set_device_disabled(device_id, disabled)
@@ -147,12 +130,12 @@ class DeviceRegistry:
             self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatcher.dispatch_pending(now)
-        return self.get_device(device_id)
+        return self.queries.device(device_id)
 
     @atomic
     def forget_device(self, device_id):
         """Delete an offline device with no active task and no task waiting for it; else 409."""
-        device = self.get_device(device_id)
+        device = self.queries.device(device_id)
         if device.connected:
             raise InvalidState(f"设备 {device_id} 在线，无法删除", ErrorCode.DEVICE_ONLINE)
         if device.active_tasks:
