@@ -3,7 +3,7 @@
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode
-from taskserver.present import device_detail, device_summary
+from taskserver.present import DEVICE_SUMMARY, device_detail
 
 blp = Blueprint("devices", __name__, url_prefix="/api", description="设备管理")
 
@@ -17,7 +17,7 @@ RECENT_HISTORY = 50
 def list_devices(query):
     """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
     found = service().queries.devices(statuses=query["status"], disabled=query.get("disabled"))
-    devices = [device_summary(device) for device in found]
+    devices = [DEVICE_SUMMARY(device) for device in found]
     return {"success": True, "devices": devices, "total": len(devices)}
 
 

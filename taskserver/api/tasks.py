@@ -6,7 +6,7 @@ from taskserver import auth, schemas
 from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode, TaskStatus
 from taskserver.errors import ValidationFailed
-from taskserver.present import task_detail, task_event, task_status, task_summary
+from taskserver.present import TASK_STATUS, TASK_SUMMARY, task_detail, task_event
 from taskserver.service import DispatchRequest
 
 blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理")
@@ -28,7 +28,7 @@ def list_tasks(query):
         created_after=query.get("created_after"),
         created_before=query.get("created_before"),
     )
-    page = [task_summary(task) for task in tasks]
+    page = [TASK_SUMMARY(task) for task in tasks]
     return {"success": True, "tasks": page, "total": total, "limit": query["limit"], "offset": query["offset"]}
 
 
@@ -121,7 +121,7 @@ def get_task_events(task_id):
 @blp.alt_response(404, **error_doc(ErrorCode.TASK_NOT_FOUND))
 def get_task_status(task_id):
     """Status, progress and result of one task."""
-    return {"success": True, "task": task_status(service().queries.task(task_id))}
+    return {"success": True, "task": TASK_STATUS(service().queries.task(task_id))}
 
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
@@ -130,4 +130,4 @@ def get_task_status(task_id):
 @blp.alt_response(409, **error_doc(ErrorCode.INVALID_STATE))
 def cancel_task(task_id):
     """Cancel a task that has not ended; its device gets ``cancel_task`` (now, or when it reconnects)."""
-    return {"success": True, "message": "任务已取消", "task": task_status(service().tasks.cancel(task_id))}
+    return {"success": True, "message": "任务已取消", "task": TASK_STATUS(service().tasks.cancel(task_id))}

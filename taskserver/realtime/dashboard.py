@@ -13,7 +13,7 @@ from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from taskserver import auth
 from taskserver.domain import ErrorCode
-from taskserver.present import device_summary, iso, task_summary
+from taskserver.present import DEVICE_SUMMARY, TASK_SUMMARY, iso
 
 log = logging.getLogger("taskserver.dashboard")
 
@@ -26,7 +26,7 @@ MAX_DEVICES_PER_FLUSH = 200  # the same for devices (heartbeats alone do not cou
 
 def task_brief(task):
     """A task as the console's list shows it: the list's fields without ``data`` (which can be large)."""
-    brief = task_summary(task)
+    brief = TASK_SUMMARY(task)
     del brief["data"]
     brief["progress_message"] = task.progress_message
     return brief
@@ -148,7 +148,7 @@ class DashboardFeed:
             if device is None:
                 changes["removed_devices"].append(device_id)
             else:
-                changes["devices"].append(device_summary(device))
+                changes["devices"].append(DEVICE_SUMMARY(device))
 
 
 class DashboardNamespace(Namespace):
