@@ -3,6 +3,7 @@
 import logging
 
 from taskserver import auth, logs
+from taskserver.domain import ErrorCode
 from taskserver.errors import NotFound, Unauthorized
 
 log = logging.getLogger("taskserver")
@@ -19,7 +20,7 @@ class DeviceCredentials:
     def check_connection(self, token):
         """A token presented when a connection opens must be a device token, when device tokens are required."""
         if token and self.fleet_tokens and not self._known(token):
-            raise Unauthorized("设备令牌无效，连接被拒绝", "UNAUTHORIZED")
+            raise Unauthorized("设备令牌无效，连接被拒绝", ErrorCode.UNAUTHORIZED)
 
     def _known(self, token):
         return auth.token_in(token, self.fleet_tokens) or (
@@ -31,9 +32,11 @@ class DeviceCredentials:
         bound = self.store.device_token_hash(device_id)
         if bound is not None:
             if not token or not auth.token_in(auth.hash_token(token), [bound]):
-                raise Unauthorized(f"设备 {device_id} 需要其专属令牌", "UNAUTHORIZED")
+                raise Unauthorized(f"设备 {device_id} 需要其专属令牌", ErrorCode.UNAUTHORIZED)
         elif self.fleet_tokens and not auth.token_in(token, self.fleet_tokens):
-            raise Unauthorized("需要有效的设备令牌（连接的 auth.token 或 device_register 的 token）", "UNAUTHORIZED")
+            raise Unauthorized(
+                "需要有效的设备令牌（连接的 auth.token 或 device_register 的 token）", ErrorCode.UNAUTHORIZED
+            )
 
     def issue(self, device_id):
         """A new token bound to ``device_id`` (replacing any earlier one); only its hash is kept."""
@@ -45,5 +48,5 @@ class DeviceCredentials:
     def revoke(self, device_id):
         """Forget the device's own token, or 404 if it has none."""
         if not self.store.delete_device_token(device_id):
-            raise NotFound(f"设备 {device_id} 没有专属令牌", "TOKEN_NOT_FOUND")
+            raise NotFound(f"设备 {device_id} 没有专属令牌", ErrorCode.TOKEN_NOT_FOUND)
         logs.event(log, "device token revoked", device_id=device_id)

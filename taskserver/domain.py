@@ -5,8 +5,6 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from taskserver.errors import InvalidState
-
 
 class TaskStatus(StrEnum):
     """The spec's task states; values serialise as the plain strings the spec shows."""
@@ -35,6 +33,70 @@ class TaskType(StrEnum):
     UPLOAD = "UPLOAD"
 
 
+class EventKind(StrEnum):
+    """What a history event records; values serialise as the plain strings the API lists."""
+
+    # a task's history
+    CREATED = "created"
+    DISPATCHED = "dispatched"
+    DELIVERED = "delivered"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    CANCELLED = "cancelled"
+    CANCEL_CONFIRMED = "cancel_confirmed"
+    # a device's own history
+    REGISTERED = "registered"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+
+
+class ErrorCode(StrEnum):
+    """Every ``error_code`` the server sends (in error bodies, socket ``error`` events and a task's ``error_code``);
+    stable upper-case identifiers, documented in the API. A device may report codes of its own in a result."""
+
+    # requests
+    BAD_REQUEST = "BAD_REQUEST"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    INVALID_JSON = "INVALID_JSON"
+    UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    NOT_READY = "NOT_READY"
+    # credentials and connections
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
+    NOT_REGISTERED = "NOT_REGISTERED"
+    DEVICE_REPLACED = "DEVICE_REPLACED"
+    UNKNOWN_EVENT = "UNKNOWN_EVENT"
+    WEBSOCKET_REQUIRED = "WEBSOCKET_REQUIRED"
+    # tasks and devices
+    INVALID_STATE = "INVALID_STATE"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    DEVICE_NOT_FOUND = "DEVICE_NOT_FOUND"
+    DEVICE_ONLINE = "DEVICE_ONLINE"
+    DEVICE_HAS_ACTIVE_TASKS = "DEVICE_HAS_ACTIVE_TASKS"
+    DEVICE_HAS_PENDING_TASKS = "DEVICE_HAS_PENDING_TASKS"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    NOT_TASK_OWNER = "NOT_TASK_OWNER"
+    STALE_ATTEMPT = "STALE_ATTEMPT"
+    TASK_FINISHED = "TASK_FINISHED"
+    # how an attempt ended
+    TASK_TIMEOUT = "TASK_TIMEOUT"
+    DEVICE_OFFLINE = "DEVICE_OFFLINE"
+    TASK_CANCELLED = "TASK_CANCELLED"
+    TASK_FAILED = "TASK_FAILED"
+
+
 ACTIVE = frozenset({TaskStatus.DISPATCHED, TaskStatus.RUNNING})
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
@@ -57,16 +119,22 @@ def new_task_id():
     return f"task_{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
 
 
-class InvalidTransition(InvalidState):
-    """A move the transition table does not allow."""
-
-
 def check_transition(current, target):
     """Return ``target`` if ``current -> target`` is allowed, else raise ``InvalidTransition``."""
     current, target = TaskStatus(current), TaskStatus(target)
     if target not in TRANSITIONS[current]:
+        from taskserver.errors import InvalidTransition  # not at the top: errors.py imports ErrorCode from here
+
         raise InvalidTransition(f"任务状态不能从 {current.value} 变为 {target.value}")
     return target
+
+
+def check_change(current, target):
+    """Return ``target`` if a stored task in ``current`` may change to ``target``: an allowed transition, or a change
+    that keeps an active task in its status (progress, delivery); else raise ``InvalidTransition``."""
+    if target == current and current in ACTIVE:
+        return target
+    return check_transition(current, target)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """The small tree of domain errors; each carries the spec's ``error_code`` and an HTTP status."""
 
+from taskserver.domain import ErrorCode
+
 
 class TaskServerError(Exception):
     """Base of every error a client may see: ``message`` for people, ``error_code`` for programs."""
 
     status = 400
-    error_code = "BAD_REQUEST"
+    error_code = ErrorCode.BAD_REQUEST
 
     def __init__(self, message, error_code=None, **extra):
         super().__init__(message)
@@ -22,35 +24,39 @@ class NotFound(TaskServerError):
     """The named task or device does not exist."""
 
     status = 404
-    error_code = "NOT_FOUND"
+    error_code = ErrorCode.NOT_FOUND
 
 
 class InvalidState(TaskServerError):
     """The request conflicts with the current state (a finished task, a stale attempt, ...)."""
 
     status = 409
-    error_code = "INVALID_STATE"
+    error_code = ErrorCode.INVALID_STATE
+
+
+class InvalidTransition(InvalidState):
+    """A move the transition table does not allow."""
 
 
 class Unauthorized(TaskServerError):
     """No or wrong credentials, or a connection that has not registered."""
 
     status = 401
-    error_code = "UNAUTHORIZED"
+    error_code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(TaskServerError):
     """Known caller, but not allowed to act on this task or device."""
 
     status = 403
-    error_code = "FORBIDDEN"
+    error_code = ErrorCode.FORBIDDEN
 
 
 class ValidationFailed(TaskServerError):
     """Input that does not match its schema; ``errors`` names each bad field."""
 
     status = 400
-    error_code = "VALIDATION_ERROR"
+    error_code = ErrorCode.VALIDATION_ERROR
 
     def __init__(self, errors, message="请求参数无效", error_code=None):
         super().__init__(message, error_code, errors=errors)
@@ -60,7 +66,7 @@ class StoreUnavailable(TaskServerError):
     """The store cannot take writes now (a failed commit, a full disk): nothing was acknowledged; retry later."""
 
     status = 503
-    error_code = "STORE_UNAVAILABLE"
+    error_code = ErrorCode.STORE_UNAVAILABLE
 
 
 class StoreConflict(StoreUnavailable):

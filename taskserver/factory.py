@@ -73,7 +73,7 @@ def create_app(config=None, clock=None):
     history = app.extensions["fleet_history"] = FleetHistory()
     feed = DashboardFeed(
         socketio,
-        store,
+        service.queries,
         history,
         background.spawn,
         service.clock,

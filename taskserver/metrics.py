@@ -12,7 +12,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from taskserver.domain import DeviceStatus, TaskStatus
+from taskserver.domain import DeviceStatus, ErrorCode, TaskStatus
 
 disable_created_metrics()  # no "<name>_created" series beside every counter: half the scrape, nothing lost to us
 
@@ -95,9 +95,9 @@ class Metrics:
 
     def attempt_ended(self, task_type, error_code, retried):
         """Count an attempt that ended in failure: timeouts, lost devices, retries."""
-        if error_code == "TASK_TIMEOUT":
+        if error_code == ErrorCode.TASK_TIMEOUT:
             self.count(self.timeouts, task_type)
-        elif error_code == "DEVICE_OFFLINE":
+        elif error_code == ErrorCode.DEVICE_OFFLINE:
             self.count(self.lost, task_type)
         if retried:
             self.count(self.retries, task_type)
@@ -117,7 +117,7 @@ class StateCollector:
         yield from self._watchdog()
 
     def _devices(self):
-        counts = self.service.store.count_devices_by_status()
+        counts = self.service.queries.count_devices_by_status()
         devices = GaugeMetricFamily("taskserver_devices", "Known devices by status.", labels=["status"])
         for status in DeviceStatus:
             devices.add_metric([status.value], sum(n for (s, _), n in counts.items() if s == status.value))
@@ -126,7 +126,7 @@ class StateCollector:
         yield GaugeMetricFamily("taskserver_devices_disabled", "Devices disabled (drained) by an operator.", disabled)
 
     def _tasks(self):
-        counts = self.service.store.count_tasks_by_status_and_type()
+        counts = self.service.queries.count_tasks_by_status_and_type()
         types = sorted({*self.task_types, *(task_type for _, task_type in counts)})
         tasks = GaugeMetricFamily(
             "taskserver_tasks", "Stored tasks by status and type.", labels=["status", "task_type"]

@@ -1,9 +1,13 @@
-"""How tasks and devices look on the wire: the spec's field names and its time format."""
+"""How tasks and devices look on the wire: the spec's field names and its time format.
+
+Each answer's shape is defined once, here: ``api/responses.py`` documents it with the shape's ``schema``."""
 
 import math
 from datetime import datetime
+from operator import itemgetter
 
-from taskserver.domain import ACTIVE
+from taskserver.domain import ACTIVE, ErrorCode, EventKind, TaskStatus
+from taskserver.shapes import Shape, boolean, integer, listing, mapping, nested, text
 
 EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
 
@@ -20,54 +24,203 @@ def iso(ts):
         return EARLIEST if ts < 0 else LATEST
 
 
-def task_summary(task):
-    """A task as ``GET /api/tasks`` lists it."""
-    return {
-        "task_id": task.task_id,
-        "task_type": task.task_type,
-        "status": task.status.value,
-        "device_id": task.device_id or task.target_device_id,
-        "created_at": iso(task.created_at),
-        "data": task.data,
-        "progress": task.progress,
-        "priority": task.priority,
-        "attempt": task.attempt,
-        "max_retries": task.max_retries,
-        "timeout": task.timeout,
-        "error_code": task.error_code,
-        "updated_at": iso(task.updated_at),
+ATTEMPT_ENDS = {  # the event that ends an attempt -> its outcome
+    EventKind.COMPLETED: TaskStatus.COMPLETED,
+    EventKind.FAILED: TaskStatus.FAILED,
+    EventKind.RETRY_SCHEDULED: TaskStatus.FAILED,
+    EventKind.CANCELLED: TaskStatus.CANCELLED,
+}
+
+
+def attempts(events):
+    """Each dispatch of the task, from its history: device, times, and how it ended (None while it runs)."""
+    found, current = [], None
+    for event in events:
+        if event["kind"] == EventKind.DISPATCHED:
+            current = dict.fromkeys(ATTEMPT.fields)
+            current.update(attempt=event["attempt"], device_id=event["device_id"], dispatched_at=iso(event["at"]))
+            found.append(current)
+        elif current is not None and event["kind"] == EventKind.DELIVERED:
+            current["delivered_at"] = iso(event["at"])
+        elif current is not None and event["kind"] in ATTEMPT_ENDS:
+            detail = event["detail"] or {}
+            current.update(ended_at=iso(event["at"]), outcome=ATTEMPT_ENDS[event["kind"]])
+            current["error_code"] = detail.get("error_code")
+            current = None
+    return found
+
+
+FAILURES = {ErrorCode.TASK_TIMEOUT: "执行超时", ErrorCode.DEVICE_OFFLINE: "设备离线超过宽限期"}
+OFFLINE_REASONS = {"disconnected": "连接断开", "heartbeat_timeout": "心跳超时"}
+
+
+def _failure(detail):
+    code = detail.get("error_code")
+    return FAILURES.get(code) or f"执行失败（{code}）"
+
+
+def event_message(event):
+    """One history event in words, for people reading it."""
+    detail, device = event.get("detail") or {}, event.get("device_id")
+    note = f"：{detail['message']}" if detail.get("message") else ""
+    messages = {
+        EventKind.CREATED: "任务创建" + (f"，指定设备 {device}" if device else ""),
+        EventKind.DISPATCHED: f"分发到设备 {device}",
+        EventKind.DELIVERED: f"设备 {device} 确认收到任务",
+        EventKind.STARTED: f"设备 {device} 开始执行",
+        EventKind.PROGRESS: f"进度 {detail.get('progress')}%{note}",
+        EventKind.COMPLETED: "执行完成",
+        EventKind.FAILED: f"{_failure(detail)}，任务失败" if detail else "任务失败",
+        EventKind.RETRY_SCHEDULED: f"{_failure(detail)}，将于 {detail.get('retry_at')} 重试" if detail else "等待重试",
+        EventKind.CANCELLED: "任务已取消",
+        EventKind.CANCEL_CONFIRMED: f"设备 {device} 确认已取消",
+        EventKind.REGISTERED: f"设备注册（容量 {detail.get('capacity')}）",
+        EventKind.OFFLINE: f"设备离线（{OFFLINE_REASONS.get(detail.get('reason'), detail.get('reason'))}）",
+        EventKind.DISABLED: "设备已停用：不再分配新任务",
+        EventKind.ENABLED: "设备已启用",
     }
+    return messages.get(event["kind"], event["kind"])
 
 
-def task_status(task):
-    """A task as ``GET /api/task/{id}/status`` shows it."""
-    return {
-        "task_id": task.task_id,
-        "status": task.status.value,
-        "progress": task.progress,
-        "result": task.result,
-        "updated_at": iso(task.updated_at),
-        "task_type": task.task_type,
-        "device_id": task.device_id or task.target_device_id,
-        "progress_message": task.progress_message,
-        "error_code": task.error_code,
-        "attempt": task.attempt,
-    }
+def time(source=None, nullable=True, **metadata):
+    """A field holding a time kept as epoch seconds, shown as the spec's local time text."""
+    return text(source, nullable, convert=iso, **metadata)
 
 
-def device_summary(device):
-    """A device as ``GET /api/devices`` lists it."""
-    return {
-        "device_id": device.device_id,
-        "device_name": device.device_name,
-        "status": device.status.value,
-        "last_heartbeat": iso(device.last_heartbeat),
-        "task_count": device.active_tasks,
-        "connection_info": {"sid": device.sid, "registered_at": iso(device.registered_at)},
-        "device_info": device.device_info,
-        "capacity": device.capacity,
-        "disabled": device.disabled,
-    }
+def _status(task_or_device):
+    return task_or_device.status.value
+
+
+def _device_of(task):
+    """The device a task is on, or the one it waits for."""
+    return task.device_id or task.target_device_id
+
+
+def _timeout_at(task):
+    return iso(task.dispatched_at + task.timeout) if task.status in ACTIVE else None
+
+
+def _disconnected_at(device):
+    return iso(device.disconnected_at) if not device.connected else None
+
+
+# A task as ``GET /api/tasks`` lists it.
+TASK_SUMMARY = Shape(
+    "TaskOut",
+    task_id=text("task_id"),
+    task_type=text("task_type"),
+    status=text(_status),
+    device_id=text(_device_of, nullable=True),
+    created_at=time("created_at", nullable=False),
+    data=mapping("data"),
+    progress=integer("progress"),
+    priority=integer("priority"),
+    attempt=integer("attempt"),
+    max_retries=integer("max_retries"),
+    timeout=integer("timeout"),
+    error_code=text("error_code", nullable=True),
+    updated_at=time("updated_at", nullable=False),
+)
+
+# A task as ``GET /api/task/{id}/status`` shows it.
+TASK_STATUS = Shape(
+    "TaskStatusOut",
+    task_id=text("task_id"),
+    status=text(_status),
+    progress=integer("progress"),
+    result=mapping("result", nullable=True),
+    updated_at=time("updated_at", nullable=False),
+    task_type=text("task_type"),
+    device_id=text(_device_of, nullable=True),
+    progress_message=text("progress_message", nullable=True),
+    error_code=text("error_code", nullable=True),
+    attempt=integer("attempt"),
+)
+
+# One dispatch of a task, as ``attempts`` finds it in the task's history.
+ATTEMPT = Shape(
+    "AttemptOut",
+    attempt=integer(),
+    device_id=text(nullable=True),
+    dispatched_at=text(),
+    delivered_at=text(nullable=True),
+    ended_at=text(nullable=True),
+    outcome=text(nullable=True, description="completed / failed / cancelled；进行中为 null"),
+    error_code=text(nullable=True),
+)
+
+# A task as ``GET /api/task/{id}`` shows it: everything the store keeps, its attempts (given) and their times.
+TASK_DETAIL = TASK_SUMMARY.extend(
+    "TaskDetailOut",
+    target_device_id=text("target_device_id", nullable=True),
+    progress_message=text("progress_message", nullable=True),
+    result=mapping("result", nullable=True),
+    dispatched_at=time("dispatched_at"),
+    delivered_at=time("delivered_at"),
+    started_at=time("started_at"),
+    finished_at=time("finished_at"),
+    not_before=time("not_before", description="排期或重试退避：此前不会分发"),
+    timeout_at=text(_timeout_at, nullable=True, description="进行中的执行在此时超时"),
+    idempotency_key=text("idempotency_key", nullable=True),
+    attempts=listing(ATTEMPT),
+)
+
+# One line of a task's history as ``GET /api/task/{id}/events`` lists it (read from the store's event rows).
+TASK_EVENT = Shape(
+    "TaskEventOut",
+    reads=itemgetter,
+    at=time("at", nullable=False),
+    kind=text(
+        "kind",
+        description="created, dispatched, delivered, started, progress, completed, failed, retry_scheduled, "
+        "cancelled, cancel_confirmed",
+    ),
+    actor=text("actor", description="operator, server, watchdog 或设备 id"),
+    device_id=text("device_id", nullable=True),
+    attempt=integer("attempt", nullable=True),
+    detail=mapping("detail", nullable=True),
+    message=text(event_message),
+)
+
+# One line of a device's recent history: its own events and those of tasks on it (``message`` given).
+DEVICE_EVENT = Shape(
+    "DeviceEventOut",
+    reads=itemgetter,
+    at=time("at", nullable=False),
+    kind=text("kind", description="registered, offline, disabled, enabled, 或其任务的事件"),
+    actor=text("actor"),
+    task_id=text("task_id", nullable=True),
+    attempt=integer("attempt", nullable=True),
+    detail=mapping("detail", nullable=True),
+    message=text(),
+)
+
+CONNECTION_INFO = Shape(
+    "ConnectionInfo", sid=text("sid", nullable=True), registered_at=time("registered_at", nullable=True)
+)
+
+# A device as ``GET /api/devices`` lists it.
+DEVICE_SUMMARY = Shape(
+    "DeviceOut",
+    device_id=text("device_id"),
+    device_name=text("device_name"),
+    status=text(_status),
+    last_heartbeat=time("last_heartbeat"),
+    task_count=integer("active_tasks"),
+    connection_info=nested(CONNECTION_INFO),
+    device_info=mapping("device_info"),
+    capacity=integer("capacity"),
+    disabled=boolean("disabled"),
+)
+
+# A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history (given).
+DEVICE_DETAIL = DEVICE_SUMMARY.extend(
+    "DeviceDetailOut",
+    created_at=time("created_at", nullable=False),
+    disconnected_at=text(_disconnected_at, nullable=True),
+    active_tasks=listing(TASK_SUMMARY),
+    recent_history=listing(DEVICE_EVENT),
+)
 
 
 def new_task_message(task):
@@ -90,107 +243,24 @@ def cancel_task_message(task_id, attempt):
 
 
 def task_detail(task, events):
-    """A task as ``GET /api/task/{id}`` shows it: everything the store keeps, its attempts and their times."""
-    return {
-        **task_summary(task),
-        "target_device_id": task.target_device_id,
-        "progress_message": task.progress_message,
-        "result": task.result,
-        "dispatched_at": iso(task.dispatched_at),
-        "delivered_at": iso(task.delivered_at),
-        "started_at": iso(task.started_at),
-        "finished_at": iso(task.finished_at),
-        "not_before": iso(task.not_before),
-        "timeout_at": iso(task.dispatched_at + task.timeout) if task.status in ACTIVE else None,
-        "idempotency_key": task.idempotency_key,
-        "attempts": attempts(events),
-    }
-
-
-ATTEMPT_ENDS = {"completed": "completed", "failed": "failed", "retry_scheduled": "failed", "cancelled": "cancelled"}
-
-
-def attempts(events):
-    """Each dispatch of the task, from its history: device, times, and how it ended (None while it runs)."""
-    found, current = [], None
-    for event in events:
-        if event["kind"] == "dispatched":
-            current = {"attempt": event["attempt"], "device_id": event["device_id"], "dispatched_at": iso(event["at"])}
-            current.update(delivered_at=None, ended_at=None, outcome=None, error_code=None)
-            found.append(current)
-        elif current is not None and event["kind"] == "delivered":
-            current["delivered_at"] = iso(event["at"])
-        elif current is not None and event["kind"] in ATTEMPT_ENDS:
-            detail = event["detail"] or {}
-            current.update(ended_at=iso(event["at"]), outcome=ATTEMPT_ENDS[event["kind"]])
-            current["error_code"] = detail.get("error_code")
-            current = None
-    return found
-
-
-FAILURES = {"TASK_TIMEOUT": "执行超时", "DEVICE_OFFLINE": "设备离线超过宽限期"}
-OFFLINE_REASONS = {"disconnected": "连接断开", "heartbeat_timeout": "心跳超时"}
-
-
-def _failure(detail):
-    code = detail.get("error_code")
-    return FAILURES.get(code) or f"执行失败（{code}）"
-
-
-def event_message(event):
-    """One history event in words, for people reading it."""
-    detail, device = event.get("detail") or {}, event.get("device_id")
-    messages = {
-        "created": "任务创建" + (f"，指定设备 {device}" if device else ""),
-        "dispatched": f"分发到设备 {device}",
-        "delivered": f"设备 {device} 确认收到任务",
-        "started": f"设备 {device} 开始执行",
-        "progress": f"进度 {detail.get('progress')}%" + (f"：{detail['message']}" if detail.get("message") else ""),
-        "completed": "执行完成",
-        "failed": f"{_failure(detail)}，任务失败" if detail else "任务失败",
-        "retry_scheduled": f"{_failure(detail)}，将于 {detail.get('retry_at')} 重试" if detail else "等待重试",
-        "cancelled": "任务已取消",
-        "cancel_confirmed": f"设备 {device} 确认已取消",
-        "registered": f"设备注册（容量 {detail.get('capacity')}）",
-        "offline": f"设备离线（{OFFLINE_REASONS.get(detail.get('reason'), detail.get('reason'))}）",
-        "disabled": "设备已停用：不再分配新任务",
-        "enabled": "设备已启用",
-    }
-    return messages.get(event["kind"], event["kind"])
+    """A task as ``GET /api/task/{id}`` shows it, its attempts found in its history ``events``."""
+    return TASK_DETAIL(task, attempts=attempts(events))
 
 
 def task_event(event):
     """One line of a task's history as ``GET /api/task/{id}/events`` lists it."""
-    return {
-        "at": iso(event["at"]),
-        "kind": event["kind"],
-        "actor": event["actor"],
-        "device_id": event["device_id"],
-        "attempt": event["attempt"],
-        "detail": event["detail"],
-        "message": event_message(event),
-    }
-
-
-def device_event(event, device_id):
-    """One line of a device's recent history (its own events and those of tasks on it)."""
-    return {
-        "at": iso(event["at"]),
-        "kind": event["kind"],
-        "actor": event["actor"],
-        "task_id": event["task_id"],
-        "attempt": event["attempt"],
-        "detail": event["detail"],
-        "message": event_message({**event, "device_id": device_id}),
-    }
+    return TASK_EVENT(event)
 
 
 def device_detail(device, active_tasks, history):
     """A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history."""
-    return {
-        **device_summary(device),
-        "created_at": iso(device.created_at),
-        "disconnected_at": iso(device.disconnected_at) if not device.connected else None,
-        "active_tasks": [task_summary(task) for task in active_tasks],
-        "recent_history": [device_event(event, device.device_id) for event in history],
-    }
+    return DEVICE_DETAIL(
+        device,
+        active_tasks=[TASK_SUMMARY(task) for task in active_tasks],
+        recent_history=[device_event(event, device.device_id) for event in history],
+    )
+
+
+def device_event(event, device_id):
+    """One line of a device's recent history (its own events and those of tasks on it)."""
+    return DEVICE_EVENT(event, message=event_message({**event, "device_id": device_id}))

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from taskserver import wirejson
-from taskserver.domain import DeviceStatus, TaskStatus, TaskType
+from taskserver.domain import DeviceStatus, ErrorCode, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
 
 MAX_ID = 128
@@ -220,7 +220,7 @@ DATA_SCHEMAS = {
 class UnknownTaskType(TaskServerError):
     """A ``task_type`` the server does not know."""
 
-    error_code = "UNKNOWN_TASK_TYPE"
+    error_code = ErrorCode.UNKNOWN_TASK_TYPE
 
 
 def load_task_data(task_type, data, extra_types=()):

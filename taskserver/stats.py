@@ -18,10 +18,10 @@ def window(now, minutes):
     return minute_of(now) - (minutes - 1) * MINUTE
 
 
-def throughput(store, now, minutes):
+def throughput(queries, now, minutes):
     """One row per minute, oldest first: the minute's start and how many tasks completed, failed, were cancelled."""
     since = window(now, minutes)
-    counts = store.count_finished_by_minute(since, since + minutes * MINUTE)
+    counts = queries.count_finished_by_minute(since, since + minutes * MINUTE)
     rows = []
     for index in range(minutes):
         row = {status.value: counts.get((index, status.value), 0) for status in sorted(TERMINAL)}
@@ -36,9 +36,9 @@ class FleetHistory:
         self.kept_minutes = kept_minutes
         self._samples = OrderedDict()  # minute start -> {"online": n, "busy": n}
 
-    def sample(self, store, now):
+    def sample(self, queries, now):
         """Count the fleet now (one small query on the devices table) and keep it as this minute's sample."""
-        counts = store.count_devices_by_status()
+        counts = queries.count_devices_by_status()
         online = sum(n for (status, _disabled), n in counts.items() if status != "offline")
         busy = sum(n for (status, _disabled), n in counts.items() if status == "busy")
         self.record(now, online, busy)

@@ -25,11 +25,11 @@ def sweep(service, now):
     """One step: catch up after failed commits, drop silent devices, end timed-out and orphaned attempts, start
     tasks that became due. Each part runs whatever the others did; return the names of those that failed."""
     parts = {
-        "converge": lambda: service.converge_after_failed_commits(now),
-        "silent devices": lambda: service.expire_silent_devices(now),
-        "timeouts": lambda: in_batches(service.expire_timeouts, now),
-        "lost devices": lambda: in_batches(service.expire_lost_devices, now),
-        "due tasks": lambda: service.dispatch_pending(now),
+        "converge": lambda: service.devices.converge_after_failed_commits(now),
+        "silent devices": lambda: service.devices.expire_silent_devices(now),
+        "timeouts": lambda: in_batches(service.tasks.expire_timeouts, now),
+        "lost devices": lambda: in_batches(service.tasks.expire_lost_devices, now),
+        "due tasks": lambda: service.dispatcher.dispatch_pending(now),
     }
     failed = []
     for name, part in parts.items():

@@ -324,7 +324,9 @@ def test_token_for_an_id_that_cannot_register_is_a_validation_error(server):
 @pytest.mark.parametrize("not_before", [253402304399.0, -62135600400.0, 1e300])
 def test_a_stored_time_out_of_range_is_shown_not_a_500(server, not_before):
     """A task an older server stored with a schedule beyond year 9999 (or before year 1) can still be shown."""
-    task, _ = server.service.dispatch(DispatchRequest("DELIST", {"product_ids": ["1"]}, not_before=not_before))
+    task, _ = server.service.dispatcher.dispatch(
+        DispatchRequest("DELIST", {"product_ids": ["1"]}, not_before=not_before)
+    )
     server.service.store.durable()
     response = server.get(f"/api/task/{task.task_id}")
     assert response.status_code == 200, response.text
@@ -336,7 +338,7 @@ def test_nan_kept_by_an_older_server_is_shown_as_null(tmp_path):
     """An older server stored NaN and Infinity in a task's data; after an upgrade the task shows as strict JSON."""
     older = LiveServer(tmp_path / "old.db")
     data = {"product_ids": ["1"], "x": float("nan"), "y": [float("inf"), float("-inf")]}
-    task, _ = older.service.dispatch(DispatchRequest("DELIST", data))
+    task, _ = older.service.dispatcher.dispatch(DispatchRequest("DELIST", data))
     older.stop()
     upgraded = LiveServer(tmp_path / "old.db")
     try:

@@ -360,7 +360,8 @@ def test_a_dropped_connection_is_shown_and_the_page_catches_up(server, devices, 
     assert "实时连接" in page.text("#banner")
     page.screenshot("disconnected")
 
-    missed, _ = server.service.dispatch(DispatchRequest("DELIST", {"product_ids": ["1"]}))  # while the page is away
+    # while the page is away
+    missed, _ = server.service.dispatcher.dispatch(DispatchRequest("DELIST", {"product_ids": ["1"]}))
     server.http = wsgi_server(server.app, "127.0.0.1", port)
     server.http.start()
     page.wait('#live[data-state="live"]', timeout=10000)

@@ -157,7 +157,7 @@ def test_device_changes_reach_the_console(server, console, devices):
     wait_until(lambda: server.get("/api/devices").json()["devices"][0]["status"] == "offline", message="offline")
     push(server, watcher)
     assert watcher.device_seen("android_001", status="offline")
-    server.service.forget_device("android_001")
+    server.service.devices.forget_device("android_001")
     server.service.store.durable()  # consoles hear of what is committed
     assert push(server, watcher)["removed_devices"] == ["android_001"]
 

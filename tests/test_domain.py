@@ -1,5 +1,6 @@
 """Pure rules: the transition table, backoff, retries, timeouts and device choice."""
 
+import json
 import re
 import time
 
@@ -8,7 +9,8 @@ import pytest
 from taskserver.domain import (
     TRANSITIONS,
     Device,
-    InvalidTransition,
+    ErrorCode,
+    EventKind,
     Task,
     TaskStatus,
     check_transition,
@@ -17,6 +19,7 @@ from taskserver.domain import (
     retries_left,
     retry_backoff,
 )
+from taskserver.errors import InvalidTransition
 
 ALLOWED = {
     ("pending", "dispatched"),
@@ -91,3 +94,10 @@ def test_task_ids_are_32_hex_digits_in_creation_order():
     assert all(re.fullmatch(r"task_[0-9a-f]{32}", task_id) for task_id in [first, *later])
     assert all(first < task_id for task_id in later)  # what the store's indexes rely on to stay compact
     assert len(set(later)) == 1000
+
+
+def test_event_kinds_and_error_codes_are_the_plain_strings_on_the_wire():
+    assert EventKind.DISPATCHED == "dispatched" and ErrorCode.TASK_TIMEOUT == "TASK_TIMEOUT"
+    sent = {"kind": EventKind.RETRY_SCHEDULED, "error_code": ErrorCode.DEVICE_OFFLINE}
+    assert json.dumps(sent) == '{"kind": "retry_scheduled", "error_code": "DEVICE_OFFLINE"}'
+    assert f"{ErrorCode.NOT_FOUND}" == "NOT_FOUND"

@@ -414,3 +414,45 @@ def test_a_device_that_never_acks_does_not_grow_the_servers_memory(server, devic
             assert server.post(f"/api/task/{task_id}/cancel").status_code == 200
     owed = server.app.extensions["socketio"].server.manager.callbacks[phone.sio.get_sid("/")]
     assert 100 <= len(owed) - 1 <= MAX_PENDING_ACKS  # the newest acks are still awaited, no more
+
+
+# ---- another writer takes the slot (several nodes on one database) ----
+
+
+def test_a_new_task_refused_on_its_device_is_stored_pending_and_dispatched_from_the_queue(server, devices, monkeypatch):
+    """``add_task`` returns False when the device lost its slot to another writer: nothing is stored then."""
+    store, stored = server.service.store, []
+    add_task = store.add_task
+
+    def slot_taken_once(task, *events):
+        stored.append(task.status.value)
+        return False if len(stored) == 1 else add_task(task, *events)
+
+    monkeypatch.setattr(store, "add_task", slot_taken_once)
+    phone = devices("android_001")
+    answer = server.dispatch()
+    assert stored == ["dispatched", "pending"]
+    assert answer["status"] == "dispatched" and phone.wait("new_task")["task_id"] == answer["task_id"]
+    assert events_of(server, answer["task_id"])[:2] == ["created", "dispatched"]
+
+
+def test_a_pending_task_refused_on_its_device_waits_for_the_next_round(server, devices, monkeypatch):
+    """``update_task_if`` returns None when the move into dispatched would overfill the device."""
+    store = server.service.store
+    update_task_if = store.update_task_if
+    full = [True]
+
+    def overfilled(task, changes, *args, **kwargs):
+        if changes.get("status") == "dispatched" and full[0]:
+            return None
+        return update_task_if(task, changes, *args, **kwargs)
+
+    monkeypatch.setattr(store, "update_task_if", overfilled)
+    server.dispatch(expect=(202,))  # no device yet
+    phone = devices("android_001")
+    assert phone.wait("register_success")["active_tasks"] == []
+    task_id = server.get("/api/tasks").json()["tasks"][0]["task_id"]
+    assert server.task(task_id)["status"] == "pending"
+    full[0] = False
+    server.sweep()
+    assert phone.wait("new_task")["task_id"] == task_id

@@ -170,7 +170,7 @@ def test_an_ack_callback_that_raises_leaves_the_connection_open(server, plain, m
     def explode(*ack):
         raise RuntimeError("the store went away")
 
-    monkeypatch.setattr(server.service, "task_delivered", explode)  # what a new_task ack runs
+    monkeypatch.setattr(server.service.dispatcher, "task_delivered", explode)  # what a new_task ack runs
     task_id = server.dispatch()["task_id"]
     phone.send("ack", None, id=phone.wait("new_task")["id"])
     phone.send("ack", None, id=[1])  # an id no callback could have

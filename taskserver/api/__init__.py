@@ -6,6 +6,7 @@ from webargs.flaskparser import FlaskParser
 
 from taskserver import wirejson
 from taskserver.api.responses import ErrorResponseSchema
+from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError, ValidationFailed
 
 
@@ -18,10 +19,10 @@ class JsonBodyParser(FlaskParser):
         try:
             return wirejson.loads(req.get_data(cache=True).decode())
         except RecursionError as exc:
-            raise TaskServerError("请求体不是有效的 JSON（嵌套过深）", "INVALID_JSON") from exc
+            raise TaskServerError("请求体不是有效的 JSON（嵌套过深）", ErrorCode.INVALID_JSON) from exc
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
-        raise TaskServerError("请求体不是有效的 JSON", "INVALID_JSON")
+        raise TaskServerError("请求体不是有效的 JSON", ErrorCode.INVALID_JSON)
 
     def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         messages = error.messages

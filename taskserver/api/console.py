@@ -9,6 +9,7 @@ from flask import current_app
 
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
+from taskserver.domain import ErrorCode
 from taskserver.present import iso
 from taskserver.stats import throughput
 
@@ -30,11 +31,11 @@ def task_types():
 @blp.route("/stats/throughput")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
 @blp.response(200, responses.ThroughputSchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def stats_throughput(query):
     """Tasks that ended in each of the last ``minutes`` minutes (the current one included), oldest first:
     completed, failed (after their last attempt) and cancelled; counted from the tasks' ``finished_at``."""
-    rows = throughput(service().store, service().clock(), query["minutes"])
+    rows = throughput(service().queries, service().clock(), query["minutes"])
     totals = {key: sum(row[key] for row in rows) for key in ("completed", "failed", "cancelled")}
     per_minute = [{**row, "at": iso(row["at"])} for row in rows]
     return {"success": True, "minutes": query["minutes"], "totals": totals, "per_minute": per_minute}
@@ -43,12 +44,12 @@ def stats_throughput(query):
 @blp.route("/stats/devices")
 @blp.arguments(schemas.StatsQuerySchema(), location="query")
 @blp.response(200, responses.FleetHistorySchema)
-@blp.alt_response(400, **error_doc("VALIDATION_ERROR"))
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def stats_devices(query):
     """Devices online (connected) and busy in each of the last ``minutes`` minutes, oldest first, as sampled in
     memory every 15 s while the server runs (null for minutes without a sample, e.g. before a restart)."""
     history, now = current_app.extensions["fleet_history"], service().clock()
-    history.sample(service().store, now)
+    history.sample(service().queries, now)
     per_minute = [{**row, "at": iso(row["at"])} for row in history.series(now, query["minutes"])]
     current = {key: per_minute[-1][key] for key in ("online", "busy")}
     return {"success": True, "minutes": query["minutes"], "now": current, "per_minute": per_minute}

@@ -5,17 +5,18 @@ import logging
 from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
+from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError
 
 log = logging.getLogger("taskserver.api")
 
 HTTP_ERRORS = {
-    400: ("请求无效", "BAD_REQUEST"),
-    404: ("接口不存在", "NOT_FOUND"),
-    405: ("不支持该请求方法", "METHOD_NOT_ALLOWED"),
-    413: ("请求体过大", "PAYLOAD_TOO_LARGE"),
-    415: ("不支持的内容类型", "UNSUPPORTED_MEDIA_TYPE"),
-    429: ("请求过于频繁", "RATE_LIMITED"),
+    400: ("请求无效", ErrorCode.BAD_REQUEST),
+    404: ("接口不存在", ErrorCode.NOT_FOUND),
+    405: ("不支持该请求方法", ErrorCode.METHOD_NOT_ALLOWED),
+    413: ("请求体过大", ErrorCode.PAYLOAD_TOO_LARGE),
+    415: ("不支持的内容类型", ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+    429: ("请求过于频繁", ErrorCode.RATE_LIMITED),
 }
 
 
@@ -43,7 +44,7 @@ def from_unexpected(exc):
     if isinstance(exc, HTTPException):
         return from_http_exception(exc)
     log.exception("unexpected error")
-    error = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
+    error = TaskServerError("服务器内部错误", ErrorCode.INTERNAL_ERROR)
     error.status = 500
     return error_response(error)
 

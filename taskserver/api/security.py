@@ -4,6 +4,7 @@ from flask import current_app, request
 from flask_cors import CORS
 
 from taskserver import auth
+from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError, Unauthorized
 from taskserver.ratelimit import RateLimiter
 
@@ -28,8 +29,10 @@ def init_app(app):
             return
         token = auth.request_token(request.headers)
         if not auth.operator_allowed(current_app.config, token):
-            raise Unauthorized("需要有效的操作员令牌（Authorization: Bearer <token> 或 X-API-Key）", "UNAUTHORIZED")
+            raise Unauthorized(
+                "需要有效的操作员令牌（Authorization: Bearer <token> 或 X-API-Key）", ErrorCode.UNAUTHORIZED
+            )
         if request.path == "/api/dispatch-task" and not dispatches.allow(token or request.remote_addr):
-            error = TaskServerError("分发任务过于频繁，请稍后再试", "RATE_LIMITED")
+            error = TaskServerError("分发任务过于频繁，请稍后再试", ErrorCode.RATE_LIMITED)
             error.status = 429
             raise error

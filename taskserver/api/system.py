@@ -5,6 +5,7 @@ from flask import Response, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from taskserver.api import Blueprint, responses, service
+from taskserver.domain import ErrorCode
 
 blp = Blueprint("system", __name__, description="系统状态")
 
@@ -21,7 +22,7 @@ def system_status():
         "version": VERSION,
         "status": "running",
         "port": current_app.config["PORT"],
-        **service().system_status(),
+        **service().queries.system_status(),
     }
 
 
@@ -37,12 +38,17 @@ def healthz():
 @blp.alt_response(503, schema=responses.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
 def readyz():
     """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s)."""
-    store_ok, store_reason = service().store_health()
+    store_ok, store_reason = service().queries.store_health()
     checks = {"store": {"ok": store_ok, "reason": store_reason}, "watchdog": _watchdog_check()}
     if store_ok and checks["watchdog"]["ok"]:
         return {"success": True, "status": "ready", "checks": checks}
     reasons = "；".join(check["reason"] for check in checks.values() if not check["ok"])
-    answer = {"success": False, "status": "not_ready", "message": f"服务未就绪：{reasons}", "error_code": "NOT_READY"}
+    answer = {
+        "success": False,
+        "status": "not_ready",
+        "message": f"服务未就绪：{reasons}",
+        "error_code": ErrorCode.NOT_READY,
+    }
     return {**answer, "checks": checks}, 503
 
 

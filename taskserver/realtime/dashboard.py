@@ -12,7 +12,8 @@ from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from taskserver import auth
-from taskserver.present import device_summary, iso, task_summary
+from taskserver.domain import ErrorCode
+from taskserver.present import DEVICE_SUMMARY, TASK_SUMMARY, iso
 
 log = logging.getLogger("taskserver.dashboard")
 
@@ -25,7 +26,7 @@ MAX_DEVICES_PER_FLUSH = 200  # the same for devices (heartbeats alone do not cou
 
 def task_brief(task):
     """A task as the console's list shows it: the list's fields without ``data`` (which can be large)."""
-    brief = task_summary(task)
+    brief = TASK_SUMMARY(task)
     del brief["data"]
     brief["progress_message"] = task.progress_message
     return brief
@@ -39,9 +40,9 @@ class DashboardFeed:
     a console is connected. An ``interval`` of 0 runs no greenlet at all: whoever drives the feed calls ``flush``
     (tests, which must not race a timer)."""
 
-    def __init__(self, socketio, store, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
+    def __init__(self, socketio, queries, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
         self.socketio = socketio
-        self.store = store
+        self.queries = queries  # the service's: what the feed reads
         self.history = history
         self.spawn = spawn  # starts the flush loop among the app's background greenlets
         self.clock = clock
@@ -112,7 +113,7 @@ class DashboardFeed:
         now = time.monotonic()
         if self._last_sample is None or now - self._last_sample >= SAMPLE_INTERVAL:
             self._last_sample = now
-            self.history.sample(self.store, self.clock())
+            self.history.sample(self.queries, self.clock())
 
     def flush(self):
         """Send one ``changes`` event with what changed since the last flush; return it (None if nothing did).
@@ -143,11 +144,11 @@ class DashboardFeed:
 
     def _describe_devices(self, changes, device_ids):
         for device_id in sorted(device_ids):
-            device = self.store.get_device(device_id)
+            device = self.queries.find_device(device_id)
             if device is None:
                 changes["removed_devices"].append(device_id)
             else:
-                changes["devices"].append(device_summary(device))
+                changes["devices"].append(DEVICE_SUMMARY(device))
 
 
 class DashboardNamespace(Namespace):
@@ -162,7 +163,7 @@ class DashboardNamespace(Namespace):
         token = auth_data.get("token") if isinstance(auth_data, dict) else None
         if not auth.operator_allowed(self.config, token):
             message = "操作员令牌无效，控制台拒绝连接" if token else "需要操作员令牌才能打开控制台"
-            raise ConnectionRefusedError(message, {"message": message, "error_code": "UNAUTHORIZED"})
+            raise ConnectionRefusedError(message, {"message": message, "error_code": ErrorCode.UNAUTHORIZED})
         self.feed.watch(request.sid)
         emit("hello", {"flush_interval": self.feed.interval, "server_time": iso(self.feed.clock())})
 

@@ -2,18 +2,20 @@
 and acks."""
 
 import logging
+from operator import attrgetter
 
 from taskserver import schemas, wirejson
+from taskserver.domain import ErrorCode
 from taskserver.errors import StoreUnavailable, TaskServerError
 
 log = logging.getLogger("taskserver.realtime")
 
-# event name -> (payload schema, service method, legacy error event also emitted on failure)
+# event name -> (payload schema, the service method that handles it, legacy error event also emitted on failure)
 DEVICE_EVENTS = {
-    "device_register": (schemas.DeviceRegisterSchema(), "register", "register_error"),
-    "heartbeat": (schemas.HeartbeatSchema(), "heartbeat", None),
-    "task_progress": (schemas.TaskProgressSchema(), "report_progress", None),
-    "task_result": (schemas.TaskResultSchema(), "report_result", None),
+    "device_register": (schemas.DeviceRegisterSchema(), attrgetter("devices.register"), "register_error"),
+    "heartbeat": (schemas.HeartbeatSchema(), attrgetter("devices.heartbeat"), None),
+    "task_progress": (schemas.TaskProgressSchema(), attrgetter("tasks.report_progress"), None),
+    "task_result": (schemas.TaskResultSchema(), attrgetter("tasks.report_result"), None),
 }
 # Reports about a task: those about the device's own active tasks are bounded by what the server sent it, so the
 # rate limit never drops them (it still counts every other event, and every report that is refused).
@@ -43,7 +45,7 @@ class DeviceEvents:
             refused = error
         except Exception:
             log.exception("device event %s failed", event)
-            refused = TaskServerError("服务器内部错误", "INTERNAL_ERROR")
+            refused = TaskServerError("服务器内部错误", ErrorCode.INTERNAL_ERROR)
         if spared:
             self.limiter.allow(sid)  # a refused report was not one the server bounded: it costs a token after all
         self.notifier.error(sid, refused, DEVICE_EVENTS.get(event, (None, None, None))[2])
@@ -52,12 +54,12 @@ class DeviceEvents:
     def _run(self, sid, event, payload, spared):
         """Limit (unless ``spared``), validate, call the service, and return the ack once what it reports is stored."""
         if not spared and not self.limiter.allow(sid):
-            raise TaskServerError("事件过于频繁，已丢弃", "RATE_LIMITED")
+            raise TaskServerError("事件过于频繁，已丢弃", ErrorCode.RATE_LIMITED)
         if event not in DEVICE_EVENTS:
             message = f"未知事件: {event}" if event is not None else "未知事件：事件名必须是有效的文本"
-            raise TaskServerError(message, "UNKNOWN_EVENT")
-        schema, method, _ = DEVICE_EVENTS[event]
-        answer = getattr(self.service, method)(sid, schemas.load_payload(schema, payload))
+            raise TaskServerError(message, ErrorCode.UNKNOWN_EVENT)
+        schema, handler, _ = DEVICE_EVENTS[event]
+        answer = handler(self.service)(sid, schemas.load_payload(schema, payload))
         self.service.store.durable()  # an ack promises that what it reports is stored
         return answer
 
@@ -68,17 +70,17 @@ class DeviceEvents:
             return False
         if wirejson.problem(payload["task_id"]) is not None:  # not text a store can look up: validation names it
             return False
-        return self.service.holds_task(sid, payload["task_id"], payload.get("attempt"))
+        return self.service.queries.holds_task(sid, payload["task_id"], payload.get("attempt"))
 
     def opened(self, sid, token):
         """A connection opens: its token (if any) is checked before any event is handled; raises if refused."""
         credentials = schemas.load_payload(CONNECT_SCHEMA, {"token": token or None})
-        self.service.connect(sid, credentials["token"])
+        self.service.devices.connect(sid, credentials["token"])
 
     def closed(self, sid):
         """The connection closed: its device goes offline and its rate bucket is dropped."""
         self.limiter.forget(sid)
         try:
-            self.service.disconnect(sid)
+            self.service.devices.disconnect(sid)
         except StoreUnavailable as error:  # memory let go of it; the watchdog sets it offline once the store is back
             log.warning("disconnect of %s not stored: %s", sid, error.message)

@@ -2,6 +2,7 @@
 
 from functools import partial
 
+from taskserver.domain import ErrorCode
 from taskserver.present import cancel_task_message, new_task_message
 
 NAMESPACE = "/"
@@ -76,7 +77,7 @@ class Notifier:
 
     def replaced(self, sid, device_id):
         """Tell an older connection of the device that a newer one took over, then close it."""
-        self.close_with_error(sid, f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭", "DEVICE_REPLACED")
+        self.close_with_error(sid, f"设备 {device_id} 已在另一个连接上注册，此连接将被关闭", ErrorCode.DEVICE_REPLACED)
 
     def close_with_error(self, sid, message, error_code):
         """Send the connection an ``error`` saying why, then close it."""

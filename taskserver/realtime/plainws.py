@@ -21,6 +21,7 @@ from geventwebsocket.websocket import Header, WebSocket
 
 from taskserver import logs, wirejson
 from taskserver.auth import request_token
+from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError, ValidationFailed
 
 log = logging.getLogger("taskserver.plainws")
@@ -256,7 +257,7 @@ def plain_websocket():
     """Upgrade to a plain WebSocket and serve it."""
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
-        raise TaskServerError("需要 WebSocket 升级请求", "WEBSOCKET_REQUIRED")
+        raise TaskServerError("需要 WebSocket 升级请求", ErrorCode.WEBSOCKET_REQUIRED)
     if not origin_allowed(request.headers.get("Origin"), request.host, current_app.config["CORS_ORIGINS"]):
         ws.close(1008, b"origin not allowed")
         return "", 204

@@ -1,58 +1,52 @@
 """The service: every change of task or device state happens here, and nowhere else.
 
-``TaskService`` is one object, written in three parts: ``devices.py`` (connections, registration, heartbeats,
-draining), ``tasks.py`` (what operators and devices ask of tasks) and ``moves.py`` (dispatch, the end of an
-attempt, ``_move``, the one place a stored task changes status, and what time passing does)."""
+A few objects, each given its collaborators in its constructor:
 
-import logging
+- ``TaskMoves`` (``moves.py``): the one place a stored task is created or changes;
+- ``Dispatcher`` (``dispatcher.py``): new tasks, idempotency, pending tasks to free devices, ``new_task`` and its ack;
+- ``DeviceRegistry`` (``registry.py``): connections, registration, heartbeats, draining, tokens, silent devices;
+- ``TaskLifecycle`` (``lifecycle.py``): progress, results, cancels, the end of attempts, timeouts, lost devices;
+- ``Queries`` (``queries.py``): what views read.
+
+``TaskService`` builds them and is the transports' one entry point: they call the part that owns what they ask."""
+
 import time
 
 import gevent
 
 from taskserver.connections import Connections
 from taskserver.credentials import DeviceCredentials
-from taskserver.domain import ACTIVE, TaskStatus
 from taskserver.metrics import Metrics
-from taskserver.present import iso
-from taskserver.service.devices import DeviceOperations
+from taskserver.service.dispatcher import Dispatcher, DispatchRequest
+from taskserver.service.lifecycle import TaskLifecycle
 from taskserver.service.moves import TaskMoves
-from taskserver.service.tasks import DispatchRequest, TaskOperations
+from taskserver.service.queries import Queries
+from taskserver.service.registry import DeviceRegistry
 
 __all__ = ["DispatchRequest", "TaskService"]
 
-log = logging.getLogger("taskserver")
 
-
-class TaskService(DeviceOperations, TaskOperations, TaskMoves):
-    """Registers devices, dispatches and tracks tasks, and acts on time passing; emits through the notifier."""
+class TaskService:
+    """Holds the service's parts: ``devices``, ``dispatcher``, ``tasks`` (the lifecycle) and ``queries``, and what
+    they share (the store, the notifier, the clock, the metrics, the live connections)."""
 
     def __init__(self, store, notifier, config, clock=time.time, metrics=None, spawn=gevent.spawn):
         self.store = store
         self.notifier = notifier
-        self.config = config
         self.clock = clock
-        self.metrics = metrics or Metrics()
-        self.connections = Connections()
-        self.spawn = spawn  # the app's background group: what the service starts ends with the app
-        self._look_waiting = False  # a look for work after commit is waiting to run (several writers only)
-        self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
-        self.credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
+        self.metrics = metrics = metrics or Metrics()
+        self.connections = connections = Connections()
+        self.queries = queries = Queries(store, connections, clock)
+        moves = TaskMoves(store, notifier)
+        self.dispatcher = dispatcher = Dispatcher(store, moves, notifier, config, clock, metrics, spawn)
+        credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)
+        self.devices = registry = DeviceRegistry(
+            store, queries, notifier, config, clock, metrics, connections, credentials, dispatcher
+        )
+        self.tasks = TaskLifecycle(
+            store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
+        )
 
-    def system_status(self):
-        """Counts for ``GET /``."""
-        counts = self.store.count_tasks_by_status()
-        return {
-            "connected_devices": len(self.connections),
-            "active_tasks": sum(counts.get(s.value, 0) for s in ACTIVE),
-            "pending_tasks": counts.get(TaskStatus.PENDING.value, 0),
-            "timestamp": iso(self.clock()),
-        }
-
-    def store_health(self):
-        """``(True, None)`` if the store takes a write now, else ``(False, reason)``."""
-        try:
-            self.store.check_writable(self.clock())
-        except Exception as exc:  # any failure to write means not ready, whatever the backend raises
-            log.warning("store not writable: %s", exc)
-            return False, f"{type(exc).__name__}: {exc}"
-        return True, None
+    def recover_on_start(self):
+        """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
+        self.devices.recover_on_start()

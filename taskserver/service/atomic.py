@@ -10,7 +10,8 @@ CONFLICT_ATTEMPTS = 3  # a unit of work the database undid for colliding with an
 def atomic(operation):
     """Run the whole operation as one unit of work (``Store.atomically``): on SQLite nothing comes between its reads
     and its writes; on PostgreSQL its writes are compare-and-sets, and an operation the database undid for colliding
-    with another (a deadlock) runs again."""
+    with another (a deadlock) runs again. Decorates methods of the service's objects (each
+    has its ``store``); an operation that calls another's (it nests) stays one unit."""
 
     @wraps(operation)
     def run(self, *args, **kwargs):

@@ -1,18 +1,32 @@
-"""Device operations of ``TaskService``: connections, registration, heartbeats, draining and forgetting."""
+"""The device registry: connections, registration, heartbeats, draining, forgetting, tokens, and making memory and
+the store agree again after a failed commit."""
 
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, DeviceStatus, Event, TaskStatus
-from taskserver.errors import Forbidden, InvalidState, NotFound, Unauthorized
+from taskserver.domain import Device, DeviceStatus, ErrorCode, Event, EventKind, TaskStatus
+from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
 
 
-class DeviceOperations:
-    """The part of ``TaskService`` that deals with devices and their connections."""
+class DeviceRegistry:
+    """Knows which device each connection is, and keeps devices' stored state in step with their connections; a
+    device that registers is handed what it is owed by the dispatcher."""
+
+    def __init__(self, store, queries, notifier, config, clock, metrics, connections, credentials, dispatcher):
+        self.store = store
+        self.queries = queries
+        self.notifier = notifier
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.connections = connections
+        self.credentials = credentials
+        self.dispatcher = dispatcher
+        self._failures_converged = store.failed_commits  # failed commits whose effects memory has caught up with
 
     def connect(self, sid, token=None):
         """A connection opens: a token it presents must be valid when device tokens are required."""
@@ -55,29 +69,16 @@ class DeviceOperations:
         self.notifier.registered(sid, answer)
         self.metrics.device_event("device_register")
         self.store.add_device_event(
-            device_id, now, Event("registered", device_id, device_id, {"capacity": device.capacity})
+            device_id, now, Event(EventKind.REGISTERED, device_id, device_id, {"capacity": device.capacity})
         )
         logs.event(log, "device registered", device_id=device_id, active=len(active))
-        self._catch_up(sid, device_id, active, now)
+        self.dispatcher.catch_up(sid, device_id, active, now)
         return answer
-
-    def _catch_up(self, sid, device_id, active, now):
-        """Resend the tasks the device has reported no progress on (delivered or not), hand out work, and send the
-        cancels it missed while away, but not for a task it is being sent again: a device that knows no attempts
-        (the Android app) would stop the new one."""
-        owed = self.store.take_owed_cancels(device_id)
-        unstarted = [task for task in active if task.status == TaskStatus.DISPATCHED]
-        for task in unstarted:
-            self._send_task(sid, task)
-        sent_again = {task.task_id for task in unstarted + self.dispatch_pending(now) if task.device_id == device_id}
-        for task_id, attempt in owed:
-            if task_id not in sent_again:
-                self.notifier.cancel_task(sid, task_id, attempt)
 
     @atomic
     def heartbeat(self, sid, payload):
         """Note that the device is alive (by the server's clock) and answer with the server time."""
-        device_id = self._device_for(sid, payload.get("device_id"))
+        device_id = self.device_for(sid, payload.get("device_id"))
         now = self.clock()
         self.connections.heard_from(device_id, now, heartbeat=True)
         self.metrics.device_event("heartbeat")
@@ -104,66 +105,50 @@ class DeviceOperations:
             self._went_offline(device_id, now, reason)
 
     def _went_offline(self, device_id, now, reason):
-        self.store.add_device_event(device_id, now, Event("offline", "server", device_id, {"reason": reason}))
+        self.store.add_device_event(device_id, now, Event(EventKind.OFFLINE, "server", device_id, {"reason": reason}))
         logs.event(log, "device offline", device_id=device_id, reason=reason)
         self.notifier.device_changed(device_id)
 
-    def _device_for(self, sid, claimed_device_id=None):
+    def device_for(self, sid, claimed_device_id=None):
         """The device id this connection registered as; refuse unregistered or impersonating connections."""
         device_id = self.connections.device_of(sid)
         if device_id is None:
-            raise Unauthorized("设备未注册，请先发送 device_register", "NOT_REGISTERED")
+            raise Unauthorized("设备未注册，请先发送 device_register", ErrorCode.NOT_REGISTERED)
         if claimed_device_id is not None and claimed_device_id != device_id:
-            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", "FORBIDDEN")
+            raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", ErrorCode.FORBIDDEN)
         self.connections.heard_from(device_id, self.clock())
         return device_id
-
-    def device_names(self, device_ids):
-        """Map each known device id to its name (a connected device's from memory)."""
-        names = {}
-        for device_id in set(device_ids) - {None}:
-            name = self.connections.name_of(device_id)
-            if name is None and (device := self.store.get_device(device_id)) is not None:
-                name = device.device_name
-            if name is not None:
-                names[device_id] = name
-        return names
-
-    def get_device(self, device_id):
-        """The device, or 404 ``DEVICE_NOT_FOUND``."""
-        device = self.store.get_device(device_id)
-        if device is None:
-            raise NotFound(f"设备 {device_id} 不存在", "DEVICE_NOT_FOUND")
-        return device
 
     @atomic
     def set_device_disabled(self, device_id, disabled):
         """Drain (or undrain) a device: disabled, it keeps its tasks but gets no new ones."""
-        device = self.get_device(device_id)
+        device = self.queries.device(device_id)
         if device.disabled != disabled:
             now = self.clock()
             self.store.set_device_disabled(device_id, disabled)
-            kind = "disabled" if disabled else "enabled"
+            kind = EventKind.DISABLED if disabled else EventKind.ENABLED
             self.store.add_device_event(device_id, now, Event(kind, "operator", device_id))
             logs.event(log, f"device {kind}", device_id=device_id, active=device.active_tasks)
             self.notifier.device_changed(device_id)
             if not disabled:
-                self.dispatch_pending(now)
-        return self.get_device(device_id)
+                self.dispatcher.dispatch_pending(now)
+        return self.queries.device(device_id)
 
     @atomic
     def forget_device(self, device_id):
         """Delete an offline device with no active task and no task waiting for it; else 409."""
-        device = self.get_device(device_id)
+        device = self.queries.device(device_id)
         if device.connected:
-            raise InvalidState(f"设备 {device_id} 在线，无法删除", "DEVICE_ONLINE")
+            raise InvalidState(f"设备 {device_id} 在线，无法删除", ErrorCode.DEVICE_ONLINE)
         if device.active_tasks:
-            raise InvalidState(f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", "DEVICE_HAS_ACTIVE_TASKS")
+            raise InvalidState(
+                f"设备 {device_id} 还有 {device.active_tasks} 个进行中的任务", ErrorCode.DEVICE_HAS_ACTIVE_TASKS
+            )
         _, waiting = self.store.list_tasks(statuses=[TaskStatus.PENDING], device_id=device_id, limit=1)
         if waiting:
-            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", "DEVICE_HAS_PENDING_TASKS")
+            raise InvalidState(f"设备 {device_id} 还有 {waiting} 个等待中的任务", ErrorCode.DEVICE_HAS_PENDING_TASKS)
         if not self.store.delete_device(device_id):  # its tasks changed between the checks and the delete
-            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", "DEVICE_HAS_ACTIVE_TASKS")
+            raise InvalidState(f"设备 {device_id} 还有任务，无法删除", ErrorCode.DEVICE_HAS_ACTIVE_TASKS)
         logs.event(log, "device forgotten", device_id=device_id)
         self.notifier.device_changed(device_id)
 
@@ -187,7 +172,7 @@ class DeviceOperations:
         if sid is None:
             return
         self._release_sid(sid, self.clock(), reason=reason)
-        self.notifier.close_with_error(sid, message, "UNAUTHORIZED")
+        self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
 
     def converge_after_failed_commits(self, now):
         """If a commit failed since the last call, make the store and the live connections agree again."""
@@ -227,3 +212,8 @@ class DeviceOperations:
             logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=limit)
             self._release_sid(sid, now, reason="heartbeat_timeout")
             self.notifier.disconnect(sid)
+
+    @atomic
+    def recover_on_start(self):
+        """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
+        self.store.disconnect_all(self.clock())
