@@ -27,6 +27,8 @@ from taskserver.store.rows import (
     TASK_COLUMNS,
     changed,
     device_from_row,
+    event_from_row,
+    history_from_row,
     task_from_row,
     to_db,
 )
@@ -456,7 +458,7 @@ class PostgresStore(Store):
     def task_events(self, task_id):
         """The task's history, oldest first."""
         rows = self._rows("SELECT * FROM task_events WHERE task_id = %s ORDER BY id", (task_id,))
-        return [{**row, "detail": json.loads(row["detail"]) if row["detail"] is not None else None} for row in rows]
+        return [event_from_row(row) for row in rows]
 
     def add_event(self, task_id, now, event, attempt):
         """Append one event to the task's history."""
@@ -616,17 +618,7 @@ class PostgresStore(Store):
                ORDER BY at DESC, source, id DESC LIMIT %s""",  # at one instant, a device's own event came first
             (device_id, limit, device_id, limit, limit),
         )
-        return [
-            {
-                "at": row["at"],
-                "kind": row["kind"],
-                "actor": row["actor"],
-                "task_id": row["task_id"],
-                "attempt": row["attempt"],
-                "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
-            }
-            for row in rows
-        ]
+        return [history_from_row(row) for row in rows]
 
     def count_devices_by_status(self):
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""

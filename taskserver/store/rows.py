@@ -48,3 +48,22 @@ def device_from_row(row):
     values["connected"] = bool(values["connected"])
     values["disabled"] = bool(values["disabled"])
     return Device(**values)
+
+
+def event_from_row(row):
+    """One line of a task's history, its ``detail`` decoded."""
+    values = dict(row)
+    values["detail"] = from_json(values["detail"]) if values["detail"] is not None else None
+    return values
+
+
+def history_from_row(row):
+    """One line of a device's history (its own events and those of tasks on it)."""
+    return {
+        "at": row["at"],
+        "kind": row["kind"],
+        "actor": row["actor"],
+        "task_id": row["task_id"],
+        "attempt": row["attempt"],
+        "detail": from_json(row["detail"]) if row["detail"] is not None else None,
+    }

@@ -1,6 +1,5 @@
 """The default store: one SQLite file through the standard ``sqlite3`` module (WAL, conditional updates)."""
 
-import json
 import math
 import os
 import sqlite3
@@ -10,7 +9,7 @@ from taskserver.domain import ACTIVE, TaskStatus
 from taskserver.store.base import Store
 from taskserver.store.commits import GroupCommit
 from taskserver.store.migrations import steps_to
-from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, task_from_row, to_db
+from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, event_from_row, task_from_row, to_db
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
@@ -423,9 +422,7 @@ class SQLiteStore(DeviceTables, Store):
     def task_events(self, task_id):
         """The task's history, oldest first."""
         rows = self._query("SELECT * FROM task_events WHERE task_id = ? ORDER BY id", (task_id,))
-        return [
-            {**dict(row), "detail": json.loads(row["detail"]) if row["detail"] is not None else None} for row in rows
-        ]
+        return [event_from_row(row) for row in rows]
 
     def add_event(self, task_id, now, event, attempt):
         """Append one event to the task's history."""

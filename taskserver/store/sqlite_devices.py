@@ -1,8 +1,6 @@
 """The device tables of the SQLite store: devices, their tokens and their own history."""
 
-import json
-
-from taskserver.store.rows import ACTIVE_VALUES, DEVICE_COLUMNS, device_from_row, to_db
+from taskserver.store.rows import ACTIVE_VALUES, DEVICE_COLUMNS, device_from_row, history_from_row, to_db
 
 # the devices that can take a task now, read through the partial index that holds exactly them
 FREE = "FROM devices INDEXED BY devices_free WHERE connected = 1 AND disabled = 0 AND active_tasks < capacity"
@@ -155,17 +153,7 @@ class DeviceTables:
                ORDER BY at DESC, source, id DESC LIMIT ?""",  # at one instant, a device's own event came first
             (device_id, limit, device_id, limit, limit),
         )
-        return [
-            {
-                "at": row["at"],
-                "kind": row["kind"],
-                "actor": row["actor"],
-                "task_id": row["task_id"],
-                "attempt": row["attempt"],
-                "detail": json.loads(row["detail"]) if row["detail"] is not None else None,
-            }
-            for row in rows
-        ]
+        return [history_from_row(row) for row in rows]
 
     def count_devices_by_status(self):
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""
