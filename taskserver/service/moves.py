@@ -18,7 +18,7 @@ class TaskMoves:
         more (another writer took it), and then nothing is stored."""
         if task.status != TaskStatus.PENDING:
             domain.check_transition(TaskStatus.PENDING, task.status)
-        if self.store.add_task(task, *events) is False:  # only False means refused: SQLite's returns None today
+        if not self.store.add_task(task, *events):
             return False
         self.notifier.task_changed(task, (task.device_id,) if task.device_id else ())
         return True
