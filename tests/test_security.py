@@ -3,6 +3,7 @@ and nothing leaking into responses or logs."""
 
 import json
 import logging
+import struct
 import subprocess
 from pathlib import Path
 
@@ -427,8 +428,10 @@ def test_cors_is_same_origin_by_default(server):
     ws = websocket.create_connection(
         server.url.replace("http://", "ws://") + "/ws", timeout=5, header=["Origin: http://evil.example"]
     )
-    with pytest.raises((websocket.WebSocketException, OSError)):
-        ws.recv()
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert frame.data == struct.pack("!H", 1008) + b"origin not allowed"  # a well-formed close: policy violation
+    ws.close()
 
 
 def test_configured_origin_is_allowed(database):

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import socket
+import struct
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -229,6 +230,13 @@ def limit_frame_size(max_bytes):
     Header.decode_header = staticmethod(decode_header)
 
 
+def refuse(ws, code, reason):
+    """Close ``ws`` with a close frame that carries ``code`` and ``reason`` (gevent-websocket's own ``close`` sends the
+    reason alone, as the text of its repr, which clients reject as a malformed frame)."""
+    ws.send_frame(struct.pack("!H", code) + reason.encode(), opcode=ws.OPCODE_CLOSE)
+    ws.closed = True  # nothing more is sent on it; the server closes the socket when the handler returns
+
+
 def origin_allowed(origin, host, allowed_origins):
     """Browsers may open a plain WebSocket only from this server's own pages or from a configured origin;
     clients that send no Origin (devices, scripts) are not browsers and pass."""
@@ -259,7 +267,7 @@ def plain_websocket():
     if ws is None:
         raise TaskServerError("需要 WebSocket 升级请求", ErrorCode.WEBSOCKET_REQUIRED)
     if not origin_allowed(request.headers.get("Origin"), request.host, current_app.config["CORS_ORIGINS"]):
-        ws.close(1008, b"origin not allowed")
+        refuse(ws, 1008, "origin not allowed")
         return "", 204
     sockets, events = current_app.extensions["plainws"], current_app.extensions["device_events"]
     sockets.serve(ws, events, request_token(request.headers, request.args))
