@@ -225,3 +225,12 @@ def test_a_server_whose_psycopg_would_block_the_event_loop_refuses_to_start(post
     )
     assert started.returncode == 3, started.stderr
     assert "psycopg was imported before gevent" in started.stderr
+
+
+def test_a_libpq_keyword_string_is_refused_not_taken_for_a_sqlite_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        LiveServer("host=127.0.0.1 dbname=taskserver user=postgres password=hunter2")
+    assert refused.value.code == 3
+    assert "postgresql:// URL" in caplog.text and "hunter2" not in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no file named after it

@@ -1,10 +1,13 @@
 """Persistence: the interface in ``base``, the default SQLite backend, and PostgreSQL for a database server."""
 
+import re
+
 from taskserver.store.base import Store
 from taskserver.store.migrations import SchemaMismatch
 from taskserver.store.sqlite import SQLiteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+LIBPQ_KEYWORDS = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|options|sslmode)\s*=")
 
 
 def is_postgres(database):
@@ -13,8 +16,8 @@ def is_postgres(database):
 
 
 def display_database(database):
-    """The ``DATABASE`` setting as logs may show it: a URL without its password."""
-    if is_postgres(database):
+    """The ``DATABASE`` setting as logs may show it: a PostgreSQL one without its password."""
+    if is_postgres(database) or LIBPQ_KEYWORDS.match(database):
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         return make_conninfo(**{k: v for k, v in conninfo_to_dict(database).items() if k != "password"})
@@ -22,7 +25,10 @@ def display_database(database):
 
 
 def open_store(config):
-    """Open the store the ``DATABASE`` setting names: a ``postgresql://`` URL, else a SQLite file."""
+    """Open the store the ``DATABASE`` setting names: a ``postgresql://`` URL, else a SQLite file. A libpq
+    ``key=value`` string is refused rather than taken for a file name."""
+    if LIBPQ_KEYWORDS.match(config["DATABASE"]):
+        raise ValueError("TASKSERVER_DATABASE looks like a libpq 'key=value' string: write it as a postgresql:// URL")
     if is_postgres(config["DATABASE"]):
         from taskserver.store.postgres import PostgresStore  # imported once gevent has patched select
 
