@@ -47,6 +47,8 @@ class TaskLifecycle:
         updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
         if updated is None:
             return self.cancel(task_id)
+        if owed_to is not None:
+            self.store.wake_nodes()  # another node may hold the device's connection
         if sid is not None:
             self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
@@ -186,6 +188,8 @@ class TaskLifecycle:
         owed_to = task.device_id if tell_device and sid is None else None
         event = Event(kind, actor, task.device_id, {"error_code": error_code, **detail_extra})
         updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
+        if updated is not None and owed_to is not None:
+            self.store.wake_nodes()  # another node may hold the device's connection
         if updated is not None:
             self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
             logs.event(

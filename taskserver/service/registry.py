@@ -213,6 +213,19 @@ class DeviceRegistry:
             self._release_sid(sid, now, reason="heartbeat_timeout")
             self.notifier.disconnect(sid)
 
+    def deliver_owed_cancels(self):
+        """On a cluster: send the cancels that other nodes left for devices whose connection this node holds."""
+        for device_id in self.store.devices_owed_cancels():
+            sid = self.connections.sid_of(device_id)
+            if sid is not None:
+                self._send_owed_cancels(sid, device_id)
+
+    @atomic
+    def _send_owed_cancels(self, sid, device_id):
+        for task_id, attempt in self.store.take_owed_cancels(device_id):
+            if not self.store.task_active_on(task_id, device_id):  # not while it runs a later attempt of the task
+                self.notifier.cancel_task(sid, task_id, attempt)
+
     @atomic
     def recover_on_start(self):
         """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
