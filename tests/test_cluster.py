@@ -159,3 +159,29 @@ def test_a_process_given_a_live_nodes_id_displaces_it_and_the_displaced_one_join
     assert cluster_of(first).node_id.startswith("node-a-")
     assert set(node_rows(url)) == {"node-a", cluster_of(first).node_id}
     assert cluster_of(second).lease.renew() is True
+
+
+def test_after_a_failed_commit_a_node_converges_only_the_devices_it_holds(nodes, cluster_settings):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    phone = Device(b.url, "android_001").connect()
+    a.service.store.fail_commits(psycopg.OperationalError("the database refuses writes"))
+    assert a.post("/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["1"]}}).status_code == 503
+    a.service.store.fail_commits(None)
+
+    a.sweep()  # A catches up after its failed commit: B's device is none of its business
+    assert stored_device(cluster_settings["DATABASE"], "android_001")["connected"] is True
+    assert phone.sio.connected
+    phone.disconnect()
+
+
+def test_the_leader_releases_devices_no_live_node_holds(nodes, cluster_settings):
+    url = cluster_settings["DATABASE"]
+    a = nodes(NODE_ID="node-a")
+    phone = Device(a.url, "android_001").connect()
+    with psycopg.connect(url) as db:  # as a single server (no node) left it before the cluster started
+        db.execute("UPDATE devices SET node_id = NULL")
+    now = cluster_of(a).store.database_time()
+    assert cluster_of(a).expire_dead_nodes(now) == ["android_001"]
+    assert stored_device(url, "android_001") == {"connected": False, "node_id": None, "disconnected_at": now}
+    assert cluster_of(a).expire_dead_nodes(now) == []
+    phone.disconnect()

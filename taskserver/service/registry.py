@@ -4,7 +4,7 @@ the store agree again after a failed commit."""
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, DeviceStatus, ErrorCode, Event, EventKind, TaskStatus
+from taskserver.domain import Device, ErrorCode, Event, EventKind, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
@@ -188,7 +188,7 @@ class DeviceRegistry:
         reconnects and registers again)."""
         bound = self.connections.bound()
         undone = []
-        for device in self.store.list_devices(statuses=(DeviceStatus.ONLINE.value, DeviceStatus.BUSY.value)):
+        for device in self.store.held_devices():
             sid = bound.pop(device.device_id, None)
             if sid == device.sid:
                 continue  # the store and memory agree

@@ -1,5 +1,7 @@
 """The store interface: small verbs, each atomic, each returning copies; one contract suite tests every backend."""
 
+from taskserver.domain import DeviceStatus
+
 
 class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
@@ -126,6 +128,10 @@ class Store:
     def free_devices(self, limit=None, include=()):
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
         raise NotImplementedError
+
+    def held_devices(self):
+        """The connected devices whose connections this server holds (on one server: every connected device)."""
+        return self.list_devices(statuses=(DeviceStatus.ONLINE.value, DeviceStatus.BUSY.value))
 
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""

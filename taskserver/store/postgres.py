@@ -68,7 +68,8 @@ NOW_EPOCH = "extract(epoch FROM now())::float8 AS now"  # the database's clock: 
 # renewal, for a dead one), each with an event in its history; returns their ids.
 RELEASE_DEVICES = """WITH {lost},
 released AS (UPDATE devices SET connected = FALSE, sid = NULL, node_id = NULL, disconnected_at = lost.left_at
-             FROM lost WHERE devices.node_id = lost.node_id RETURNING devices.device_id, lost.node_id, lost.left_at),
+             FROM lost WHERE connected AND devices.node_id IS NOT DISTINCT FROM lost.node_id
+             RETURNING devices.device_id, lost.node_id, lost.left_at),
 logged AS (INSERT INTO device_events (device_id, at, kind, actor, detail)
            SELECT device_id, left_at, 'offline', 'server',
                   json_build_object('reason', %(reason)s::text, 'node_id', node_id)
@@ -574,6 +575,11 @@ class PostgresStore(Store):
             )
         return [device_from_row(row) for row in rows]
 
+    def held_devices(self):
+        """The connected devices whose connections this node holds (every connected device, without nodes)."""
+        rows = self._rows("SELECT * FROM devices WHERE connected AND node_id IS NOT DISTINCT FROM %s", (self._node,))
+        return [device_from_row(row) for row in rows]
+
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
         rows = self._rows(
@@ -690,9 +696,10 @@ class PostgresStore(Store):
 
     def expire_dead_nodes(self, now):
         """Forget the nodes whose lease lapsed before ``now`` (the database's time): each one's devices are offline
-        from its last renewal (and those of a node no longer known, from ``now``). Return the devices released."""
+        from its last renewal. Connected devices no live node holds (its node unknown, or none: a single server's,
+        before the cluster) are offline from ``now``. Return the devices released."""
         lost = """expired AS (DELETE FROM nodes WHERE expires_at < %(now)s RETURNING node_id, renewed_at AS left_at),
-            orphaned AS (SELECT DISTINCT node_id, %(now)s::float8 AS left_at FROM devices d WHERE node_id IS NOT NULL
+            orphaned AS (SELECT DISTINCT node_id, %(now)s::float8 AS left_at FROM devices d WHERE connected
                          AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = d.node_id)),
             lost AS (SELECT * FROM expired UNION ALL SELECT * FROM orphaned)"""
         rows = self._rows(RELEASE_DEVICES.format(lost=lost), {"now": now, "reason": "node_lost"})
