@@ -185,3 +185,37 @@ def test_the_leader_releases_devices_no_live_node_holds(nodes, cluster_settings)
     assert stored_device(url, "android_001") == {"connected": False, "node_id": None, "disconnected_at": now}
     assert cluster_of(a).expire_dead_nodes(now) == []
     phone.disconnect()
+
+
+def test_the_leader_times_out_a_task_on_another_nodes_device_and_that_node_sends_the_cancel(nodes):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    phone = Device(b.url, "android_001").connect()
+    task_id = a.dispatch(timeout=10)["task_id"]
+    phone.wait("new_task")
+
+    a.sweep(advance=11)  # A leads: it ends the attempt, owes B's device the cancel, and wakes B
+    assert a.task(task_id)["error_code"] == "TASK_TIMEOUT"
+    cancel = phone.wait("cancel_task")
+    assert (cancel["task_id"], cancel["attempt"]) == (task_id, 1)
+    phone.disconnect()
+
+
+def test_revoking_a_token_on_one_node_closes_the_devices_connection_on_another(nodes, cluster_settings):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    token = a.post("/api/device/android_001/token").json()["token"]
+    phone = Device(b.url, "android_001", token=token).connect()
+
+    assert a.session.delete(f"{a.url}/api/device/android_001/token", timeout=10).status_code == 200
+    wait_until(lambda: not phone.sio.connected, message="B to close the connection")
+    assert phone.events["error"][-1]["error_code"] == "UNAUTHORIZED"
+    wait_until(lambda: not stored_device(cluster_settings["DATABASE"], "android_001")["connected"])
+
+
+def test_a_device_enabled_on_one_node_gets_the_waiting_task_from_the_node_holding_it(nodes):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    phone = Device(b.url, "android_001").connect()
+    assert a.post("/api/device/android_001/disable").status_code == 200
+    task_id = a.dispatch(expect=(202,))["task_id"]
+    assert a.post("/api/device/android_001/enable").status_code == 200
+    assert phone.wait("new_task")["task_id"] == task_id
+    phone.disconnect()

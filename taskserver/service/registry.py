@@ -132,6 +132,7 @@ class DeviceRegistry:
             self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatcher.dispatch_pending(now)
+                self.store.wake_nodes()  # another node may hold the device's connection
         return self.queries.device(device_id)
 
     @atomic
@@ -167,12 +168,14 @@ class DeviceRegistry:
 
     def _close_device_connection(self, device_id, reason, message):
         """Unbind the device's live connection now (it goes offline, its tasks under the usual grace), then tell it
-        ``UNAUTHORIZED`` and close it once this is committed."""
+        ``UNAUTHORIZED`` and close it once this is committed (one another node holds is closed and released there)."""
         sid = self.connections.sid_of(device_id)
-        if sid is None:
-            return
-        self._release_sid(sid, self.clock(), reason=reason)
-        self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
+        if sid is not None:
+            self._release_sid(sid, self.clock(), reason=reason)
+        elif (device := self.store.get_device(device_id)) is not None and device.connected:
+            sid = device.sid  # held by another node: the message queue takes the close there, and it releases it
+        if sid is not None:
+            self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
 
     def converge_after_failed_commits(self, now):
         """If a commit failed since the last call, make the store and the live connections agree again."""
