@@ -219,3 +219,16 @@ def test_a_device_enabled_on_one_node_gets_the_waiting_task_from_the_node_holdin
     assert a.post("/api/device/android_001/enable").status_code == 200
     assert phone.wait("new_task")["task_id"] == task_id
     phone.disconnect()
+
+
+def test_a_device_registering_on_another_node_replaces_its_older_connection_there(nodes, cluster_settings):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    old = Device(a.url, "android_001").connect()
+    new = Device(b.url, "android_001").connect()
+
+    wait_until(lambda: not old.sio.connected, message="A to close the older connection")
+    assert old.events["error"][-1]["error_code"] == "DEVICE_REPLACED"
+    assert stored_device(cluster_settings["DATABASE"], "android_001")["node_id"] == "node-b"
+    task_id = a.dispatch()["task_id"]
+    assert new.wait("new_task")["task_id"] == task_id
+    new.disconnect()

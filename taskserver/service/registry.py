@@ -56,6 +56,8 @@ class DeviceRegistry:
             self._release_sid(sid, now)  # the connection switches to another device id
         self.store.save_device(device)
         replaced_sid = self.connections.bind(sid, device_id, now, device.device_name)
+        if replaced_sid is None and previous is not None and previous.connected and previous.sid not in (None, sid):
+            replaced_sid = previous.sid  # held by another node: the message queue takes the close there
         if replaced_sid is not None:
             self.notifier.replaced(replaced_sid, device_id)
         active = self.store.active_tasks_of(device_id)
