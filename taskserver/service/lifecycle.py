@@ -188,9 +188,9 @@ class TaskLifecycle:
         owed_to = task.device_id if tell_device and sid is None else None
         event = Event(kind, actor, task.device_id, {"error_code": error_code, **detail_extra})
         updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
-        if updated is not None and owed_to is not None:
-            self.store.wake_nodes()  # another node may hold the device's connection
         if updated is not None:
+            if owed_to is not None:
+                self.store.wake_nodes()  # another node may hold the device's connection
             self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
             logs.event(
                 log,
