@@ -52,6 +52,17 @@ def test_a_message_queue_without_postgresql_refuses_to_start(database, tmp_path,
     assert "TASKSERVER_DATABASE=postgresql://" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [("MESSAGE_QUEUE", "amqp://127.0.0.1/", "redis:// or rediss://"), ("NODE_LEASE", 0, "TASKSERVER_NODE_LEASE")],
+)
+def test_a_cluster_setting_it_cannot_use_refuses_to_start(setting, value, says, caplog):
+    settings = {"DATABASE": "postgresql://127.0.0.1/unused", "MESSAGE_QUEUE": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(SystemExit) as refused:
+        create_app({**settings, setting: value})
+    assert refused.value.code == REFUSED_TO_START and says in caplog.text
+
+
 def test_each_node_holds_a_lease_and_readyz_checks_redis_and_the_lease(nodes, cluster_settings):
     a = nodes(NODE_ID="node-a")
     b = nodes()
@@ -232,3 +243,16 @@ def test_a_device_registering_on_another_node_replaces_its_older_connection_ther
     task_id = a.dispatch()["task_id"]
     assert new.wait("new_task")["task_id"] == task_id
     new.disconnect()
+
+
+def test_a_leader_whose_connection_is_cut_loses_the_lead_and_another_node_takes_it(nodes, cluster_settings):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    assert cluster_of(a).leads() and not cluster_of(b).leads()
+    with psycopg.connect(cluster_settings["DATABASE"], autocommit=True) as db:  # as if node A's process died
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+        )
+    wait_until(cluster_of(b).leads, message="B to take the lock once A's connection has ended")
+    assert not cluster_of(a).leads()  # A notices, and the lock is B's now
+    assert not cluster_of(a).leads()
+    assert cluster_of(b).leads()

@@ -23,6 +23,8 @@ def cluster_problem(settings):
         return None
     if not queue.startswith(REDIS_SCHEMES):
         return f"TASKSERVER_MESSAGE_QUEUE must be a redis:// or rediss:// URL, not {queue.split(':', 1)[0]}://..."
+    if settings["NODE_LEASE"] <= 0:
+        return f"TASKSERVER_NODE_LEASE must be a number of seconds above 0, not {settings['NODE_LEASE']}"
     if not is_postgres(settings["DATABASE"]):
         return (
             "TASKSERVER_MESSAGE_QUEUE makes this server a node of a cluster, and the nodes of a cluster share their "

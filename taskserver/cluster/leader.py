@@ -37,7 +37,7 @@ class Leadership:
                 self.held = self._conn.execute(take, (self.name,)).fetchone()[0]
                 if self.held:
                     log.info("this node leads the cluster's sweeps")
-        except psycopg.OperationalError as error:
+        except psycopg.Error as error:  # the connection lost (and the lock with it), or the database away
             log.warning("leader lock: %s", error)
             self.resign()
         return self.held
