@@ -256,3 +256,15 @@ def test_a_leader_whose_connection_is_cut_loses_the_lead_and_another_node_takes_
     assert not cluster_of(a).leads()  # A notices, and the lock is B's now
     assert not cluster_of(a).leads()
     assert cluster_of(b).leads()
+
+
+def test_a_node_that_does_not_lead_still_closes_its_own_silent_connections(nodes, cluster_settings):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b", HEARTBEAT_TIMEOUT=30)
+    assert cluster_of(a).leads()
+    phone = Device(b.url, "android_001").connect()
+    phone.call("heartbeat", {"device_id": "android_001"})
+
+    b.sweep(advance=31)
+    assert not cluster_of(b).leadership.held
+    wait_until(lambda: not phone.sio.connected, message="B to close the silent connection")
+    assert stored_device(cluster_settings["DATABASE"], "android_001")["connected"] is False
