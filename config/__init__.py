@@ -62,6 +62,10 @@ class Config:
             "DEVICE_EVENT_BURST": read("DEVICE_EVENT_BURST", 100, int),
             "DISPATCH_RATE": read("DISPATCH_RATE", 0.0, float),
             "DISPATCH_BURST": read("DISPATCH_BURST", 20, int),
+            "MESSAGE_QUEUE": read("MESSAGE_QUEUE", ""),
+            "MESSAGE_QUEUE_CHANNEL": read("MESSAGE_QUEUE_CHANNEL", "taskserver"),
+            "NODE_ID": read("NODE_ID", ""),
+            "NODE_LEASE": read("NODE_LEASE", 15.0, float),
         }
 
     @staticmethod

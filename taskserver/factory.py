@@ -2,6 +2,7 @@
 
 import logging
 import time
+from functools import partial
 
 from flask import Flask
 from flask.sessions import SessionInterface
@@ -50,6 +51,7 @@ def create_app(config=None, clock=None):
         refuse_to_start(str(error))
     logs.configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     check_security(settings)
+    clustering = load_cluster(settings)  # the cluster module, if the settings make this server a node of one
     app = Flask("taskserver")  # the package: its logger name and root path
     app.config.update(settings, MAX_CONTENT_LENGTH=settings["MAX_BODY_BYTES"], **OPENAPI)
     app.json.ensure_ascii = False
@@ -67,7 +69,6 @@ def create_app(config=None, clock=None):
     service = TaskService(
         store, notifier, settings, metrics=metrics, spawn=background.spawn, **({"clock": clock} if clock else {})
     )
-    service.recover_on_start()
     app.extensions["taskserver"] = service
     app.extensions["plainws"] = plain_sockets
     history = app.extensions["fleet_history"] = FleetHistory()
@@ -95,8 +96,10 @@ def create_app(config=None, clock=None):
     errors.init_app(app)
     app.after_request(answer_when_stored(store))
 
+    manager = clustering and clustering.message_queue(settings["MESSAGE_QUEUE"], settings["MESSAGE_QUEUE_CHANNEL"])
     socketio.init_app(
         app,
+        **({"client_manager": manager} if manager else {}),
         async_mode="gevent",
         cors_allowed_origins=list(settings["CORS_ORIGINS"]) or None,
         max_http_buffer_size=settings["MAX_BODY_BYTES"],
@@ -108,9 +111,18 @@ def create_app(config=None, clock=None):
     # Engine.IO's own greenlets (a writer and a pinger per connection, its service task) join the app's, so that
     # ``shutdown`` ends them too.
     socketio.server.eio.start_background_task = background.spawn
+    if clustering is None:
+        service.recover_on_start()
+    else:
+        clustering.listen_now(socketio.server)
+        cluster = app.extensions["cluster"] = clustering.Cluster(
+            store, settings, manager, partial(close_connections, app), service.wake_up, socketio.sleep
+        )
+        cluster.join()
+        cluster.start(background.spawn, renew=settings["WATCHDOG_INTERVAL"] > 0)
     socketio.on_namespace(DeviceNamespace(events))
     socketio.on_namespace(DashboardNamespace(feed, app.config))
-    watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep)
+    watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep, app.extensions.get("cluster"))
     if settings["WATCHDOG_INTERVAL"] > 0:
         watchdog.start(background.spawn)
         app.extensions["watchdog"] = watchdog
@@ -126,15 +138,22 @@ def shutdown(app, timeout=2.0):
     """End everything ``create_app`` started: its background greenlets, every open connection, then the store.
 
     Call it once the WSGI server no longer accepts connections (tests do, at the end of each server)."""
+    close_connections(app, timeout)
+    app.extensions["socketio"].server.shutdown()
+    app.extensions["background"].kill(timeout=timeout)
+    if "cluster" in app.extensions:
+        app.extensions["cluster"].stop()
+    app.extensions["taskserver"].store.close()
+
+
+def close_connections(app, timeout=2.0):
+    """Close every device connection the app holds: their devices go offline now, while the store is open."""
     sio = app.extensions["socketio"].server
-    # Every Socket.IO client: its device goes offline now, while the store is open. Without waiting for the close
-    # to be fetched: a long-polling client would need a request that the stopped server no longer accepts.
+    # Without waiting for the close to be fetched: a long-polling client would need a request that a stopped server
+    # no longer accepts.
     for connection in list(sio.eio.sockets.values()):  # python-engineio (pinned) keeps them by sid
         connection.close(wait=False, abort=True, reason=sio.eio.reason.SERVER_DISCONNECT)
     app.extensions["plainws"].close_all(timeout)
-    sio.shutdown()
-    app.extensions["background"].kill(timeout=timeout)
-    app.extensions["taskserver"].store.close()
 
 
 class NoSessions(SessionInterface):
@@ -172,6 +191,19 @@ def check_security(settings):
             "devices. Set TASKSERVER_ENV=production (with the tokens) before exposing it.",
             "; ".join(problems),
         )
+
+
+def load_cluster(settings):
+    """The ``taskserver.cluster`` module if ``TASKSERVER_MESSAGE_QUEUE`` makes this server a node of a cluster, else
+    None; refuse to start if the settings cannot make one (imported only then: it imports psycopg)."""
+    if not settings["MESSAGE_QUEUE"]:
+        return None
+    from taskserver import cluster
+
+    problem = cluster.cluster_problem(settings)
+    if problem is not None:
+        refuse_to_start(problem)
+    return cluster
 
 
 def open_or_refuse(settings):

@@ -21,16 +21,24 @@ def in_batches(expire, now):
         gevent.sleep(0)
 
 
-def sweep(service, now):
+def sweep(service, now, cluster=None):
     """One step: catch up after failed commits, drop silent devices, end timed-out and orphaned attempts, start
-    tasks that became due. Each part runs whatever the others did; return the names of those that failed."""
+    tasks that became due. Each part runs whatever the others did; return the names of those that failed.
+
+    On a ``cluster``, each node looks after its own connections and work (and the cancels owed to devices it holds),
+    and only the leader ends what time passing ends for every node: dead nodes, timeouts, lost devices."""
     parts = {
         "converge": lambda: service.devices.converge_after_failed_commits(now),
         "silent devices": lambda: service.devices.expire_silent_devices(now),
-        "timeouts": lambda: in_batches(service.tasks.expire_timeouts, now),
-        "lost devices": lambda: in_batches(service.tasks.expire_lost_devices, now),
-        "due tasks": lambda: service.dispatcher.dispatch_pending(now),
     }
+    if cluster is not None:
+        parts["owed cancels"] = service.devices.deliver_owed_cancels
+    if cluster is None or cluster.leads():
+        if cluster is not None:
+            parts["dead nodes"] = cluster.expire_dead_nodes
+        parts["timeouts"] = lambda: in_batches(service.tasks.expire_timeouts, now)
+        parts["lost devices"] = lambda: in_batches(service.tasks.expire_lost_devices, now)
+    parts["due tasks"] = lambda: service.dispatcher.dispatch_pending(now)
     failed = []
     for name, part in parts.items():
         try:
@@ -46,8 +54,9 @@ class Watchdog:
 
     Lag and freshness are measured on the monotonic clock: they are about the event loop, not the service's time."""
 
-    def __init__(self, service, interval, sleep, monotonic=time.monotonic):
+    def __init__(self, service, interval, sleep, cluster=None, monotonic=time.monotonic):
         self.service = service
+        self.cluster = cluster
         self.interval = interval
         self.sleep = sleep
         self.monotonic = monotonic
@@ -71,7 +80,8 @@ class Watchdog:
             if not self.running:
                 break
             self.lag = max(self.monotonic() - before - self.interval, 0.0)
-            if not sweep(self.service, self.service.clock()):  # a sweep with a failed part does not count as done
+            # a sweep with a failed part does not count as done
+            if not sweep(self.service, self.service.clock(), self.cluster):
                 self.last_sweep_at = self.monotonic()
 
     def stop(self):

@@ -56,8 +56,8 @@ class LiveServer:
         self.session = requests.Session()
 
     def sweep(self, advance=0.0):
-        """Advance the clock and run one watchdog step."""
-        sweep(self.service, self.clock.advance(advance))
+        """Advance the clock and run one watchdog step (as this node, on a cluster)."""
+        sweep(self.service, self.clock.advance(advance), self.app.extensions.get("cluster"))
 
     def get(self, path, **kwargs):
         return self.session.get(self.url + path, timeout=10, **kwargs)
@@ -243,6 +243,37 @@ def postgres_url(request, postgres_database):
     # a store that took the URL for something else (a file name) would pass every test without PostgreSQL
     passed = getattr(request.node, "call_report", None) is not None and request.node.call_report.passed
     assert tables or not passed, f"the test stored nothing in its PostgreSQL schema {schema}: it did not use PostgreSQL"
+
+
+# ---- Redis, for several nodes ----
+
+REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """The URL of the Redis server ``TASKSERVER_TEST_REDIS`` names (default: the local one); fails the test with what
+    to do if none answers."""
+    import redis
+
+    url = os.environ.get("TASKSERVER_TEST_REDIS") or REDIS_DEFAULT
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except redis.RedisError as error:
+        pytest.fail(
+            f"the cluster tests need a Redis server, and none answers at {url}: {error}\n"
+            "scripts/test provides one (scripts/redis); or set TASKSERVER_TEST_REDIS=redis://host:port/db",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+def cluster_settings(redis_server, postgres_url):
+    """The settings that make servers nodes of one cluster of this test's own: its PostgreSQL schema, and a Redis
+    channel (and NOTIFY channel) no other test uses."""
+    channel = f"taskserver-test-{secrets.token_hex(6)}"
+    return {"DATABASE": postgres_url, "MESSAGE_QUEUE": redis_server, "MESSAGE_QUEUE_CHANNEL": channel}
 
 
 # ---- servers and devices ----

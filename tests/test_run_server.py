@@ -101,6 +101,9 @@ class ServerProcess:
     def get(self, path, **kwargs):
         return requests.get(self.url + path, timeout=10, headers=self.headers, **kwargs)
 
+    def post(self, path, **kwargs):
+        return requests.post(self.url + path, timeout=10, headers=self.headers, **kwargs)
+
     def dispatch(self, expect=(200, 202), **body):
         body.setdefault("task_type", "DELIST")
         body.setdefault("data", {"product_ids": ["123", "456"]})

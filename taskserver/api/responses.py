@@ -105,6 +105,8 @@ class WatchdogCheckSchema(CheckSchema):
 class ChecksSchema(Schema):
     store = fields.Nested(CheckSchema)
     watchdog = fields.Nested(WatchdogCheckSchema)
+    redis = fields.Nested(CheckSchema, metadata={"description": "仅多节点：Redis 可访问，且本节点已订阅频道"})
+    lease = fields.Nested(CheckSchema, metadata={"description": "仅多节点：本节点的租约在有效期内"})
 
 
 class ReadinessSchema(Schema):

@@ -37,10 +37,13 @@ def healthz():
 @blp.response(200, responses.ReadinessSchema, description="就绪")
 @blp.alt_response(503, schema=responses.ReadinessSchema, description="未就绪：error_code `NOT_READY`，checks 说明原因")
 def readyz():
-    """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s)."""
+    """Readiness: the store takes a write now, and the watchdog runs and has swept within three intervals (+5 s); on
+    a cluster also Redis answers with this node subscribed, and this node's lease holds."""
     store_ok, store_reason = service().queries.store_health()
     checks = {"store": {"ok": store_ok, "reason": store_reason}, "watchdog": _watchdog_check()}
-    if store_ok and checks["watchdog"]["ok"]:
+    if (cluster := current_app.extensions.get("cluster")) is not None:
+        checks.update({name: {"ok": ok, "reason": reason} for name, (ok, reason) in cluster.checks().items()})
+    if all(check["ok"] for check in checks.values()):
         return {"success": True, "status": "ready", "checks": checks}
     reasons = "；".join(check["reason"] for check in checks.values() if not check["ok"])
     answer = {

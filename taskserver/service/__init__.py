@@ -47,6 +47,11 @@ class TaskService:
             store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
         )
 
+    def wake_up(self):
+        """Another node left work here (a task for a device this node holds, a cancel owed to one): look for it."""
+        self.dispatcher.look_again_later()
+        self.devices.deliver_owed_cancels()
+
     def recover_on_start(self):
         """No connection survives a restart: every device is offline and its tasks get a fresh grace."""
         self.devices.recover_on_start()

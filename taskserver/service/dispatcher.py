@@ -76,8 +76,10 @@ class Dispatcher:
         if dispatched is not None:
             self._send(dispatched, device.sid)
             return dispatched, True
-        sent = self.dispatch_pending(now)
-        return next((sent_task for sent_task in sent if sent_task.task_id == task.task_id), task), True
+        sent = next((sent_task for sent_task in self.dispatch_pending(now) if sent_task.task_id == task.task_id), None)
+        if sent is None:
+            self.store.wake_nodes()  # its device may be one another node holds
+        return sent or task, True
 
     def _new_task(self, request, fingerprint, now):
         return Task(
@@ -136,7 +138,7 @@ class Dispatcher:
         now = self.clock() if now is None else now
         sent = self._fill_free_slots(now)
         if not self.store.single_writer:
-            self.store.after_commit(self._look_again_later)
+            self.store.after_commit(self.look_again_later)
         return sent
 
     def _fill_free_slots(self, now):
@@ -158,7 +160,7 @@ class Dispatcher:
                 break
         return sent
 
-    def _look_again_later(self):
+    def look_again_later(self):
         """With other writers, a look for work could not see their uncommitted tasks and freed slots, nor the rows
         they held: once this is committed, look once more (one look waits at a time; it repeats while it sends)."""
         if self._look_waiting:
@@ -175,7 +177,7 @@ class Dispatcher:
     @atomic
     def _dispatch_again(self):
         if self._fill_free_slots(self.clock()):
-            self.store.after_commit(self._look_again_later)
+            self.store.after_commit(self.look_again_later)
 
     def _assign(self, task, device, now):
         """Send the pending task to the device; return it as stored, or None if it changed meanwhile or the device

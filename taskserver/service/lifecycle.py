@@ -47,6 +47,8 @@ class TaskLifecycle:
         updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
         if updated is None:
             return self.cancel(task_id)
+        if owed_to is not None:
+            self.store.wake_nodes()  # another node may hold the device's connection
         if sid is not None:
             self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
@@ -187,6 +189,8 @@ class TaskLifecycle:
         event = Event(kind, actor, task.device_id, {"error_code": error_code, **detail_extra})
         updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
         if updated is not None:
+            if owed_to is not None:
+                self.store.wake_nodes()  # another node may hold the device's connection
             self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
             logs.event(
                 log,

@@ -4,7 +4,7 @@ the store agree again after a failed commit."""
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, DeviceStatus, ErrorCode, Event, EventKind, TaskStatus
+from taskserver.domain import Device, ErrorCode, Event, EventKind, TaskStatus
 from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
@@ -56,6 +56,8 @@ class DeviceRegistry:
             self._release_sid(sid, now)  # the connection switches to another device id
         self.store.save_device(device)
         replaced_sid = self.connections.bind(sid, device_id, now, device.device_name)
+        if replaced_sid is None and previous is not None and previous.connected and previous.sid not in (None, sid):
+            replaced_sid = previous.sid  # held by another node: the message queue takes the close there
         if replaced_sid is not None:
             self.notifier.replaced(replaced_sid, device_id)
         active = self.store.active_tasks_of(device_id)
@@ -132,6 +134,7 @@ class DeviceRegistry:
             self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatcher.dispatch_pending(now)
+                self.store.wake_nodes()  # another node may hold the device's connection
         return self.queries.device(device_id)
 
     @atomic
@@ -167,12 +170,14 @@ class DeviceRegistry:
 
     def _close_device_connection(self, device_id, reason, message):
         """Unbind the device's live connection now (it goes offline, its tasks under the usual grace), then tell it
-        ``UNAUTHORIZED`` and close it once this is committed."""
+        ``UNAUTHORIZED`` and close it once this is committed (one another node holds is closed and released there)."""
         sid = self.connections.sid_of(device_id)
-        if sid is None:
-            return
-        self._release_sid(sid, self.clock(), reason=reason)
-        self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
+        if sid is not None:
+            self._release_sid(sid, self.clock(), reason=reason)
+        elif (device := self.store.get_device(device_id)) is not None and device.connected:
+            sid = device.sid  # held by another node: the message queue takes the close there, and it releases it
+        if sid is not None:
+            self.notifier.close_with_error(sid, message, ErrorCode.UNAUTHORIZED)
 
     def converge_after_failed_commits(self, now):
         """If a commit failed since the last call, make the store and the live connections agree again."""
@@ -188,7 +193,7 @@ class DeviceRegistry:
         reconnects and registers again)."""
         bound = self.connections.bound()
         undone = []
-        for device in self.store.list_devices(statuses=(DeviceStatus.ONLINE.value, DeviceStatus.BUSY.value)):
+        for device in self.store.held_devices():
             sid = bound.pop(device.device_id, None)
             if sid == device.sid:
                 continue  # the store and memory agree
@@ -212,6 +217,19 @@ class DeviceRegistry:
             logs.event(log, "device silent", logging.WARNING, device_id=device_id, seconds=limit)
             self._release_sid(sid, now, reason="heartbeat_timeout")
             self.notifier.disconnect(sid)
+
+    def deliver_owed_cancels(self):
+        """On a cluster: send the cancels that other nodes left for devices whose connection this node holds."""
+        for device_id in self.store.devices_owed_cancels():
+            sid = self.connections.sid_of(device_id)
+            if sid is not None:
+                self._send_owed_cancels(sid, device_id)
+
+    @atomic
+    def _send_owed_cancels(self, sid, device_id):
+        for task_id, attempt in self.store.take_owed_cancels(device_id):
+            if not self.store.task_active_on(task_id, device_id):  # not while it runs a later attempt of the task
+                self.notifier.cancel_task(sid, task_id, attempt)
 
     @atomic
     def recover_on_start(self):

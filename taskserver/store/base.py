@@ -1,5 +1,7 @@
 """The store interface: small verbs, each atomic, each returning copies; one contract suite tests every backend."""
 
+from taskserver.domain import DeviceStatus
+
 
 class Store:
     """What the service needs from persistence. Times are epoch seconds from the service's clock."""
@@ -127,6 +129,10 @@ class Store:
         """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
         raise NotImplementedError
 
+    def held_devices(self):
+        """The connected devices whose connections this server holds (on one server: every connected device)."""
+        return self.list_devices(statuses=(DeviceStatus.ONLINE.value, DeviceStatus.BUSY.value))
+
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
         raise NotImplementedError
@@ -159,6 +165,10 @@ class Store:
     def count_devices_by_status(self):
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""
         raise NotImplementedError
+
+    def wake_nodes(self):
+        """Wake the other nodes of a cluster once this unit of work commits: it left work for a device one of them
+        holds. A store no other node shares has none to wake."""
 
     def check_writable(self, now):
         """Write and commit one tiny row; raise if the store cannot take writes."""

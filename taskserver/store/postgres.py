@@ -35,13 +35,17 @@ from taskserver.store.rows import (
 
 log = logging.getLogger("taskserver.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # version -> the statements that bring a database of the version before it to it (version 1: a new database)
-POSTGRES_MIGRATIONS = {1: (Path(__file__).parent / "postgres_schema.sql").read_text()}
+POSTGRES_MIGRATIONS = {
+    1: (Path(__file__).parent / "postgres_schema.sql").read_text(),
+    2: (Path(__file__).parent / "postgres_nodes.sql").read_text(),
+}
 MIGRATION_LOCK = 0x7461736B  # "task": the advisory lock two servers starting at once take in turn
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
-FREE = "connected AND NOT disabled AND active_tasks < capacity"
+# devices that can take a task now, on this node (a node dispatches only to the devices whose connection it holds)
+FREE = "connected AND NOT disabled AND active_tasks < capacity AND node_id IS NOT DISTINCT FROM %(node)s"
 DEVICE_STATUS_SQL = "CASE WHEN NOT connected THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
 # Pending tasks that can start now, in dispatch order, claimed: due ones for any device, and due ones pinned to a
 # device with a free slot. Rows another unit holds are skipped, so two writers never claim the same task.
@@ -59,6 +63,18 @@ SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned) queue
 ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
 
+NOW_EPOCH = "extract(epoch FROM now())::float8 AS now"  # the database's clock: leases are judged by it alone
+# The devices held by the nodes of the CTE ``lost (node_id, left_at)`` go offline at ``left_at`` (the node's last
+# renewal, for a dead one), each with an event in its history; returns their ids.
+RELEASE_DEVICES = """WITH {lost},
+released AS (UPDATE devices SET connected = FALSE, sid = NULL, node_id = NULL, disconnected_at = lost.left_at
+             FROM lost WHERE connected AND devices.node_id IS NOT DISTINCT FROM lost.node_id
+             RETURNING devices.device_id, lost.node_id, lost.left_at),
+logged AS (INSERT INTO device_events (device_id, at, kind, actor, detail)
+           SELECT device_id, left_at, 'offline', 'server',
+                  json_build_object('reason', %(reason)s::text, 'node_id', node_id)
+           FROM released)
+SELECT device_id FROM released"""
 
 # One history event of the task %(task_id)s, written in the statement that changed the task ("... FROM moved").
 LOG_EVENT = """INSERT INTO task_events (task_id, at, kind, actor, device_id, attempt, detail)
@@ -104,6 +120,8 @@ class PostgresStore(Store):
         self._local = threading.local()  # one per greenlet once gevent patched threading: the greenlet's Unit
         self._failed = 0
         self._fault = None
+        self._node = None  # the node this server is, on a cluster (``serve_as``)
+        self._wake_channel = None
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -392,7 +410,7 @@ class PostgresStore(Store):
                 "UPDATE tasks SET due = TRUE WHERE status = 'pending' AND NOT due AND not_before <= %s",
                 (now,),
             )
-            rows = db.execute(DUE_PENDING, {"limit": limit}).fetchall()
+            rows = db.execute(DUE_PENDING, {"limit": limit, "node": self._node}).fetchall()
         for row in rows:
             row.pop("seq")
         return [task_from_row(row) for row in rows]
@@ -499,14 +517,15 @@ class PostgresStore(Store):
         return bool(self._rows("DELETE FROM device_tokens WHERE device_id = %s RETURNING 1", (device_id,)))
 
     def save_device(self, device):
-        """Insert the device or update its name, info, capacity and connection."""
-        updated = [c for c in DEVICE_COLUMNS if c not in ("device_id", "created_at", "active_tasks", "disabled")]
+        """Insert the device or update its name, info, capacity and connection (held by this node)."""
+        columns = [*DEVICE_COLUMNS, "node_id"]
+        updated = [c for c in columns if c not in ("device_id", "created_at", "active_tasks", "disabled")]
         with self._db() as db:
             db.execute(
-                f"""INSERT INTO devices ({", ".join(DEVICE_COLUMNS)})
-                    VALUES ({", ".join("%s" for _ in DEVICE_COLUMNS)})
+                f"""INSERT INTO devices ({", ".join(columns)})
+                    VALUES ({", ".join("%s" for _ in columns)})
                     ON CONFLICT (device_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in updated)}""",
-                [to_db(name, getattr(device, name)) for name in DEVICE_COLUMNS],
+                [*(to_db(name, getattr(device, name)) for name in DEVICE_COLUMNS), self._node],
             )
 
     def get_device(self, device_id):
@@ -533,9 +552,9 @@ class PostgresStore(Store):
         rows = self._rows(
             f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')
                 THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
-                      (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %s) free)
+                      (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %(at_most)s) free)
                 ELSE 0 END AS n""",
-            (at_most,),
+            {"at_most": at_most, "node": self._node},
         )
         return rows[0]["n"]
 
@@ -544,20 +563,27 @@ class PostgresStore(Store):
         claimed for this unit of work. Devices another unit holds are skipped, never waited for: a unit that takes
         slots on several devices in its own order then never waits for one another unit holds (a deadlock)."""
         rows = self._rows(
-            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (limit,),
+            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %(limit)s "
+            "FOR UPDATE SKIP LOCKED",
+            {"limit": limit, "node": self._node},
         )
         named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
         if named:
             rows += self._rows(
-                f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%s) FOR UPDATE SKIP LOCKED", (named,)
+                f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%(named)s) FOR UPDATE SKIP LOCKED",
+                {"named": named, "node": self._node},
             )
+        return [device_from_row(row) for row in rows]
+
+    def held_devices(self):
+        """The connected devices whose connections this node holds (every connected device, without nodes)."""
+        rows = self._rows("SELECT * FROM devices WHERE connected AND node_id IS NOT DISTINCT FROM %s", (self._node,))
         return [device_from_row(row) for row in rows]
 
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""
         rows = self._rows(
-            "UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s "
+            "UPDATE devices SET connected = FALSE, sid = NULL, node_id = NULL, disconnected_at = %s "
             "WHERE device_id = %s AND sid = %s AND connected RETURNING 1",
             (now, device_id, sid),
         )
@@ -572,7 +598,7 @@ class PostgresStore(Store):
         """On start: no connection survives a restart; tasks get a fresh grace from ``now``; counts are rebuilt."""
         with self._db() as db:
             db.execute(
-                """UPDATE devices SET connected = FALSE, sid = NULL, disconnected_at = %s,
+                """UPDATE devices SET connected = FALSE, sid = NULL, node_id = NULL, disconnected_at = %s,
                    active_tasks = (SELECT COUNT(*) FROM tasks t
                                    WHERE t.device_id = devices.device_id AND t.status IN (%s, %s))""",
                 (now, *ACTIVE_VALUES),
@@ -624,3 +650,71 @@ class PostgresStore(Store):
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""
         rows = self._rows(f"SELECT {DEVICE_STATUS_SQL} AS status, disabled, COUNT(*) AS n FROM devices GROUP BY 1, 2")
         return {(row["status"], row["disabled"]): row["n"] for row in rows}
+
+    # nodes: several servers on one database (taskserver/cluster)
+    def serve_as(self, node_id, wake_channel):
+        """Be node ``node_id`` from now on: devices saved are held by it, tasks go only to devices it holds, and
+        ``wake_nodes`` notifies ``wake_channel``."""
+        self._node, self._wake_channel = node_id, wake_channel
+
+    def database_time(self):
+        """The database's clock, in epoch seconds: leases are judged by it alone."""
+        return self._rows(f"SELECT {NOW_EPOCH}")[0]["now"]
+
+    def join_node(self, node_id, incarnation, lease):
+        """Hold ``node_id``'s lease as ``incarnation`` (this process) for ``lease`` seconds. A process that held the
+        id before (a crashed one, or another one given the same id) is displaced: its devices are offline from its
+        last renewal."""
+        params = {"node": node_id, "incarnation": incarnation, "lease": lease}
+        held = "lost AS (SELECT node_id, renewed_at AS left_at FROM nodes WHERE node_id = %(node)s FOR UPDATE)"
+        with self._db() as db:
+            db.execute(RELEASE_DEVICES.format(lost=held), {**params, "reason": "node_replaced"})
+            db.execute(
+                f"""INSERT INTO nodes (node_id, incarnation, joined_at, renewed_at, expires_at)
+                    SELECT %(node)s, %(incarnation)s, t.now, t.now, t.now + %(lease)s FROM (SELECT {NOW_EPOCH}) t
+                    ON CONFLICT (node_id) DO UPDATE SET incarnation = excluded.incarnation,
+                        joined_at = excluded.joined_at, renewed_at = excluded.renewed_at,
+                        expires_at = excluded.expires_at""",
+                params,
+            )
+
+    def renew_node(self, node_id, incarnation, lease):
+        """Extend the lease to ``lease`` seconds from now; False if it lapsed, was swept or was taken over."""
+        rows = self._rows(
+            f"""UPDATE nodes SET renewed_at = t.now, expires_at = t.now + %(lease)s FROM (SELECT {NOW_EPOCH}) t
+                WHERE node_id = %(node)s AND incarnation = %(incarnation)s AND expires_at >= t.now RETURNING 1""",
+            {"node": node_id, "incarnation": incarnation, "lease": lease},
+        )
+        return bool(rows)
+
+    def leave_node(self, node_id, incarnation):
+        """Give the lease up (a clean stop): devices it still holds are offline from now."""
+        gone = f"""lost AS (DELETE FROM nodes WHERE node_id = %(node)s AND incarnation = %(incarnation)s
+                   RETURNING node_id, (SELECT {NOW_EPOCH}) AS left_at)"""
+        params = {"node": node_id, "incarnation": incarnation, "reason": "node_left"}
+        self._rows(RELEASE_DEVICES.format(lost=gone), params)
+
+    def expire_dead_nodes(self, now):
+        """Forget the nodes whose lease lapsed before ``now`` (the database's time): each one's devices are offline
+        from its last renewal. Connected devices no live node holds (its node unknown, or none: a single server's,
+        before the cluster) are offline from ``now``. Return the devices released."""
+        lost = """expired AS (DELETE FROM nodes WHERE expires_at < %(now)s RETURNING node_id, renewed_at AS left_at),
+            orphaned AS (SELECT DISTINCT node_id, %(now)s::float8 AS left_at FROM devices d WHERE connected
+                         AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = d.node_id)),
+            lost AS (SELECT * FROM expired UNION ALL SELECT * FROM orphaned)"""
+        rows = self._rows(RELEASE_DEVICES.format(lost=lost), {"now": now, "reason": "node_lost"})
+        return [row["device_id"] for row in rows]
+
+    def wake_nodes(self):
+        """Wake every node once this unit of work commits (NOTIFY): work was left for a device another node holds."""
+        if self._wake_channel is not None:
+            self._rows("SELECT pg_notify(%s, '')", (self._wake_channel,))
+
+    def devices_owed_cancels(self):
+        """The devices this node holds that are owed a ``cancel_task``."""
+        rows = self._rows(
+            """SELECT DISTINCT o.device_id FROM owed_cancels o JOIN devices d ON d.device_id = o.device_id
+               WHERE d.node_id = %s AND d.connected""",
+            (self._node,),
+        )
+        return [row["device_id"] for row in rows]

@@ -44,6 +44,7 @@ def task_from_row(row):
 def device_from_row(row):
     """Build a Device from a row."""
     values = dict(row)
+    values.pop("node_id", None)  # PostgreSQL's own column: the node holding the connection
     values["device_info"] = from_json(values["device_info"])
     values["connected"] = bool(values["connected"])
     values["disabled"] = bool(values["disabled"])
