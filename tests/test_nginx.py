@@ -1,4 +1,4 @@
-"""``deploy/nginx.conf`` in front of real nodes (``python app.py`` processes on one PostgreSQL schema), run by Debian's
+"""``deploy/nginx.conf`` in front of a real cluster (``python app.py`` nodes on PostgreSQL and Redis), run by Debian's
 nginx: polling-first Socket.IO clients (as the Android app's io.socket starts) stay on one node through every poll
 and upgrade to WebSocket, the plain WebSocket and the console's feed pass, and when the node holding the clients is
 killed they reconnect through nginx to another one."""
@@ -60,11 +60,19 @@ class Nginx:
 
 
 @pytest.fixture
-def cluster(tmp_path, postgres_url):
-    """Two nodes on one PostgreSQL schema behind nginx; ``(nginx, [node, node])``."""
+def cluster(tmp_path, cluster_settings):
+    """Two nodes of one cluster (PostgreSQL schema and Redis channel of the test's own) behind nginx;
+    ``(nginx, [node, node])``."""
     if not Path(NGINX).exists():
         pytest.fail("these tests need Debian's nginx: scripts/test installs it (apt-get install nginx)")
-    nodes = [ServerProcess(APP_PY, tmp_path, database=postgres_url) for _ in range(2)]
+    env = {
+        "TASKSERVER_MESSAGE_QUEUE": cluster_settings["MESSAGE_QUEUE"],
+        "TASKSERVER_MESSAGE_QUEUE_CHANNEL": cluster_settings["MESSAGE_QUEUE_CHANNEL"],
+    }
+    nodes = [
+        ServerProcess(APP_PY, tmp_path, database=cluster_settings["DATABASE"], TASKSERVER_NODE_ID=name, **env)
+        for name in ("a", "b")
+    ]
     for node in nodes:
         node.start()
     proxy = Nginx(tmp_path, [node.port for node in nodes])
@@ -113,6 +121,9 @@ def test_polling_first_clients_stay_on_one_node_upgrade_and_fail_over_when_it_di
     assert all(phone.sio.transport() == "polling" for phone in polling_only)
     holder = next(node for node in nodes if connected_devices(node) == len(phones))  # one client address, one node
     survivor = next(node for node in nodes if node is not holder)
+    across = survivor.dispatch(device_id="poll_00")  # stored on the other node, sent by the one holding the phone
+    assert across["status"] in ("pending", "dispatched"), across
+    wait_until(lambda: holder.get(f"/api/task/{across['task_id']}/status").json()["task"]["status"] == "dispatched")
 
     holder.kill()
     wait_until(lambda: all(phone.registered == 2 for phone in phones), timeout=30, message="phones back via nginx")
