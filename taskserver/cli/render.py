@@ -1,0 +1,145 @@
+"""How answers look in a terminal: rich tables and panels, or the server's JSON as it came (``--json``).
+
+Every value from the server goes in as ``Text``, never as markup: a device name like ``[red]`` stays as written."""
+
+import json
+
+import click
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLES = {
+    "online": "green",
+    "busy": "yellow",
+    "offline": "dim",
+    "pending": "cyan",
+    "dispatched": "blue",
+    "running": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+NONE = "-"
+
+json_option = click.option("--json", "json_", is_flag=True, help="Print the server's JSON answer instead.")
+
+
+def as_json(answer):
+    """The server's JSON, indented, its text as written (not \\u escapes)."""
+    return json.dumps(answer, ensure_ascii=False, indent=2)
+
+
+def cell(value):
+    """One value as plain text; None as a dash, dicts and lists as compact JSON."""
+    if value is None:
+        return Text(NONE, style="dim")
+    if isinstance(value, dict | list):
+        return Text(json.dumps(value, ensure_ascii=False))
+    return Text(str(value))
+
+
+def status(value):
+    return Text(value or NONE, style=STATUS_STYLES.get(value, ""))
+
+
+def when(value):
+    """The server's local ISO time (``2025-09-17T14:30:00``) as ``2025-09-17 14:30:00``."""
+    return cell(value.replace("T", " ") if value else None)
+
+
+def devices_table(answer):
+    """``GET /api/devices`` as a table."""
+    table = Table(caption=f"{answer['total']} devices", caption_justify="left")
+    for column in ("id", "name", "status", "tasks", "disabled", "last heartbeat"):
+        table.add_column(column, no_wrap=column in ("id", "status", "tasks", "last heartbeat"))
+    for device in answer["devices"]:
+        table.add_row(
+            cell(device["device_id"]),
+            cell(device["device_name"]),
+            status(device["status"]),
+            cell(f"{device['task_count']}/{device['capacity']}"),
+            Text("disabled", style="red") if device["disabled"] else Text(""),
+            when(device["last_heartbeat"]),
+        )
+    return table
+
+
+def tasks_table(answer):
+    """``GET /api/tasks`` as a table, newest first, with how many match in all."""
+    shown, offset = len(answer["tasks"]), answer["offset"]
+    span = f"{offset + 1}-{offset + shown}" if shown else "none"
+    table = Table(caption=f"{span} of {answer['total']} tasks", caption_justify="left")
+    for column in ("id", "type", "status", "progress", "device", "attempt", "error", "created"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("progress", "attempt") else "left")
+    for task in answer["tasks"]:
+        table.add_row(
+            cell(task["task_id"]),
+            cell(task["task_type"]),
+            status(task["status"]),
+            cell(f"{task['progress']}%"),
+            cell(task["device_id"]),
+            cell(f"{task['attempt']}/{task['max_retries'] + 1}"),
+            cell(task["error_code"]),
+            when(task["created_at"]),
+        )
+    return table
+
+
+TASK_FIELDS = [  # (label, key) of ``show``'s top part; times go through ``when``
+    ("type", "task_type"),
+    ("device", "device_id"),
+    ("target device", "target_device_id"),
+    ("priority", "priority"),
+    ("timeout", "timeout"),
+    ("error", "error_code"),
+    ("idempotency key", "idempotency_key"),
+    ("data", "data"),
+    ("result", "result"),
+]
+TASK_TIMES = ["created_at", "not_before", "dispatched_at", "delivered_at", "started_at", "timeout_at", "finished_at"]
+
+
+def task_view(task, events):
+    """``show``: the task (``GET /api/task/{id}``), its attempts, and its history (``/events``)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("task", cell(task["task_id"]))
+    grid.add_row("status", Text.assemble(status(task["status"]), f"  {task['progress']}%"))
+    grid.add_row("message", cell(task["progress_message"]))
+    grid.add_row("attempt", cell(f"{task['attempt']} of at most {task['max_retries'] + 1}"))
+    for label, key in TASK_FIELDS:
+        grid.add_row(label, cell(task[key]))
+    for key in TASK_TIMES:
+        if task[key]:
+            grid.add_row(key.removesuffix("_at").replace("_", " "), when(task[key]))
+    return Group(grid, attempts_table(task["attempts"]), events_table(events))
+
+
+def attempts_table(attempts):
+    table = Table(title="attempts", title_justify="left")
+    for column in ("#", "device", "dispatched", "delivered", "ended", "outcome", "error"):
+        table.add_column(column, no_wrap=True)
+    for attempt in attempts:
+        table.add_row(
+            cell(attempt["attempt"]),
+            cell(attempt["device_id"]),
+            when(attempt["dispatched_at"]),
+            when(attempt["delivered_at"]),
+            when(attempt["ended_at"]),
+            status(attempt["outcome"]),
+            cell(attempt["error_code"]),
+        )
+    return table
+
+
+def events_table(events):
+    table = Table(title="history", title_justify="left")
+    for column in ("at", "event", "actor", "attempt", "message"):
+        table.add_column(column, no_wrap=column != "message")
+    for event in events:
+        table.add_row(
+            when(event["at"]), cell(event["kind"]), cell(event["actor"]), cell(event["attempt"]), cell(event["message"])
+        )
+    return table
