@@ -191,6 +191,7 @@ class Device:
     created_at: float = 0.0
     active_tasks: int = 0
     disabled: bool = False  # drained by an operator: keeps its tasks, gets no new ones
+    node_id: str | None = None  # on a cluster: the node holding its connection (PostgreSQL's column, set by it)
 
     @property
     def status(self):

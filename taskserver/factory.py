@@ -78,8 +78,9 @@ def create_app(config=None, clock=None):
         history,
         background.spawn,
         service.clock,
-        keep_running=settings["WATCHDOG_INTERVAL"] > 0,
+        keep_running=settings["WATCHDOG_INTERVAL"] > 0 or clustering is not None,
         interval=settings["DASHBOARD_FLUSH_INTERVAL"],
+        shared=clustering is not None,
     )
     notifier.dashboard = app.extensions["dashboard"] = feed
     # a test's fake clock also drives the buckets' refill: how many events pass never depends on the machine's speed
@@ -120,6 +121,7 @@ def create_app(config=None, clock=None):
         )
         cluster.join()
         cluster.start(background.spawn, renew=settings["WATCHDOG_INTERVAL"] > 0)
+        metrics.label_node(lambda: cluster.node_id)
     socketio.on_namespace(DeviceNamespace(events))
     socketio.on_namespace(DashboardNamespace(feed, app.config))
     watchdog = Watchdog(service, settings["WATCHDOG_INTERVAL"], socketio.sleep, app.extensions.get("cluster"))

@@ -31,9 +31,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level, log_format="text"):
     """Send logs to stderr as text (default) or JSON lines; leaves logging alone if it is already set up."""
-    # No record needs the thread, process or multiprocessing name; under gevent, the thread lookup alone builds a
-    # dummy Thread for every greenlet that logs.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # No record needs the thread or multiprocessing name; under gevent, the thread lookup alone builds a dummy Thread
+    # for every greenlet that logs. The process id stays: gunicorn's own lines show it (its worker logs as it exits).
+    logging.logThreads = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])

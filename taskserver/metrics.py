@@ -30,6 +30,7 @@ class Metrics:
         # counts nothing. Device events are counted as they are handled.
         self._after_commit = after_commit or (lambda callback: callback())
         self.registry = registry = CollectorRegistry()
+        self._exposed = registry  # what a scrape collects (the registry, or on a cluster a view naming the node)
         by_type = {"labelnames": ["task_type"], "registry": registry}
         self.created = Counter("taskserver_tasks_created", "Tasks created by operators.", **by_type)
         self.dispatches = Counter("taskserver_dispatches", "Attempts sent to a device.", **by_type)
@@ -68,9 +69,14 @@ class Metrics:
         """Add the gauges read at scrape time: devices and tasks from the store, the watchdog's health."""
         self.registry.register(StateCollector(service, watchdog, self.task_types))
 
+    def label_node(self, node_id):
+        """On a cluster: give every series a ``node`` label, ``node_id()`` (read at each scrape: a node that joins
+        again has a new id), so that the scrapes of several nodes stay apart."""
+        self._exposed = NodeLabel(self.registry, node_id)
+
     def render(self):
         """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
     def _child(self, family, *values):
         child = self._children.get((family, values))
@@ -101,6 +107,20 @@ class Metrics:
             self.count(self.lost, task_type)
         if retried:
             self.count(self.retries, task_type)
+
+
+class NodeLabel:
+    """Collects a registry's metrics with a ``node`` label added to every sample."""
+
+    def __init__(self, registry, node_id):
+        self.registry = registry
+        self.node_id = node_id
+
+    def collect(self):
+        node = self.node_id()
+        for family in self.registry.collect():  # each scrape builds fresh families: relabelling them is safe
+            family.samples = [sample._replace(labels={**sample.labels, "node": node}) for sample in family.samples]
+            yield family
 
 
 class StateCollector:

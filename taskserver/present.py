@@ -199,27 +199,32 @@ CONNECTION_INFO = Shape(
     "ConnectionInfo", sid=text("sid", nullable=True), registered_at=time("registered_at", nullable=True)
 )
 
+DEVICE_FIELDS = {
+    "device_id": text("device_id"),
+    "device_name": text("device_name"),
+    "status": text(_status),
+    "last_heartbeat": time("last_heartbeat"),
+    "task_count": integer("active_tasks"),
+    "connection_info": nested(CONNECTION_INFO),
+    "device_info": mapping("device_info"),
+    "capacity": integer("capacity"),
+    "disabled": boolean("disabled"),
+}
+# Given only on a cluster (a single server's answers have no such field).
+NODE_ID = text(nullable=True, description="多节点部署时：持有该设备连接的节点（离线为 null）；单机部署无此字段")
+
 # A device as ``GET /api/devices`` lists it.
-DEVICE_SUMMARY = Shape(
-    "DeviceOut",
-    device_id=text("device_id"),
-    device_name=text("device_name"),
-    status=text(_status),
-    last_heartbeat=time("last_heartbeat"),
-    task_count=integer("active_tasks"),
-    connection_info=nested(CONNECTION_INFO),
-    device_info=mapping("device_info"),
-    capacity=integer("capacity"),
-    disabled=boolean("disabled"),
-)
+DEVICE_SUMMARY = Shape("DeviceOut", **DEVICE_FIELDS, node_id=NODE_ID)
 
 # A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history (given).
-DEVICE_DETAIL = DEVICE_SUMMARY.extend(
+DEVICE_DETAIL = Shape(
     "DeviceDetailOut",
+    **DEVICE_FIELDS,
     created_at=time("created_at", nullable=False),
     disconnected_at=text(_disconnected_at, nullable=True),
     active_tasks=listing(TASK_SUMMARY),
     recent_history=listing(DEVICE_EVENT),
+    node_id=NODE_ID,
 )
 
 
@@ -252,12 +257,19 @@ def task_event(event):
     return TASK_EVENT(event)
 
 
-def device_detail(device, active_tasks, history):
-    """A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history."""
+def device_summary(device, clustered=False):
+    """A device as ``GET /api/devices`` lists it; on a cluster (``clustered``) with the node holding its connection."""
+    return DEVICE_SUMMARY(device, node_id=device.node_id) if clustered else DEVICE_SUMMARY(device)
+
+
+def device_detail(device, active_tasks, history, clustered=False):
+    """A device as ``GET /api/device/{id}`` shows it: the list's fields, its tasks now and its recent history; on a
+    cluster (``clustered``) also the node holding its connection."""
     return DEVICE_DETAIL(
         device,
         active_tasks=[TASK_SUMMARY(task) for task in active_tasks],
         recent_history=[device_event(event, device.device_id) for event in history],
+        **({"node_id": device.node_id} if clustered else {}),
     )
 
 

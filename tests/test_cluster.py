@@ -2,8 +2,10 @@
 cluster. Time is driven by the tests: the lease is renewed and the leader sweeps only when a test says so, and a
 dead node's lease is judged at a database time the test names, so nothing here waits for a lease to run out."""
 
+import gevent
 import psycopg
 import pytest
+from test_dashboard_feed import Console
 
 from conftest import Device, LiveServer, wait_until
 from taskserver import create_app
@@ -268,3 +270,97 @@ def test_a_node_that_does_not_lead_still_closes_its_own_silent_connections(nodes
     assert not cluster_of(b).leadership.held
     wait_until(lambda: not phone.sio.connected, message="B to close the silent connection")
     assert stored_device(cluster_settings["DATABASE"], "android_001")["connected"] is False
+
+
+def test_every_node_counts_and_lists_every_nodes_devices_naming_the_node_holding_each(nodes):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    first, second = Device(a.url, "android_001").connect(), Device(b.url, "android_002").connect()
+
+    for node in (a, b):
+        assert node.get("/").json()["connected_devices"] == 2
+        listed = {device["device_id"]: device for device in node.get("/api/devices").json()["devices"]}
+        assert {device_id: (d["status"], d["node_id"]) for device_id, d in listed.items()} == {
+            "android_001": ("online", "node-a"),
+            "android_002": ("online", "node-b"),
+        }
+        assert listed["android_002"]["connection_info"]["sid"] is not None
+    assert a.get("/api/device/android_002").json()["device"]["node_id"] == "node-b"
+
+    second.disconnect()
+    wait_until(lambda: a.get("/").json()["connected_devices"] == 1, message="B's device to go offline")
+    assert a.get("/api/device/android_002").json()["device"]["node_id"] is None
+    first.disconnect()
+
+
+def test_a_console_on_one_node_sees_a_task_on_another_node_move_through_its_states_once(nodes):
+    a = nodes(NODE_ID="node-a", DASHBOARD_FLUSH_INTERVAL=0)  # flushed by the test, never by a timer
+    b = nodes(NODE_ID="node-b", DASHBOARD_FLUSH_INTERVAL=0)
+    here, there = Console(a.url), Console(b.url)
+    phone = Device(b.url, "android_001").connect()
+    feed_of = {node: node.app.extensions["dashboard"] for node in (a, b)}
+
+    def flushed_on(node, **expected):
+        """Flush ``node``'s feed: each console gets its ``changes`` once, with the task as ``expected``."""
+        before = len(here.changes()), len(there.changes())
+        assert feed_of[node].flush() is not None
+        wait_until(lambda: (len(here.changes()), len(there.changes())) == (before[0] + 1, before[1] + 1))
+        for console in (here, there):
+            (task,) = console.changes()[-1]["tasks"]
+            assert task["task_id"] == task_id and task == {**task, **expected}
+
+    task_id = b.dispatch()["task_id"]
+    wait_until(lambda: b.delivered(task_id), message="the ack of new_task")
+    flushed_on(b, status="dispatched")
+    assert feed_of[a].flush() is None  # node A stored nothing: it has nothing to send
+    phone.progress(task_id, 40, "处理中")
+    flushed_on(b, status="running", progress=40, progress_message="处理中")
+    phone.result(task_id, processed_count=2)
+    flushed_on(b, status="completed", progress=100)
+    assert here.device_seen("android_001", status="online", node_id="node-b")
+    assert len(here.changes()) == len(there.changes()) == 3
+    for console in (here, there):
+        console.close()
+    phone.disconnect()
+
+
+def test_a_task_a_node_noted_is_flushed_as_stored_now_not_as_that_node_last_saw_it(nodes):
+    a = nodes(NODE_ID="node-a", DASHBOARD_FLUSH_INTERVAL=0)
+    b = nodes(NODE_ID="node-b", DASHBOARD_FLUSH_INTERVAL=0)
+    console = Console(a.url)
+    phone = Device(b.url, "android_001").connect()
+
+    task_id = a.dispatch()["task_id"]  # A stores it pending; B dispatches it, and the device completes it
+    phone.wait("new_task")
+    phone.result(task_id, processed_count=2)
+    b.app.extensions["dashboard"].flush()
+    wait_until(lambda: console.task_seen(task_id, status="completed"), message="B's changes")
+    a.app.extensions["dashboard"].flush()  # later than B's: it must not take the console back to pending
+    wait_until(lambda: len(console.changes()) == 2, message="A's changes")
+    assert [task["status"] for task in console.changes()[-1]["tasks"]] == ["completed"]
+    console.close()
+    phone.disconnect()
+
+
+def test_the_same_idempotency_key_sent_to_two_nodes_at_once_makes_one_task(nodes):
+    a, b = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b")
+    body = {"task_type": "DELIST", "data": {"product_ids": ["1"]}}
+
+    def dispatch(node, key):
+        return node.post("/api/dispatch-task", json={**body, "idempotency_key": key})
+
+    for round_number in range(5):
+        key = f"order-{round_number}"
+        pair = [gevent.spawn(dispatch, node, key) for node in (a, b)]
+        gevent.joinall(pair, raise_error=True)
+        answers = [greenlet.value for greenlet in pair]
+        assert {answer.status_code for answer in answers} <= {200, 202}, [answer.text for answer in answers]
+        assert len({answer.json()["task_id"] for answer in answers}) == 1
+    assert a.get("/api/tasks").json()["total"] == b.get("/api/tasks").json()["total"] == 5
+
+
+def test_metrics_label_every_series_with_the_node(nodes):
+    a = nodes(NODE_ID="node-a")
+    a.dispatch()
+    samples = [line for line in a.get("/metrics").text.splitlines() if line and not line.startswith("#")]
+    assert any(line.startswith("taskserver_tasks_created_total{") for line in samples)
+    assert all('node="node-a"' in line for line in samples), [line for line in samples if "node=" not in line]

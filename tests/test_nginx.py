@@ -104,9 +104,10 @@ class Phone:
         return self.sio.call("heartbeat", {"device_id": self.device_id}, timeout=10)
 
 
-def connected_devices(node):
-    """How many devices this node holds the connection of (``GET /`` counts its own connections)."""
-    return node.get("/").json()["connected_devices"]
+def held_devices(node):
+    """How many devices this node holds the connection of (each device names its node in ``GET /api/devices``)."""
+    devices = node.get("/api/devices").json()["devices"]
+    return sum(device["node_id"] == node.env["TASKSERVER_NODE_ID"] for device in devices)
 
 
 def test_polling_first_clients_stay_on_one_node_upgrade_and_fail_over_when_it_dies(cluster):
@@ -119,7 +120,7 @@ def test_polling_first_clients_stay_on_one_node_upgrade_and_fail_over_when_it_di
         assert all(phone.heartbeat()["success"] for phone in phones)
     wait_until(lambda: all(phone.sio.transport() == "websocket" for phone in upgrading), message="the upgrades")
     assert all(phone.sio.transport() == "polling" for phone in polling_only)
-    holder = next(node for node in nodes if connected_devices(node) == len(phones))  # one client address, one node
+    holder = next(node for node in nodes if held_devices(node) == len(phones))  # one client address, one node
     survivor = next(node for node in nodes if node is not holder)
     across = survivor.dispatch(device_id="poll_00")  # stored on the other node, sent by the one holding the phone
     assert across["status"] in ("pending", "dispatched"), across
@@ -127,7 +128,7 @@ def test_polling_first_clients_stay_on_one_node_upgrade_and_fail_over_when_it_di
 
     holder.kill()
     wait_until(lambda: all(phone.registered == 2 for phone in phones), timeout=30, message="phones back via nginx")
-    assert connected_devices(survivor) == len(phones)
+    assert held_devices(survivor) == len(phones)
     assert all(phone.heartbeat()["success"] for phone in phones)
     dispatched = requests.post(
         proxy.url + "/api/dispatch-task",

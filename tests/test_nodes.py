@@ -6,6 +6,8 @@ another node take over timeouts.
 A killed node's lease is made to run out by the test (as it would ``TASKSERVER_NODE_LEASE`` seconds after its last
 renewal) instead of waiting for it, so that a live node's lease never runs out on a slow machine."""
 
+import signal
+
 import psycopg
 import pytest
 from test_run_server import APP_PY, ServerProcess
@@ -120,3 +122,20 @@ def test_when_the_leader_is_killed_another_node_takes_over_timeouts(launch, phon
     wait_until(lambda: b.task(task_id)["status"] == "failed", 15.0, "node b to time the task out")
     assert b.task(task_id)["error_code"] == "TASK_TIMEOUT"
     assert phone.wait("cancel_task")["task_id"] == task_id
+
+
+def test_a_node_stopped_with_sigterm_leaves_the_cluster_and_its_devices_are_offline_at_once(
+    launch, phones, cluster_settings
+):
+    a = launch("a", TASKSERVER_WATCHDOG_INTERVAL="3600")  # no sweep of dead nodes during the test
+    b = launch("b")
+    phone = phones(b.url, "android_001")
+    assert device(a, "android_001")["node_id"] == "b"
+
+    assert b.stop(signal.SIGTERM) == 0, b.log()
+    assert device(a, "android_001")["status"] == "offline"  # right away: not when b's lease would have lapsed
+    assert a.get("/").json()["connected_devices"] == 0
+    with psycopg.connect(cluster_settings["DATABASE"]) as db:
+        assert db.execute("SELECT node_id FROM nodes").fetchall() == [("a",)]
+    wait_until(lambda: not phone.sio.connected, message="the device to see its connection closed")
+    assert "Traceback" not in b.log(), b.log()

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from conftest import Device, wait_until
+from taskserver.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -195,9 +196,20 @@ def test_server_process_serves_http_and_devices(running_server):
     assert "Traceback" not in server.log(), server.log()
 
 
-def test_sigterm_stops_the_server(running_server):
-    assert running_server.stop(signal.SIGTERM) is not None, "the server ignored SIGTERM for 10 s"
-    assert running_server.process.poll() is not None
+def test_sigterm_shuts_the_app_down_at_once_and_its_devices_go_offline(running_server):
+    phone = Device(running_server.url, "android_001", token=running_server.device_token).connect()
+    assert running_server.get("/").json()["connected_devices"] == 1
+
+    started = time.monotonic()
+    assert running_server.stop(signal.SIGTERM) == 0, running_server.log()
+    assert time.monotonic() - started < 5  # not gunicorn's graceful timeout (30 s) for a connection that stays open
+    wait_until(lambda: not phone.sio.connected, message="the client to see its connection closed")
+    store = open_store({"DATABASE": str(running_server.database), "SQLITE_SYNCHRONOUS": "NORMAL"})
+    try:
+        assert [device.connected for device in store.list_devices()] == [False]
+    finally:
+        store.close()
+    assert "Traceback" not in running_server.log(), running_server.log()
 
 
 def test_procfile_is_the_readme_command():

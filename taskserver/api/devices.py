@@ -3,7 +3,7 @@
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode
-from taskserver.present import DEVICE_SUMMARY, device_detail
+from taskserver.present import device_detail, device_summary
 
 blp = Blueprint("devices", __name__, url_prefix="/api", description="设备管理")
 
@@ -16,8 +16,9 @@ RECENT_HISTORY = 50
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_devices(query):
     """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
-    found = service().queries.devices(statuses=query["status"], disabled=query.get("disabled"))
-    devices = [DEVICE_SUMMARY(device) for device in found]
+    queries = service().queries
+    found = queries.devices(statuses=query["status"], disabled=query.get("disabled"))
+    devices = [device_summary(device, queries.clustered) for device in found]
     return {"success": True, "devices": devices, "total": len(devices)}
 
 
@@ -86,5 +87,8 @@ def revoke_device_token(device_id):
 def _detail(device):
     queries = service().queries
     return device_detail(
-        device, queries.active_tasks_of(device.device_id), queries.device_history(device.device_id, RECENT_HISTORY)
+        device,
+        queries.active_tasks_of(device.device_id),
+        queries.device_history(device.device_id, RECENT_HISTORY),
+        queries.clustered,
     )

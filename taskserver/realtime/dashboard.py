@@ -3,6 +3,10 @@
 The service tells the notifier of every stored change; the notifier hands it to the ``DashboardFeed``, which only
 notes the task or device while a console watches, and a background greenlet sends what changed as one ``changes``
 event at most every ``FLUSH_INTERVAL`` seconds. However busy the fleet, a console gets two small messages a second.
+
+On a cluster each node's feed collects its own service's changes whether or not a console watches it, and its
+``changes`` travel through the message queue to the consoles of every node: each change is stored, noted and sent by
+one node only, so a console sees it once.
 """
 
 import logging
@@ -13,7 +17,7 @@ from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from taskserver import auth
 from taskserver.domain import ErrorCode
-from taskserver.present import DEVICE_SUMMARY, TASK_SUMMARY, iso
+from taskserver.present import TASK_SUMMARY, device_summary, iso
 
 log = logging.getLogger("taskserver.dashboard")
 
@@ -35,12 +39,25 @@ def task_brief(task):
 class DashboardFeed:
     """Collects what changed while consoles watch and sends it, coalesced, from one background greenlet.
 
-    ``keep_running`` (a server with its watchdog on) keeps the greenlet alive with no console open, so that the
-    fleet is sampled every ``SAMPLE_INTERVAL`` for the "devices online" chart; otherwise (tests) it runs while
-    a console is connected. An ``interval`` of 0 runs no greenlet at all: whoever drives the feed calls ``flush``
-    (tests, which must not race a timer)."""
+    ``keep_running`` (a server with its watchdog on, or a node of a cluster) keeps the greenlet alive with no console
+    open, so that the fleet is sampled every ``SAMPLE_INTERVAL`` for the "devices online" chart; otherwise (tests) it
+    runs while a console is connected. An ``interval`` of 0 runs no greenlet at all: whoever drives the feed calls
+    ``flush`` (tests, which must not race a timer).
 
-    def __init__(self, socketio, queries, history, spawn, clock=time.time, keep_running=False, interval=FLUSH_INTERVAL):
+    ``shared`` (a node of a cluster): consoles of other nodes watch too, so the feed always collects; a task is read
+    again when flushed, since another node may have moved it on since this one noted it."""
+
+    def __init__(
+        self,
+        socketio,
+        queries,
+        history,
+        spawn,
+        clock=time.time,
+        keep_running=False,
+        interval=FLUSH_INTERVAL,
+        shared=False,
+    ):
         self.socketio = socketio
         self.queries = queries  # the service's: what the feed reads
         self.history = history
@@ -48,6 +65,7 @@ class DashboardFeed:
         self.clock = clock
         self.keep_running = keep_running
         self.interval = interval
+        self.shared = shared
         self.watchers = set()  # sids of connected consoles
         self._tasks = {}  # task_id -> the task as last stored
         self._devices = set()  # ids of devices that changed
@@ -57,15 +75,20 @@ class DashboardFeed:
 
     # ---- called by the notifier (after the change is stored): cheap, never emits ----
 
+    @property
+    def watched(self):
+        """True if a console may watch: one of this node's, or on a cluster any node's."""
+        return self.shared or bool(self.watchers)
+
     def task_changed(self, task, devices=()):
         """Note a task (and the devices whose load it changed) for the next flush, if anyone watches."""
-        if self.watchers:
+        if self.watched:
             self._tasks[task.task_id] = task
             self._devices.update(device_id for device_id in devices if device_id)
 
     def device_changed(self, device_id, heartbeat=None):
         """Note a device for the next flush, if anyone watches; a heartbeat alone travels as its time, nothing more."""
-        if not self.watchers:
+        if not self.watched:
             return
         if heartbeat is None:
             self._devices.add(device_id)
@@ -82,7 +105,7 @@ class DashboardFeed:
     def unwatch(self, sid):
         """A console left; with none left, nothing more is collected."""
         self.watchers.discard(sid)
-        if not self.watchers:
+        if not self.watched:
             self._tasks.clear()
             self._devices.clear()
             self._heartbeats.clear()
@@ -121,7 +144,7 @@ class DashboardFeed:
         ``tasks``: compact summaries; ``devices``: as ``GET /api/devices`` lists them (``removed_devices``: ids of
         forgotten ones); ``heartbeats``: ``{device_id: time}`` for devices that only sent heartbeats;
         ``reload_tasks`` / ``reload_devices``: too many changed, the console should reload its list instead."""
-        if not (self._tasks or self._devices or self._heartbeats) or not self.watchers:
+        if not (self._tasks or self._devices or self._heartbeats) or not self.watched:
             return None
         tasks, self._tasks = self._tasks, {}
         device_ids, self._devices = self._devices, set()
@@ -136,11 +159,17 @@ class DashboardFeed:
             "reload_devices": len(device_ids) > MAX_DEVICES_PER_FLUSH,
         }
         if not changes["reload_tasks"]:
-            changes["tasks"] = [task_brief(task) for task in tasks.values()]
+            changes["tasks"] = [task_brief(task) for task in self._latest(tasks)]
         if not changes["reload_devices"]:
             self._describe_devices(changes, device_ids)
         self.socketio.emit("changes", changes, namespace=NAMESPACE)
         return changes
+
+    def _latest(self, tasks):
+        """The tasks as noted, or on a cluster as stored now (so that no node's late flush shows an older state)."""
+        if not self.shared:
+            return tasks.values()
+        return [task for task_id in tasks if (task := self.queries.find_task(task_id)) is not None]
 
     def _describe_devices(self, changes, device_ids):
         for device_id in sorted(device_ids):
@@ -148,7 +177,7 @@ class DashboardFeed:
             if device is None:
                 changes["removed_devices"].append(device_id)
             else:
-                changes["devices"].append(DEVICE_SUMMARY(device))
+                changes["devices"].append(device_summary(device, self.shared))
 
 
 class DashboardNamespace(Namespace):

@@ -87,13 +87,13 @@ class Notifier:
     def task_changed(self, task, devices=()):
         """A task's stored state changed; ``devices`` are those whose load may have changed with it. Consoles hear of
         it once it is committed."""
-        if self.dashboard is not None and self.dashboard.watchers:
+        if self.dashboard is not None and self.dashboard.watched:
             self.after_commit(partial(self.dashboard.task_changed, task, devices))
 
     def device_changed(self, device_id, heartbeat=None):
         """A device's stored state changed (connection, disabled, forgotten), or only its ``heartbeat`` time; consoles
         hear of it once it is committed."""
-        if self.dashboard is not None and self.dashboard.watchers:
+        if self.dashboard is not None and self.dashboard.watched:
             self.after_commit(partial(self.dashboard.device_changed, device_id, heartbeat))
 
     def disconnect(self, sid):

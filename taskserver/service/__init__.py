@@ -36,7 +36,7 @@ class TaskService:
         self.clock = clock
         self.metrics = metrics = metrics or Metrics()
         self.connections = connections = Connections()
-        self.queries = queries = Queries(store, connections, clock)
+        self.queries = queries = Queries(store, connections, clock, clustered=bool(config["MESSAGE_QUEUE"]))
         moves = TaskMoves(store, notifier)
         self.dispatcher = dispatcher = Dispatcher(store, moves, notifier, config, clock, metrics, spawn)
         credentials = DeviceCredentials(store, config["DEVICE_TOKENS"], clock)

@@ -2,7 +2,7 @@
 
 import logging
 
-from taskserver.domain import ACTIVE, ErrorCode, TaskStatus
+from taskserver.domain import ACTIVE, DeviceStatus, ErrorCode, TaskStatus
 from taskserver.errors import NotFound
 from taskserver.present import iso
 
@@ -12,10 +12,11 @@ log = logging.getLogger("taskserver")
 class Queries:
     """Reads tasks, devices, their histories and counts; changes nothing (``store_health`` commits a probe row)."""
 
-    def __init__(self, store, connections, clock):
+    def __init__(self, store, connections, clock, clustered=False):
         self.store = store
         self.connections = connections
         self.clock = clock
+        self.clustered = clustered  # a node of a cluster: other nodes hold devices too, and the store knows them all
 
     # ---- tasks ----
 
@@ -51,6 +52,10 @@ class Queries:
             raise NotFound(f"设备 {device_id} 不存在", ErrorCode.DEVICE_NOT_FOUND)
         return device
 
+    def find_task(self, task_id):
+        """The task, or None."""
+        return self.store.get_task(task_id)
+
     def find_device(self, device_id):
         """The device, or None."""
         return self.store.get_device(device_id)
@@ -81,14 +86,20 @@ class Queries:
     # ---- counts and health ----
 
     def system_status(self):
-        """Counts for ``GET /``."""
+        """Counts for ``GET /``: connected devices are this server's connections, or on a cluster every node's."""
         counts = self.store.count_tasks_by_status()
         return {
-            "connected_devices": len(self.connections),
+            "connected_devices": self._connected_devices(),
             "active_tasks": sum(counts.get(s.value, 0) for s in ACTIVE),
             "pending_tasks": counts.get(TaskStatus.PENDING.value, 0),
             "timestamp": iso(self.clock()),
         }
+
+    def _connected_devices(self):
+        if not self.clustered:
+            return len(self.connections)
+        counts = self.store.count_devices_by_status()
+        return sum(n for (status, _), n in counts.items() if status != DeviceStatus.OFFLINE.value)
 
     def count_devices_by_status(self):
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""

@@ -8,7 +8,7 @@ from taskserver.domain import ACTIVE, Device, Task, TaskStatus
 JSON_COLUMNS = {"data", "result", "device_info", "detail"}
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
-DEVICE_COLUMNS = [f.name for f in fields(Device)]
+DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself
 
 
 def to_db(name, value):
@@ -44,7 +44,6 @@ def task_from_row(row):
 def device_from_row(row):
     """Build a Device from a row."""
     values = dict(row)
-    values.pop("node_id", None)  # PostgreSQL's own column: the node holding the connection
     values["device_info"] = from_json(values["device_info"])
     values["connected"] = bool(values["connected"])
     values["disabled"] = bool(values["disabled"])
