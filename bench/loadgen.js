@@ -133,13 +133,19 @@ async function scaleMode() {
   const connectStart = now();
   const sockets = await connectAll(opts.devices, null);
   const connectSeconds = (now() - connectStart) / 1000;
-  const rtts = []; let failures = 0;
+  const rtts = []; let failures = 0; const failureReasons = {};
   const period = opts.heartbeatSeconds * 1000;
   const timers = sockets.map((socket, i) => {
     const beat = () => {
       const t = now();
       socket.timeout(10000).emit('heartbeat', { device_id: `${opts.prefix || 'bench'}_${i}`, timestamp: Date.now() },
-        (err, ack) => { if (err || !ack.success) failures++; else rtts.push(now() - t); });
+        (err, ack) => {
+          if (err || !ack.success) {
+            failures++;
+            const why = err ? 'timeout' : ack.error_code || 'unknown';
+            failureReasons[why] = (failureReasons[why] || 0) + 1;
+          } else rtts.push(now() - t);
+        });
     };
     // spread the fleet's heartbeats evenly over the period, as real phones' clocks are
     return setTimeout(() => { beat(); timers[i] = setInterval(beat, period); }, (i / sockets.length) * period);
@@ -148,12 +154,15 @@ async function scaleMode() {
   timers.forEach((t) => { clearTimeout(t); clearInterval(t); });
   const disconnected = sockets.filter((s) => !s.connected).length;
   const offline = await wronglyOffline();
-  sockets.forEach((s) => s.close());
-  return {
+  // read before closing: closing fails the heartbeats still in flight (their acks never come), which is the
+  // measure's doing, not the server's
+  const result = {
     devices: opts.devices, connect_seconds: +connectSeconds.toFixed(2), heartbeats: rtts.length,
-    heartbeat_failures: failures, heartbeat_rtt_ms: summary(rtts), client_side_disconnected: disconnected,
-    marked_offline_while_connected: offline,
+    heartbeat_failures: failures, heartbeat_failure_reasons: { ...failureReasons }, heartbeat_rtt_ms: summary(rtts),
+    client_side_disconnected: disconnected, marked_offline_while_connected: offline,
   };
+  sockets.forEach((s) => s.close());
+  return result;
 }
 
 function offlineCount() {
