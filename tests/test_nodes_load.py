@@ -14,6 +14,7 @@ the lost-device grace runs from its last renewal."""
 
 import itertools
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -444,5 +445,35 @@ def test_redis_restarted_under_cross_node_dispatches_and_cancels_loses_nothing(t
         )
     finally:
         for phone in [*phones, holder]:
+            phone.close()
+        nodes.kill_all()
+
+
+def test_a_redis_that_stops_answering_holds_up_no_device(tmp_path, cluster_settings, own_redis):
+    """Redis paused (SIGSTOP: its connections stay open, nothing answers), as when it hangs or the network drops its
+    packets: the nodes go on giving tasks to their devices and taking their results, and Redis is heard again once
+    it answers."""
+    nodes = Nodes(tmp_path, cluster_settings["DATABASE"], own_redis.url, cluster_settings["MESSAGE_QUEUE_CHANNEL"])
+    ledger = Ledger()
+    phones = [Phone(f"paused_{n:02d}", ledger, None) for n in range(10)]
+    try:
+        a = nodes.start("a")
+        wait_until(lambda: has_swept(a), 10.0, "node a to lead")
+        b = nodes.start("b")
+        connect_all(phones, lambda phone: b.url)
+        Operators([a.url], 50, threads=2, prefix="before").join(30)  # every emit so far went through Redis too
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            while_paused = Operators([a.url, b.url], 200, threads=4, prefix="paused")
+            while_paused.join(30)
+            wait_until(lambda: unfinished(nodes.database) == 0, 30.0, "every task to end while Redis is paused")
+            assert not redis_ready(a)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: redis_ready(a) and redis_ready(b), 30.0, "both nodes hearing Redis again")
+        assert {status for status, *_ in tasks_in(nodes.database).values()} == {"completed"}
+        assert len(ledger.results) == 250 and ledger.twice() == {}
+    finally:
+        for phone in phones:
             phone.close()
         nodes.kill_all()
