@@ -5,12 +5,16 @@
 //   mode "scale": N devices connect, register and heartbeat every `heartbeatSeconds` for `seconds`.
 //   mode "pin":   N devices register and hang up; once the server lists them offline, M tasks pinned to them
 //                 (round robin) are dispatched over HTTP: they wait as pending, as for phones that went away.
+// Several nodes: `deviceUrls` and `dispatchUrls` (lists; default [url]) spread device i over deviceUrls[i % n] and
+// dispatch number s over dispatchUrls[s % n].
 'use strict';
 const http = require('http');
 const { io } = require('socket.io-client');
 
 const opts = JSON.parse(process.argv[2]);
 const agent = new http.Agent({ keepAlive: true, maxSockets: opts.concurrency || 50 });
+const deviceUrls = opts.deviceUrls || [opts.url];
+const dispatchUrls = opts.dispatchUrls || [opts.url];
 const now = () => Number(process.hrtime.bigint()) / 1e6; // milliseconds
 
 function percentile(values, p) {
@@ -23,10 +27,10 @@ function summary(values) {
   return { count: values.length, p50: percentile(values, 50), p99: percentile(values, 99), max: percentile(values, 100) };
 }
 
-function post(path, body) {
+function post(path, body, base = dispatchUrls[0]) {
   return new Promise((resolve, reject) => {
     const data = JSON.stringify(body);
-    const url = new URL(path, opts.url);
+    const url = new URL(path, base);
     const req = http.request(url, {
       method: 'POST', agent,
       headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) },
@@ -42,7 +46,7 @@ function post(path, body) {
 
 function connectDevice(index, onTask) {
   return new Promise((resolve, reject) => {
-    const socket = io(opts.url, { transports: ['websocket'], reconnection: false, timeout: 60000 });
+    const socket = io(deviceUrls[index % deviceUrls.length], { transports: ['websocket'], reconnection: false, timeout: 60000 });
     const deviceId = `${opts.prefix || 'bench'}_${index}`;
     socket.on('connect_error', reject);
     socket.on('connect', () => {
@@ -86,7 +90,8 @@ async function tasksMode() {
   let next = 0; let errors = 0;
   const dispatchOne = async (seq) => {
     sent.set(seq, now());
-    const res = await post('/api/dispatch-task', { task_type: 'DELIST', data: { product_ids: [String(seq)], seq } });
+    const base = dispatchUrls[seq % dispatchUrls.length];
+    const res = await post('/api/dispatch-task', { task_type: 'DELIST', data: { product_ids: [String(seq)], seq } }, base);
     if (res.status !== 200 && res.status !== 202) errors++;
   };
   if (opts.rate) {
@@ -128,13 +133,19 @@ async function scaleMode() {
   const connectStart = now();
   const sockets = await connectAll(opts.devices, null);
   const connectSeconds = (now() - connectStart) / 1000;
-  const rtts = []; let failures = 0;
+  const rtts = []; let failures = 0; const failureReasons = {};
   const period = opts.heartbeatSeconds * 1000;
   const timers = sockets.map((socket, i) => {
     const beat = () => {
       const t = now();
       socket.timeout(10000).emit('heartbeat', { device_id: `${opts.prefix || 'bench'}_${i}`, timestamp: Date.now() },
-        (err, ack) => { if (err || !ack.success) failures++; else rtts.push(now() - t); });
+        (err, ack) => {
+          if (err || !ack.success) {
+            failures++;
+            const why = err ? 'timeout' : ack.error_code || 'unknown';
+            failureReasons[why] = (failureReasons[why] || 0) + 1;
+          } else rtts.push(now() - t);
+        });
     };
     // spread the fleet's heartbeats evenly over the period, as real phones' clocks are
     return setTimeout(() => { beat(); timers[i] = setInterval(beat, period); }, (i / sockets.length) * period);
@@ -143,18 +154,21 @@ async function scaleMode() {
   timers.forEach((t) => { clearTimeout(t); clearInterval(t); });
   const disconnected = sockets.filter((s) => !s.connected).length;
   const offline = await wronglyOffline();
-  sockets.forEach((s) => s.close());
-  return {
+  // read before closing: closing fails the heartbeats still in flight (their acks never come), which is the
+  // measure's doing, not the server's
+  const result = {
     devices: opts.devices, connect_seconds: +connectSeconds.toFixed(2), heartbeats: rtts.length,
-    heartbeat_failures: failures, heartbeat_rtt_ms: summary(rtts), client_side_disconnected: disconnected,
-    marked_offline_while_connected: offline,
+    heartbeat_failures: failures, heartbeat_failure_reasons: { ...failureReasons }, heartbeat_rtt_ms: summary(rtts),
+    client_side_disconnected: disconnected, marked_offline_while_connected: offline,
   };
+  sockets.forEach((s) => s.close());
+  return result;
 }
 
 function offlineCount() {
   // how many of this run's devices (by prefix) the server lists as offline
   return new Promise((resolve, reject) => {
-    http.get(new URL('/api/devices', opts.url), { agent }, (res) => {
+    http.get(new URL('/api/devices', dispatchUrls[0]), { agent }, (res) => {
       let text = '';
       res.on('data', (chunk) => { text += chunk; });
       res.on('end', () => {

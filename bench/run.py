@@ -1,19 +1,25 @@
-"""Benchmarks: task throughput against the ceiling, latency at a fixed rate, 10,000 devices, SQLite durability, and
-throughput with a backlog of tasks pinned to offline devices.
+"""Benchmarks: task throughput against the ceiling, latency at a fixed rate, 10,000 devices, SQLite durability,
+throughput with a backlog of tasks pinned to offline devices, and several nodes of one cluster.
 
 ``.venv/bin/python bench/run.py`` (``--help`` for sizes; ``--only`` picks runs). Every server runs on 127.0.0.1 as a
-subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-client over websocket). Prints JSON."""
+subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-client over websocket). Prints JSON.
+
+``--only nodes --nodes 3 --database postgresql://...``: 1, 2 and 3 nodes (``python app.py`` on one fresh database and a
+Redis channel of the run's own, ``--message-queue``) under the throughput load, the devices and the HTTP dispatches
+spread over the nodes; the dispatch → ``new_task`` latency at ``--rate`` when every dispatch reaches one node and
+every device another; and ``--scale-devices`` devices spread over the nodes."""
 
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -247,13 +253,93 @@ def pinned_runs(args, workdir):
     return {"pinned_tasks": args.pinned_tasks, "median": median, "rounds": rounds}
 
 
+MESSAGE_QUEUE = None  # --message-queue: the Redis the nodes of a --only nodes run share
+
+
+@contextmanager
+def cluster(count, name):
+    """``count`` ``python app.py`` nodes of one cluster on a fresh PostgreSQL database and a Redis channel of this
+    run's own; yields ``[(process, port), ...]``."""
+    channel = f"taskserver-bench-{secrets.token_hex(4)}"
+    with postgres_database(name) as database, ExitStack() as stack:
+        nodes = []
+        for number in range(count):
+            port = free_port()
+            env = {
+                "PORT": str(port),
+                "TASKSERVER_HOST": "127.0.0.1",
+                "TASKSERVER_DATABASE": database,
+                "TASKSERVER_MESSAGE_QUEUE": MESSAGE_QUEUE,
+                "TASKSERVER_MESSAGE_QUEUE_CHANNEL": channel,
+                "TASKSERVER_NODE_ID": f"node{number}",
+            }
+            log = Path(tempfile.gettempdir()) / f"bench-{name}-node{number}.log"
+            nodes.append((stack.enter_context(running([sys.executable, "app.py"], port, env, log)), port))
+        yield nodes
+
+
+def node_urls(nodes):
+    return [f"http://127.0.0.1:{port}" for _process, port in nodes]
+
+
+def measured_nodes(nodes, options, timeout):
+    """Run the load against the nodes; add each node's CPU and memory, and PostgreSQL's CPU, to the load
+    generator's numbers."""
+    pids = [process.pid for process, _port in nodes]
+    rss_before = [memory_kb(pid, "VmRSS") for pid in pids]
+    cpu_before, database_before = [cpu_seconds(pid) for pid in pids], postgres_cpu_seconds()
+    result = loadgen(options, timeout)
+    cpu = [round(cpu_seconds(pid) - before, 2) for pid, before in zip(pids, cpu_before, strict=True)]
+    result["node_cpu_seconds"] = cpu
+    result["postgres_cpu_seconds"] = round(postgres_cpu_seconds() - database_before, 2)
+    if result.get("completed"):
+        done = result["completed"]
+        result["node_cpu_ms_per_task"] = [round(one * 1000 / done, 3) for one in cpu]
+        result["server_cpu_ms_per_task"] = round(sum(cpu) * 1000 / done, 3)
+        result["postgres_cpu_ms_per_task"] = round(result["postgres_cpu_seconds"] * 1000 / done, 3)
+    result["node_rss_before_mb"] = [round(kb / 1024, 1) for kb in rss_before]
+    result["node_peak_rss_mb"] = [round(memory_kb(pid, "VmHWM") / 1024, 1) for pid in pids]
+    return result
+
+
+def nodes_runs(args, _workdir):
+    """Throughput with 1 to ``--nodes`` nodes; cross-node latency; many devices spread over the nodes."""
+    if not POSTGRES:
+        raise SystemExit("--only nodes needs --database postgresql://... (the nodes of a cluster share PostgreSQL)")
+    report = {"nodes": args.nodes, "message_queue": MESSAGE_QUEUE, "throughput": {}}
+    load = {"mode": "tasks", "devices": args.devices, "tasks": args.tasks, "concurrency": args.concurrency}
+    for count in range(1, args.nodes + 1):
+        with cluster(count, f"nodes{count}") as nodes:
+            urls = node_urls(nodes)
+            run = measured_nodes(nodes, {**load, "deviceUrls": urls, "dispatchUrls": urls}, 900)
+        report["throughput"][f"{count}_nodes"] = run
+        print(f"# nodes: {count} node(s), {run['completed_per_second']} tasks/s", file=sys.stderr, flush=True)
+    with cluster(max(args.nodes, 2), "nodes_latency") as nodes:
+        urls = node_urls(nodes)  # every dispatch reaches the first node; every device is on another one
+        rate = {"mode": "tasks", "devices": args.devices, "tasks": args.rate * args.rate_seconds, "rate": args.rate}
+        run = measured_nodes(nodes, {**rate, "deviceUrls": urls[1:], "dispatchUrls": urls[:1]}, 600)
+        report["cross_node_latency"] = {"rate_per_second": args.rate, **run}
+    print("# nodes: cross-node latency done", file=sys.stderr, flush=True)
+    with cluster(args.nodes, "nodes_scale") as nodes:
+        urls = node_urls(nodes)
+        scale = {"mode": "scale", "devices": args.scale_devices, "heartbeatSeconds": 30, "seconds": args.scale_seconds}
+        run = measured_nodes(nodes, {**scale, "connectBatch": 500, "deviceUrls": urls, "dispatchUrls": urls}, 900)
+        per_node = args.scale_devices / len(nodes)
+        grown = [peak - before for peak, before in zip(run["node_peak_rss_mb"], run["node_rss_before_mb"], strict=True)]
+        run["node_kb_per_device"] = [round(mb * 1024 / per_node, 1) for mb in grown]
+        report["scale"] = run
+    return report
+
+
 RUNS = {
     "throughput": throughput_runs,
     "latency": latency_run,
     "scale": scale_run,
     "storage": storage_runs,
     "pinned": pinned_runs,
+    "nodes": nodes_runs,
 }
+DEFAULT_RUNS = ["throughput", "latency", "scale", "storage", "pinned"]  # nodes: with --database only
 
 
 def main():
@@ -270,18 +356,25 @@ def main():
     parser.add_argument("--pinned-tasks", type=int, default=10000, help="pending tasks pinned to offline devices")
     parser.add_argument("--pinned-devices", type=int, default=10, help="the offline devices they are pinned to")
     parser.add_argument("--pinned-load", type=int, default=10000, help="tasks dispatched in each pinned run")
-    parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
+    parser.add_argument("--only", default=",".join(DEFAULT_RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
+    parser.add_argument("--nodes", type=int, default=3, help="--only nodes: the most nodes of one cluster to run")
+    parser.add_argument(
+        "--message-queue",
+        default="redis://127.0.0.1:6379/0",
+        help="--only nodes: the Redis the nodes share (each run takes a channel of its own)",
+    )
     parser.add_argument(
         "--database",
         help="postgresql://user@host:port/db: run taskserver on a fresh database of this PostgreSQL server per run "
         "(created and dropped; the server must be on this machine for its CPU to be counted), not on SQLite",
     )
     args = parser.parse_args()
-    global POSTGRES
-    POSTGRES = args.database
+    global POSTGRES, MESSAGE_QUEUE
+    POSTGRES, MESSAGE_QUEUE = args.database, args.message_queue
     if not (BENCH / "node_modules").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True)
     report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "store": POSTGRES or "sqlite"}
+    report["load_average_at_start"] = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
             report[name] = RUNS[name](args, Path(tmp))

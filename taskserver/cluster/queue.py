@@ -1,9 +1,13 @@
 """The message queue between nodes: Flask-SocketIO's Redis manager, which carries emits to sids other nodes hold."""
 
+import logging
+import queue
 import socket
 
 import redis
 import socketio
+
+log = logging.getLogger("taskserver.cluster")
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 # The listener reads without a timeout: TCP keepalive is what notices a Redis that went away without a word.
@@ -18,11 +22,40 @@ REDIS_OPTIONS = {
     "socket_connect_timeout": 5,
 }
 CHECK_TIMEOUT = 2.0  # seconds a readiness check waits for Redis
+OUTBOX = 10000  # messages for the other nodes waiting to be published; beyond, new ones are dropped
+
+
+class RedisQueue(socketio.RedisManager):
+    """python-socketio's Redis manager, except that what this node sends to the others is published by a greenlet of
+    its own. python-socketio publishes in the greenlet that emits (after delivering to this node's own clients), and
+    a device's events are handled in its connection's greenlet: a Redis that stops answering without closing its
+    connections (paused, overloaded, or cut off by the network) would hold every connection that emits, and soon
+    every device of every node. Here an emit only queues the message; while Redis is stuck the queue fills, and then
+    messages are dropped, as Redis pub/sub may drop them anyway."""
+
+    _outbox = None
+
+    def initialize(self):
+        super().initialize()
+        self._outbox = self.server.eio.create_queue(OUTBOX)
+        self.server.start_background_task(self._publish_queued)
+
+    def _publish(self, data):
+        if self._outbox is None:  # not initialized (a write-only manager)
+            return super()._publish(data)
+        try:
+            self._outbox.put_nowait(data)
+        except queue.Full:
+            log.warning("Redis is not taking messages: one for the other nodes dropped (%s)", data.get("event"))
+
+    def _publish_queued(self):
+        while True:
+            super()._publish(self._outbox.get())
 
 
 def message_queue(url, channel):
     """A Redis manager for the Socket.IO server, on ``channel`` (every node of one cluster names the same)."""
-    return socketio.RedisManager(url, channel=channel, redis_options=dict(REDIS_OPTIONS))
+    return RedisQueue(url, channel=channel, redis_options=dict(REDIS_OPTIONS))
 
 
 def listen_now(server):
