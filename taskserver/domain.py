@@ -33,6 +33,13 @@ class TaskType(StrEnum):
     UPLOAD = "UPLOAD"
 
 
+class Wake(StrEnum):
+    """Why a node of a cluster wakes the others (the payload of its ``NOTIFY``)."""
+
+    WORK = "work"  # a task may start on a device another node holds (a new pending task, a device enabled)
+    CANCELS = "cancels"  # a cancel is owed to a device another node may hold
+
+
 class EventKind(StrEnum):
     """What a history event records; values serialise as the plain strings the API lists."""
 

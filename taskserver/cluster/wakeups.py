@@ -37,12 +37,12 @@ class Wakeups:
         timeout = max(int(self.timeout), 1)
         with psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **KEEPALIVES) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-            self._wake()  # whatever was notified before this connection listened
-            for _ in conn.notifies():
-                self._wake()
+            self._wake(None)  # whatever was notified before this connection listened
+            for notify in conn.notifies():
+                self._wake(notify.payload or None)
 
-    def _wake(self):
+    def _wake(self, reason):
         try:
-            self.wake()
+            self.wake(reason)
         except Exception:  # a failed look is the watchdog's to repeat: listening goes on
             log.exception("wake-up failed")

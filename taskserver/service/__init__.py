@@ -16,6 +16,7 @@ import gevent
 
 from taskserver.connections import Connections
 from taskserver.credentials import DeviceCredentials
+from taskserver.domain import Wake
 from taskserver.metrics import Metrics
 from taskserver.service.dispatcher import Dispatcher, DispatchRequest
 from taskserver.service.lifecycle import TaskLifecycle
@@ -47,10 +48,16 @@ class TaskService:
             store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
         )
 
-    def wake_up(self):
-        """Another node left work here (a task for a device this node holds, a cancel owed to one): look for it."""
-        self.dispatcher.look_again_later()
-        self.devices.deliver_owed_cancels()
+    def wake_up(self, reason=None):
+        """Another node left work (``Wake.WORK``: a task that may start on a device this node holds;
+        ``Wake.CANCELS``: a cancel owed to one; None: either, as after the wake-ups' connection was lost): look for
+        it, unless this node holds no device to give it to."""
+        if not self.connections:
+            return
+        if reason in (None, Wake.WORK):
+            self.dispatcher.look_again_later()
+        if reason in (None, Wake.CANCELS):
+            self.devices.deliver_owed_cancels()
 
     def recover_on_start(self):
         """No connection survives a restart: every device is offline and its tasks get a fresh grace."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, Task, TaskStatus
+from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, Task, TaskStatus, Wake
 from taskserver.errors import InvalidState, NotFound
 from taskserver.service.atomic import atomic
 
@@ -78,7 +78,7 @@ class Dispatcher:
             return dispatched, True
         sent = next((sent_task for sent_task in self.dispatch_pending(now) if sent_task.task_id == task.task_id), None)
         if sent is None:
-            self.store.wake_nodes()  # its device may be one another node holds
+            self.store.wake_nodes(Wake.WORK)  # its device may be one another node holds
         return sent or task, True
 
     def _new_task(self, request, fingerprint, now):

@@ -4,7 +4,7 @@ by timeout, or because their device stayed away."""
 import logging
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, TaskStatus
+from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, TaskStatus, Wake
 from taskserver.errors import Forbidden, InvalidState
 from taskserver.present import attempts, iso
 from taskserver.service.atomic import atomic
@@ -48,7 +48,7 @@ class TaskLifecycle:
         if updated is None:
             return self.cancel(task_id)
         if owed_to is not None:
-            self.store.wake_nodes()  # another node may hold the device's connection
+            self.store.wake_nodes(Wake.CANCELS)  # another node may hold the device's connection
         if sid is not None:
             self.notifier.cancel_task(sid, task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
@@ -190,7 +190,7 @@ class TaskLifecycle:
         updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
         if updated is not None:
             if owed_to is not None:
-                self.store.wake_nodes()  # another node may hold the device's connection
+                self.store.wake_nodes(Wake.CANCELS)  # another node may hold the device's connection
             self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
             logs.event(
                 log,

@@ -4,7 +4,7 @@ the store agree again after a failed commit."""
 import logging
 
 from taskserver import logs
-from taskserver.domain import Device, ErrorCode, Event, EventKind, TaskStatus
+from taskserver.domain import Device, ErrorCode, Event, EventKind, TaskStatus, Wake
 from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
 from taskserver.service.atomic import atomic
@@ -134,7 +134,7 @@ class DeviceRegistry:
             self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatcher.dispatch_pending(now)
-                self.store.wake_nodes()  # another node may hold the device's connection
+                self.store.wake_nodes(Wake.WORK)  # another node may hold the device's connection
         return self.queries.device(device_id)
 
     @atomic

@@ -166,9 +166,9 @@ class Store:
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""
         raise NotImplementedError
 
-    def wake_nodes(self):
-        """Wake the other nodes of a cluster once this unit of work commits: it left work for a device one of them
-        holds. A store no other node shares has none to wake."""
+    def wake_nodes(self, reason):
+        """Wake the other nodes of a cluster once this unit of work commits, for ``reason`` (a ``domain.Wake``): it
+        left work for a device one of them holds. A store no other node shares has none to wake."""
 
     def check_writable(self, now):
         """Write and commit one tiny row; raise if the store cannot take writes."""

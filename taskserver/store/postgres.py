@@ -705,10 +705,11 @@ class PostgresStore(Store):
         rows = self._rows(RELEASE_DEVICES.format(lost=lost), {"now": now, "reason": "node_lost"})
         return [row["device_id"] for row in rows]
 
-    def wake_nodes(self):
-        """Wake every node once this unit of work commits (NOTIFY): work was left for a device another node holds."""
+    def wake_nodes(self, reason):
+        """Wake every node once this unit of work commits (NOTIFY, ``reason`` its payload): work was left for a
+        device another node holds."""
         if self._wake_channel is not None:
-            self._rows("SELECT pg_notify(%s, '')", (self._wake_channel,))
+            self._rows("SELECT pg_notify(%s, %s)", (self._wake_channel, str(reason)))
 
     def devices_owed_cancels(self):
         """The devices this node holds that are owed a ``cancel_task``."""
