@@ -17,6 +17,22 @@ class TaskStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class BatchStatus(StrEnum):
+    """A batch's states: running until its tasks have all ended, or an abort or a cancel stopped it."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+class BatchMode(StrEnum):
+    """How a batch makes its tasks: one per matching device, pinned to it; or one per item, to any matching one."""
+
+    EACH = "each"
+    SPREAD = "spread"
+
+
 class DeviceStatus(StrEnum):
     """The spec's device states, derived from connection and load (never stored)."""
 
@@ -97,11 +113,16 @@ class ErrorCode(StrEnum):
     NOT_TASK_OWNER = "NOT_TASK_OWNER"
     STALE_ATTEMPT = "STALE_ATTEMPT"
     TASK_FINISHED = "TASK_FINISHED"
+    NO_MATCHING_DEVICES = "NO_MATCHING_DEVICES"
+    BATCH_NOT_FOUND = "BATCH_NOT_FOUND"
+    SCHEDULE_NOT_FOUND = "SCHEDULE_NOT_FOUND"
     # how an attempt ended
     TASK_TIMEOUT = "TASK_TIMEOUT"
     DEVICE_OFFLINE = "DEVICE_OFFLINE"
     TASK_CANCELLED = "TASK_CANCELLED"
     TASK_FAILED = "TASK_FAILED"
+    BATCH_ABORTED = "BATCH_ABORTED"
+    BATCH_CANCELLED = "BATCH_CANCELLED"
 
 
 ACTIVE = frozenset({TaskStatus.DISPATCHED, TaskStatus.RUNNING})
@@ -119,11 +140,24 @@ TRANSITIONS = {
 }
 
 
+BATCH_TRANSITIONS = {
+    BatchStatus.RUNNING: frozenset({BatchStatus.COMPLETED, BatchStatus.ABORTED, BatchStatus.CANCELLED}),
+    BatchStatus.COMPLETED: frozenset(),
+    BatchStatus.ABORTED: frozenset(),
+    BatchStatus.CANCELLED: frozenset(),
+}
+
+
 def new_task_id():
     """``task_`` and 32 hex digits: the creation time in microseconds (14), then 72 random bits (18). Ids in time
     order keep the store's new index entries together, so that a commit writes few pages. They name tasks and are
     listed by the API, they guard nothing: ``random``, not a system call for ``secrets``."""
     return f"task_{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
+
+
+def new_batch_id():
+    """``batch_`` and 24 hex digits: the creation time in microseconds, then random bits (as ``new_task_id``)."""
+    return f"batch_{time.time_ns() // 1000:014x}{random.getrandbits(40):010x}"
 
 
 def check_transition(current, target):
@@ -133,6 +167,16 @@ def check_transition(current, target):
         from taskserver.errors import InvalidTransition  # not at the top: errors.py imports ErrorCode from here
 
         raise InvalidTransition(f"任务状态不能从 {current.value} 变为 {target.value}")
+    return target
+
+
+def check_batch_transition(current, target):
+    """Return ``target`` if a batch may move from ``current`` to it, else raise ``InvalidTransition``."""
+    current, target = BatchStatus(current), BatchStatus(target)
+    if target not in BATCH_TRANSITIONS[current]:
+        from taskserver.errors import InvalidTransition
+
+        raise InvalidTransition(f"批次状态不能从 {current.value} 变为 {target.value}")
     return target
 
 
@@ -175,6 +219,8 @@ class Task:
     # made before keys had owners) and ``DispatchRequest.fingerprint`` of what was asked (None on such rows too).
     idempotency_scope: str | None = None
     request_hash: str | None = None
+    target_tags: list | None = None  # sorted: any device that has all of them may take the task
+    batch_id: str | None = None  # the batch that made the task
 
     @property
     def is_terminal(self):
@@ -198,6 +244,8 @@ class Device:
     created_at: float = 0.0
     active_tasks: int = 0
     disabled: bool = False  # drained by an operator: keeps its tasks, gets no new ones
+    tags: list = field(default_factory=list)  # sorted union of ``device_info["tags"]`` and ``operator_tags``
+    operator_tags: list = field(default_factory=list)  # set by an operator, kept across registrations
     node_id: str | None = None  # on a cluster: the node holding its connection (PostgreSQL's column, set by it)
 
     @property
@@ -211,6 +259,43 @@ class Device:
     def free_slots(self):
         """How many more tasks the device can take now (0 when offline or disabled)."""
         return max(self.capacity - self.active_tasks, 0) if self.connected and not self.disabled else 0
+
+
+@dataclass
+class Batch:
+    """Many tasks made by one request. The counters count its tasks that ended, by final status; the store keeps
+    them as its tasks end."""
+
+    batch_id: str
+    task_type: str
+    mode: str
+    target: dict
+    options: dict
+    total: int
+    status: BatchStatus = BatchStatus.RUNNING
+    max_in_flight: int | None = None
+    abort_failure_ratio: float | None = None
+    abort_min_finished: int | None = None
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def ended(self):
+        """How many of its tasks have ended (completed, failed or cancelled)."""
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def should_abort(self):
+        """True once its abort rule holds: at least ``abort_min_finished`` tasks ran to an outcome (completed or
+        failed; a cancel says nothing about the rollout) and the failed share of them reached the ratio."""
+        outcomes = self.completed + self.failed
+        if self.abort_failure_ratio is None or outcomes == 0 or outcomes < (self.abort_min_finished or 1):
+            return False
+        return self.failed / outcomes >= self.abort_failure_ratio
 
 
 @dataclass(frozen=True)
@@ -233,9 +318,22 @@ def retries_left(task):
     return task.attempt <= task.max_retries
 
 
+def device_tags(device_info, operator_tags):
+    """A device's tags: those it registered with (``device_info["tags"]``, strings only) and an operator's, sorted."""
+    registered = device_info.get("tags") if isinstance(device_info, dict) else None
+    registered = [tag for tag in registered if isinstance(tag, str)] if isinstance(registered, list) else []
+    return sorted({*registered, *operator_tags})
+
+
+def has_tags(device, tags):
+    """True if the device has every one of ``tags`` (None or empty: any device)."""
+    return not tags or set(tags) <= set(device.tags)
+
+
 def pick_device(task, devices):
-    """The device a pending task should go to, or None: its target, else the least-loaded, avoiding a failed one."""
-    free = [d for d in devices if d.free_slots > 0]
+    """The device a pending task should go to, or None: its target, else the least-loaded with the task's tags,
+    avoiding a failed one."""
+    free = [d for d in devices if d.free_slots > 0 and has_tags(d, task.target_tags)]
     if task.target_device_id is not None:
         return next((d for d in free if d.device_id == task.target_device_id), None)
     if not free:

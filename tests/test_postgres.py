@@ -118,19 +118,22 @@ def test_a_database_newer_than_the_code_is_refused(postgres_url):
         PostgresStore(postgres_url)
 
 
-def test_a_version_1_database_is_migrated_to_the_nodes_schema_keeping_its_rows(postgres_url):
+def test_a_version_1_database_is_migrated_to_the_latest_schema_keeping_its_rows(postgres_url):
     with psycopg.connect(postgres_url, autocommit=True) as db:
         db.execute(POSTGRES_MIGRATIONS[1])
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1)")
         db.execute(
             "INSERT INTO devices (device_id, device_name, device_info, capacity, created_at) "
-            "VALUES ('android_001', 'one', '{}', 1, 0)"
+            "VALUES ('android_001', 'one', '{\"tags\": [\"shopB\", \"shopA\", 7, \"shopA\"]}', 1, 0)"
         )
     PostgresStore(postgres_url).close()
     with psycopg.connect(postgres_url) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
-        assert db.execute("SELECT device_id, node_id FROM devices").fetchall() == [("android_001", None)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert db.execute("SELECT device_id, node_id, tags FROM devices").fetchall() == [
+            ("android_001", None, ["shopA", "shopB"])  # the tags it registered with, as a later registration keeps
+        ]
         assert db.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
 
 
 def test_servers_starting_together_migrate_once(postgres_url):

@@ -672,6 +672,15 @@ def test_sqlite_file_of_another_schema_version_is_refused(tmp_path):
 
 # version -> what takes a file of that version back to the version before (for the migration tests)
 UNDO = {
+    5: """DROP TABLE batches; DROP TABLE schedules; DROP TABLE schedule_runs;
+          DROP INDEX tasks_queue; DROP INDEX tasks_queue_tagged; DROP INDEX tasks_scheduled; DROP INDEX tasks_held;
+          DROP INDEX tasks_batch;
+          ALTER TABLE tasks DROP COLUMN target_tags; ALTER TABLE tasks DROP COLUMN batch_id;
+          ALTER TABLE tasks DROP COLUMN held;
+          ALTER TABLE devices DROP COLUMN tags; ALTER TABLE devices DROP COLUMN operator_tags;
+          CREATE INDEX tasks_queue ON tasks (priority DESC, created_at)
+              WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL;
+          CREATE INDEX tasks_scheduled ON tasks (not_before) WHERE status = 'pending' AND due = 0;""",
     4: """DROP INDEX tasks_queue; DROP INDEX tasks_queue_pinned; DROP INDEX tasks_scheduled;
           ALTER TABLE tasks DROP COLUMN due;
           CREATE INDEX tasks_pending ON tasks (status, priority DESC, created_at);""",

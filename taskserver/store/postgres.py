@@ -35,11 +35,12 @@ from taskserver.store.rows import (
 
 log = logging.getLogger("taskserver.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # version -> the statements that bring a database of the version before it to it (version 1: a new database)
 POSTGRES_MIGRATIONS = {
     1: (Path(__file__).parent / "postgres_schema.sql").read_text(),
     2: (Path(__file__).parent / "postgres_nodes.sql").read_text(),
+    3: (Path(__file__).parent / "postgres_fleet.sql").read_text(),
 }
 MIGRATION_LOCK = 0x7461736B  # "task": the advisory lock two servers starting at once take in turn
 
@@ -100,6 +101,7 @@ def unavailable(exc):
 def _read_json_as_text(conn):
     """JSON columns come back as their text, as SQLite gives them: one row decoding for both stores."""
     conn.adapters.register_loader("json", TextLoader)
+    conn.adapters.register_loader("jsonb", TextLoader)
 
 
 @dataclass(eq=False)
@@ -407,7 +409,7 @@ class PostgresStore(Store):
         found its ``not_before`` passed (a clock set back does not undo that)."""
         with self._db() as db:
             db.execute(
-                "UPDATE tasks SET due = TRUE WHERE status = 'pending' AND NOT due AND not_before <= %s",
+                "UPDATE tasks SET due = TRUE WHERE status = 'pending' AND NOT due AND NOT held AND not_before <= %s",
                 (now,),
             )
             rows = db.execute(DUE_PENDING, {"limit": limit, "node": self._node}).fetchall()

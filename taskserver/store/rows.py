@@ -5,7 +5,7 @@ from dataclasses import fields
 
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
 
-JSON_COLUMNS = {"data", "result", "device_info", "detail"}
+JSON_COLUMNS = {"data", "result", "device_info", "detail", "target_tags", "tags", "operator_tags", "target", "options"}
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
 DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself
@@ -34,8 +34,10 @@ def from_json(text):
 def task_from_row(row):
     """Build a Task from a row."""
     values = dict(row)
-    values.pop("due", None)  # the store's own column
+    values.pop("due", None)  # the store's own columns
+    values.pop("held", None)
     values["data"] = from_json(values["data"])
+    values["target_tags"] = from_json(values["target_tags"]) if values["target_tags"] is not None else None
     values["result"] = from_json(values["result"]) if values["result"] is not None else None
     values["status"] = TaskStatus(values["status"])
     return Task(**values)
@@ -45,6 +47,8 @@ def device_from_row(row):
     """Build a Device from a row."""
     values = dict(row)
     values["device_info"] = from_json(values["device_info"])
+    values["tags"] = from_json(values["tags"])
+    values["operator_tags"] = from_json(values["operator_tags"])
     values["connected"] = bool(values["connected"])
     values["disabled"] = bool(values["disabled"])
     return Device(**values)

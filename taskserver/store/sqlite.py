@@ -5,15 +5,16 @@ import os
 import sqlite3
 from pathlib import Path
 
-from taskserver.domain import ACTIVE, TaskStatus
+from taskserver.domain import ACTIVE, TERMINAL, BatchStatus, TaskStatus
 from taskserver.store.base import Store
 from taskserver.store.commits import GroupCommit
 from taskserver.store.migrations import steps_to
 from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, event_from_row, task_from_row, to_db
+from taskserver.store.sqlite_batches import BATCH_COLUMNS, BatchTables
 from taskserver.store.sqlite_devices import DeviceTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # An owed cancel names its attempt: a row from before is for the device's latest attempt of the task.
 OWED_CANCEL_ATTEMPTS = """
@@ -43,8 +44,22 @@ ALTER TABLE tasks ADD COLUMN due INTEGER NOT NULL DEFAULT 1;
 UPDATE tasks SET due = 0 WHERE status = 'pending' AND not_before IS NOT NULL;
 DROP INDEX IF EXISTS tasks_pending;
 """
+# Fleet operations: tags on tasks and devices, batches (held tasks), schedules. The indexes whose conditions changed
+# are dropped here and made again, with the new tables, by schema.sql.
+FLEET_OPERATIONS = """
+ALTER TABLE tasks ADD COLUMN target_tags TEXT;
+ALTER TABLE tasks ADD COLUMN batch_id TEXT;
+ALTER TABLE tasks ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS tasks_queue;
+DROP INDEX IF EXISTS tasks_scheduled;
+ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE devices ADD COLUMN operator_tags TEXT NOT NULL DEFAULT '[]';
+UPDATE devices SET tags = (SELECT json_group_array(value) FROM (
+    SELECT DISTINCT value FROM json_each(devices.device_info, '$.tags') WHERE type = 'text' ORDER BY value))
+WHERE json_type(device_info, '$.tags') = 'array';
+"""
 # version -> the statements that bring a file of the version before it to it
-MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS, 3: IDEMPOTENCY_SCOPES, 4: PENDING_QUEUE_PARTS}
+MIGRATIONS = {2: OWED_CANCEL_ATTEMPTS, 3: IDEMPOTENCY_SCOPES, 4: PENDING_QUEUE_PARTS, 5: FLEET_OPERATIONS}
 # The devices that due pinned tasks wait for, found by skipping through their index from one device id to the next:
 # as many steps as there are such devices, however many tasks wait for each.
 TARGETS = """
@@ -57,16 +72,42 @@ WITH RECURSIVE targets (device_id) AS (
               AND target_device_id > targets.device_id)
     FROM targets WHERE targets.device_id IS NOT NULL
 )"""
-WAITED_FOR = TARGETS + " SELECT device_id FROM targets WHERE device_id IS NOT NULL"
-# Pending tasks that can start now, in dispatch order: due ones for any device, and due ones pinned to a device
-# with a free slot (at most ``limit`` from each), so tasks waiting for a device that is away, full or disabled are
-# not read.
-DUE_PENDING = f"""{TARGETS},
+# The tag sets that due tagged tasks wait for, found the same way, one step per set.
+TAG_SETS = """
+tag_sets (tags) AS (
+    SELECT MIN(target_tags) FROM tasks INDEXED BY tasks_queue_tagged
+    WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL
+    UNION ALL
+    SELECT (SELECT MIN(target_tags) FROM tasks INDEXED BY tasks_queue_tagged
+            WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL AND target_tags > tag_sets.tags)
+    FROM tag_sets WHERE tag_sets.tags IS NOT NULL
+)"""
+# What a look that found nothing to start waits for: the devices of pinned tasks, and ANY_DEVICE if a tagged task
+# waits (any device freeing a slot may have its tags).
+ANY_DEVICE = "*"
+WAITED_FOR = f"""{TARGETS}, {TAG_SETS}
+SELECT device_id FROM targets WHERE device_id IS NOT NULL
+UNION ALL SELECT '{ANY_DEVICE}' FROM tag_sets WHERE tags IS NOT NULL"""
+# a free device with every tag of the JSON array in ``tag_sets.tags``
+FREE_WITH_TAGS = """EXISTS (SELECT 1 FROM devices d INDEXED BY devices_free
+    WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
+      AND NOT EXISTS (SELECT 1 FROM json_each(tag_sets.tags) wanted
+                      WHERE wanted.value NOT IN (SELECT value FROM json_each(d.tags))))"""
+# Pending tasks that can start now, in dispatch order: due ones for any device, due ones pinned to a device with a
+# free slot, and due ones for tags some free device has (at most ``limit`` from each), so tasks waiting for a device
+# that is away, full or disabled are not read.
+DUE_PENDING = f"""{TARGETS}, {TAG_SETS},
 queue AS (
     SELECT * FROM (
         SELECT rowid AS position, * FROM tasks INDEXED BY tasks_queue
-        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL
+        WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL AND target_tags IS NULL
         ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    UNION ALL
+    SELECT t.rowid, t.* FROM tag_sets JOIN tasks t ON t.rowid IN (
+        SELECT rowid FROM tasks INDEXED BY tasks_queue_tagged
+        WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL AND target_tags = tag_sets.tags
+        ORDER BY priority DESC, created_at, rowid LIMIT :limit)
+    WHERE tag_sets.tags IS NOT NULL AND {FREE_WITH_TAGS}
     UNION ALL
     SELECT t.rowid, t.* FROM targets JOIN devices d ON d.device_id = targets.device_id
     JOIN tasks t ON t.rowid IN (
@@ -79,16 +120,19 @@ SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, 
 """
 
 
-NEXT_DUE = "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0"
+NEXT_DUE = (
+    "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0 AND held = 0"
+)
 
 
 class NoFreeSlot(Exception):
     """A move would put more active tasks on a device than its capacity (raised inside a verb, to undo it)."""
 
 
-class SQLiteStore(DeviceTables, Store):
+class SQLiteStore(DeviceTables, BatchTables, Store):
     """Store on one ``sqlite3`` connection; its writes are grouped into commits by ``GroupCommit`` (commits.py),
-    its device tables are read and written by ``DeviceTables`` (sqlite_devices.py)."""
+    its device tables are read and written by ``DeviceTables`` (sqlite_devices.py), its batches by ``BatchTables``
+    (sqlite_batches.py)."""
 
     def __init__(self, path, synchronous="NORMAL"):
         if path != ":memory:":
@@ -183,7 +227,8 @@ class SQLiteStore(DeviceTables, Store):
     def _shift_active(self, db, device_id, delta):
         if device_id is not None and delta:
             db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
-            if delta < 0 and self._waiting_for is not None and device_id in self._waiting_for:
+            waiting_for = self._waiting_for
+            if delta < 0 and waiting_for is not None and (device_id in waiting_for or ANY_DEVICE in waiting_for):
                 self._queue_changed()
 
     @staticmethod
@@ -220,6 +265,60 @@ class SQLiteStore(DeviceTables, Store):
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
         self._remember(task)
         return True
+
+    def add_batch(self, batch, tasks, event, released):
+        """Insert the batch and its pending tasks, each with ``event`` as its first history line, in one write; the
+        first ``released`` tasks join the queue, the others are held until the batch makes room for them."""
+        columns = ", ".join([*TASK_COLUMNS, "due", "held"])
+        marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 2))
+        rows = [
+            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), *self._batch_task_queue(task, n < released)]
+            for n, task in enumerate(tasks)
+        ]
+        detail = to_db("detail", event.detail)
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) VALUES ({', '.join('?' for _ in BATCH_COLUMNS)})",
+                [to_db(name, getattr(batch, name)) for name in BATCH_COLUMNS],
+            )
+            db.executemany(f"INSERT INTO tasks ({columns}) VALUES ({marks})", rows)
+            db.executemany(
+                "INSERT INTO task_events (task_id, at, kind, actor, device_id, attempt, detail) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                [
+                    (task.task_id, batch.created_at, event.kind, event.actor, task.target_device_id, detail)
+                    for task in tasks
+                ],
+            )
+            self._maybe_pending = True
+            self._queue_changed()
+
+    def _batch_task_queue(self, task, released):
+        """The ``due`` and ``held`` columns of a new batch task."""
+        if not released:
+            return 0, 1
+        return self._due(task), 0
+
+    def _count_batch_end(self, db, batch_id, status, now, released):
+        """Count one of the batch's tasks ended in ``status``; if it had been released and the batch still runs,
+        release its next held task (a held task ending makes no room: it never took any)."""
+        column = TaskStatus(status).value  # completed, failed or cancelled: a column of batches
+        row = db.execute(
+            f"UPDATE batches SET {column} = {column} + 1, updated_at = ? WHERE batch_id = ? RETURNING status",
+            (now, batch_id),
+        ).fetchone()
+        if not released or row is None or row[0] != BatchStatus.RUNNING:
+            return
+        cursor = db.execute(
+            """UPDATE tasks SET held = 0, due = (not_before IS NULL) WHERE rowid = (
+                   SELECT rowid FROM tasks INDEXED BY tasks_held WHERE status = 'pending' AND held = 1 AND batch_id = ?
+                   ORDER BY created_at, rowid LIMIT 1)""",
+            (batch_id,),
+        )
+        if cursor.rowcount:
+            self._maybe_pending = True
+            self._next_due = -math.inf  # it may have a not_before
+            self._queue_changed()
 
     def _due(self, task):
         """The ``due`` column of a task entering the queue: 0 (and a time to look again) if it has a ``not_before``,
@@ -276,11 +375,12 @@ class SQLiteStore(DeviceTables, Store):
             if after.status == TaskStatus.PENDING and task.status != TaskStatus.PENDING:
                 values["due"] = self._due(after)
             assignments = ", ".join(f"{name} = ?" for name in values)
-            cursor = db.execute(
-                f"UPDATE tasks SET {assignments} WHERE task_id = ? AND status = ? AND device_id IS ? AND attempt = ?",
+            moved = db.execute(
+                f"UPDATE tasks SET {assignments} WHERE task_id = ? AND status = ? AND device_id IS ? AND attempt = ? "
+                "RETURNING held",
                 [*values.values(), task.task_id, task.status.value, task.device_id, task.attempt],
-            )
-            if cursor.rowcount != 1:
+            ).fetchall()
+            if len(moved) != 1:
                 # the caller read an older task; the next read comes from the file, whatever memory holds
                 self._active.pop(task.task_id, None)
                 return None
@@ -288,6 +388,8 @@ class SQLiteStore(DeviceTables, Store):
                 self._maybe_pending = True
                 self._queue_changed()
             self._move_active_count(db, task, after)
+            if task.batch_id is not None and after.status in TERMINAL and task.status not in TERMINAL:
+                self._count_batch_end(db, task.batch_id, after.status, after.updated_at, released=not moved[0][0])
             if event is not None:
                 self._insert_event(db, task.task_id, after.updated_at, event, after.attempt)
             if owe_cancel_to is not None:
@@ -308,11 +410,22 @@ class SQLiteStore(DeviceTables, Store):
             self._take_slot(db, after.device_id)
 
     def list_tasks(
-        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+        self,
+        statuses=(),
+        task_type=None,
+        device_id=None,
+        limit=100,
+        offset=0,
+        created_after=None,
+        created_before=None,
+        batch_id=None,
     ):
         """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
         and the number of all that match."""
         clauses, params = [], []
+        if batch_id:
+            clauses.append("batch_id = ?")
+            params.append(batch_id)
         if statuses:
             # With a device filter, "+status" keeps SQLite on the device indexes (it cannot know they are narrower).
             column = "+status" if device_id else "status"
@@ -361,7 +474,7 @@ class SQLiteStore(DeviceTables, Store):
             with self._transaction() as db:
                 db.execute(
                     "UPDATE tasks INDEXED BY tasks_scheduled SET due = 1 "
-                    "WHERE status = 'pending' AND due = 0 AND not_before <= ?",
+                    "WHERE status = 'pending' AND due = 0 AND held = 0 AND not_before <= ?",
                     (now,),
                 )
             self._queue_changed()

@@ -1,0 +1,51 @@
+"""The batch table of the SQLite store (the store's task verbs make a batch's tasks and keep its counters)."""
+
+from dataclasses import fields
+
+from taskserver.domain import Batch, BatchStatus
+from taskserver.store.rows import from_json, to_db
+
+BATCH_COLUMNS = [f.name for f in fields(Batch)]
+
+
+def batch_from_row(row):
+    """Build a Batch from a row (of either store)."""
+    values = {name: row[name] for name in BATCH_COLUMNS}
+    values["target"] = from_json(values["target"])
+    values["options"] = from_json(values["options"])
+    values["status"] = BatchStatus(values["status"])
+    return Batch(**values)
+
+
+class BatchTables:
+    """The part of ``SQLiteStore`` that reads and writes batches (through its ``_query`` and ``_transaction``)."""
+
+    def get_batch(self, batch_id):
+        """The batch with this id, or None."""
+        rows = self._query("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
+        return batch_from_row(rows[0]) if rows else None
+
+    def list_batches(self, limit=100, offset=0):
+        """A page of batches, newest first, and how many there are."""
+        total = self._query("SELECT COUNT(*) FROM batches")[0][0]
+        rows = self._query(
+            "SELECT * FROM batches ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?", (limit, offset)
+        )
+        return [batch_from_row(row) for row in rows], total
+
+    def count_batch_tasks(self, batch_id):
+        """The batch's tasks by status: ``{status: (count, sum of progress)}``."""
+        rows = self._query(
+            "SELECT status, COUNT(*), SUM(progress) FROM tasks WHERE batch_id = ? GROUP BY status", (batch_id,)
+        )
+        return {status: (count, progress or 0) for status, count, progress in rows}
+
+    def update_batch_if(self, batch, changes):
+        """Apply ``changes`` to the batch only if its stored status is still ``batch.status``; True if it was."""
+        values = {name: to_db(name, value) for name, value in changes.items()}
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE batches SET {', '.join(f'{name} = ?' for name in values)} WHERE batch_id = ? AND status = ?",
+                [*values.values(), batch.batch_id, str(batch.status)],
+            )
+            return cursor.rowcount == 1
