@@ -124,7 +124,7 @@ def test_a_version_1_database_is_migrated_to_the_latest_schema_keeping_its_rows(
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1)")
         db.execute(
             "INSERT INTO devices (device_id, device_name, device_info, capacity, created_at) "
-            "VALUES ('android_001', 'one', '{\"tags\": [\"shopB\", \"shopA\", 7, \"shopA\"]}', 1, 0)"
+            'VALUES (\'android_001\', \'one\', \'{"tags": ["shopB", "shopA", 7, "shopA"]}\', 1, 0)'
         )
     PostgresStore(postgres_url).close()
     with psycopg.connect(postgres_url) as db:
