@@ -7,6 +7,7 @@ from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields
 from taskserver import wirejson
 from taskserver.domain import DeviceStatus, ErrorCode, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
+from taskserver.orders import DispatchRequest
 
 MAX_ID = 128
 MAX_TEXT = 2000
@@ -20,6 +21,27 @@ DEVICE_ID = validate.Regexp(
 )
 # Times are kept as epoch seconds from 1970 to 9999-01-01 UTC: shown in any local time zone, they stay in years 1-9999.
 LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
+MAX_TAGS = 32  # on a device (registered and an operator's, each) and in a target
+
+
+def Tag(**kwargs):
+    """One tag: 1 to 64 printable characters but a comma (queries take comma-separated tags)."""
+    printable_no_comma = validate.Regexp(r"^[^\x00-\x1f\x7f,]+$", error="不能包含控制字符或逗号")
+    return fields.String(validate=[validate.Length(1, 64), printable_no_comma], **kwargs)
+
+
+def Tags(**kwargs):
+    """A list of tags, at most ``MAX_TAGS``; loads sorted and without repeats."""
+    return SortedTags(Tag(), validate=validate.Length(max=MAX_TAGS), **kwargs)
+
+
+class SortedTags(fields.List):
+    """A list of tags, loaded sorted and without repeats (the form stores and compares)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return sorted(set(super()._deserialize(value, attr, data, **kwargs)))
 
 
 def Identifier(**kwargs):
@@ -86,6 +108,7 @@ class DeviceInfoSchema(Schema):
     model = fields.String(validate=validate.Length(max=MAX_ID))
     manufacturer = fields.String(validate=validate.Length(max=MAX_ID))
     max_concurrent_tasks = fields.Integer(strict=True, validate=validate.Range(1, 100))
+    tags = Tags()
 
 
 class DeviceRegisterSchema(WireSchema):
@@ -258,6 +281,35 @@ class DispatchSchema(WireSchema):
     max_retries = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, 10))
     schedule_time = Timestamp(load_default=None, allow_none=True)
     idempotency_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200))
+    tags = Tags(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "只分发给同时具有这些标签的设备（任一空闲的）；不能与 device_id 同用"},
+    )
+
+    @validates_schema
+    def _one_target(self, data, **kwargs):
+        if data.get("device_id") is not None and data.get("tags"):
+            raise ValidationError("不能与 device_id 同时指定", "tags")
+
+
+def dispatch_request(body, extra_types=(), operator="", idempotency_key=None):
+    """The ``DispatchRequest`` of a body ``DispatchSchema`` loaded: its data validated for its type, its not-before
+    the later of ``schedule_time`` and the data's own."""
+    data, data_schedule = load_task_data(body["task_type"], body["data"], extra_types)
+    times = [t for t in (body.get("schedule_time"), data_schedule) if t is not None]
+    return DispatchRequest(
+        task_type=body["task_type"],
+        data=data,
+        device_id=body.get("device_id"),
+        tags=tuple(body.get("tags") or ()) or None,
+        priority=body.get("priority", 0),
+        timeout=body.get("timeout"),
+        max_retries=body.get("max_retries", 0),
+        not_before=max(times) if times else None,
+        idempotency_key=idempotency_key,
+        operator=operator,
+    )
 
 
 class OneOrSeveral(fields.List):
@@ -269,12 +321,27 @@ class OneOrSeveral(fields.List):
         super().__init__(fields.String(validate=validate.OneOf(choices)), load_default=list, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
-        values = [value] if isinstance(value, str) else value
-        if isinstance(values, list | tuple):
-            values = [
-                part.strip() for item in values for part in (item.split(",") if isinstance(item, str) else [item])
-            ]
-        return list(dict.fromkeys(super()._deserialize(values, attr, data, **kwargs)))
+        return list(dict.fromkeys(super()._deserialize(split_commas(value), attr, data, **kwargs)))
+
+
+def split_commas(value):
+    """The values of a repeated or comma-separated query parameter."""
+    values = [value] if isinstance(value, str) else value
+    if isinstance(values, list | tuple):
+        values = [part.strip() for item in values for part in (item.split(",") if isinstance(item, str) else [item])]
+    return values
+
+
+class TagFilter(fields.List):
+    """A query filter of tags that must all match: repeated (``?tag=a&tag=b``) or comma-separated; sorted."""
+
+    is_multiple = True
+
+    def __init__(self, **kwargs):
+        super().__init__(Tag(), load_default=list, validate=validate.Length(max=MAX_TAGS), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return sorted(set(super()._deserialize(split_commas(value), attr, data, **kwargs)))
 
 
 class TaskListQuerySchema(Schema):
@@ -306,6 +373,16 @@ class DeviceListQuerySchema(Schema):
 
     status = OneOrSeveral([s.value for s in DeviceStatus], metadata={"description": "设备状态，可重复或用逗号分隔"})
     disabled = fields.Boolean(metadata={"description": "true 只列出已停用的设备，false 只列出未停用的"})
+    tag = TagFilter(metadata={"description": "只列出同时具有这些标签的设备，可重复或用逗号分隔"})
+
+
+class DeviceTagsSchema(WireSchema):
+    """Body of ``PUT /api/device/{device_id}/tags``: the operator's tags of the device (replacing the earlier)."""
+
+    class Meta:
+        unknown = RAISE
+
+    tags = Tags(required=True)
 
 
 # ---- path parameters and the console's queries ----

@@ -7,7 +7,6 @@ from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode, TaskStatus
 from taskserver.errors import ValidationFailed
 from taskserver.present import TASK_STATUS, TASK_SUMMARY, task_detail, task_event
-from taskserver.service import DispatchRequest
 
 blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理")
 
@@ -41,19 +40,7 @@ def list_tasks(query):
 @blp.alt_response(409, **error_doc(ErrorCode.IDEMPOTENCY_KEY_REUSED))
 def dispatch_task(body):
     """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
-    data, data_schedule = schemas.load_task_data(body["task_type"], body["data"], _extra_types())
-    times = [t for t in (body["schedule_time"], data_schedule) if t is not None]
-    dispatch = DispatchRequest(
-        task_type=body["task_type"],
-        data=data,
-        device_id=body["device_id"],
-        priority=body["priority"],
-        timeout=body["timeout"],
-        max_retries=body["max_retries"],
-        not_before=max(times) if times else None,
-        idempotency_key=_idempotency_key(body),
-        operator=_operator(),
-    )
+    dispatch = schemas.dispatch_request(body, _extra_types(), _operator(), _idempotency_key(body))
     task, _created = service().dispatcher.dispatch(dispatch)
     return _dispatch_answer(task)
 

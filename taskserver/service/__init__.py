@@ -18,7 +18,8 @@ from taskserver.connections import Connections
 from taskserver.credentials import DeviceCredentials
 from taskserver.domain import Wake
 from taskserver.metrics import Metrics
-from taskserver.service.dispatcher import Dispatcher, DispatchRequest
+from taskserver.orders import DispatchRequest
+from taskserver.service.dispatcher import Dispatcher
 from taskserver.service.lifecycle import TaskLifecycle
 from taskserver.service.moves import TaskMoves
 from taskserver.service.queries import Queries

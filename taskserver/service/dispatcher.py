@@ -1,10 +1,8 @@
 """The dispatcher: new tasks and their idempotency keys, handing pending tasks to free devices, sending ``new_task``
 and recording its acks."""
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 
 from taskserver import domain, logs
@@ -15,27 +13,6 @@ from taskserver.service.atomic import atomic
 log = logging.getLogger("taskserver")
 
 DISPATCH_BATCH = 32  # pending tasks considered per round of dispatch_pending
-
-
-@dataclass(frozen=True)
-class DispatchRequest:
-    """A validated dispatch: what the operator asked for, defaults already applied by the schemas."""
-
-    task_type: str
-    data: dict
-    device_id: str | None = None
-    priority: int = 0
-    timeout: int | None = None
-    max_retries: int = 0
-    not_before: float | None = None
-    idempotency_key: str | None = None
-    operator: str = ""  # whose idempotency key: ``auth.token_identity`` of the operator token, "" if the API is open
-
-    def fingerprint(self):
-        """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
-        asked = [self.task_type, self.data, self.device_id, self.priority, self.timeout, self.max_retries]
-        text = json.dumps([*asked, self.not_before], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Dispatcher:

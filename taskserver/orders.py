@@ -1,0 +1,28 @@
+"""What operators ask for, validated (the schemas build these from request bodies; the service carries them out)."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    """A validated dispatch: what the operator asked for, defaults already applied by the schemas."""
+
+    task_type: str
+    data: dict
+    device_id: str | None = None
+    tags: tuple | None = None  # sorted: any device with all of them (never with device_id)
+    priority: int = 0
+    timeout: int | None = None
+    max_retries: int = 0
+    not_before: float | None = None
+    idempotency_key: str | None = None
+    operator: str = ""  # whose idempotency key: ``auth.token_identity`` of the operator token, "" if the API is open
+
+    def fingerprint(self):
+        """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
+        asked = [self.task_type, self.data, self.device_id, self.priority, self.timeout, self.max_retries]
+        asked += [self.not_before, *([list(self.tags)] if self.tags else [])]  # no tags: hashes as before tags were
+        text = json.dumps(asked, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
