@@ -33,6 +33,21 @@ class BatchMode(StrEnum):
     SPREAD = "spread"
 
 
+class ScheduleKind(StrEnum):
+    """What a schedule creates at each fire time."""
+
+    TASK = "task"
+    BATCH = "batch"
+
+
+class Misfire(StrEnum):
+    """What a schedule does with fire times that passed while no server ran it: one run for all of them, or none
+    (only a fire time run on time, within ``service.schedules.MISFIRE_GRACE``, creates anything)."""
+
+    COALESCE = "coalesce"
+    SKIP = "skip"
+
+
 class DeviceStatus(StrEnum):
     """The spec's device states, derived from connection and load (never stored)."""
 
@@ -158,6 +173,11 @@ def new_task_id():
 def new_batch_id():
     """``batch_`` and 24 hex digits: the creation time in microseconds, then random bits (as ``new_task_id``)."""
     return f"batch_{time.time_ns() // 1000:014x}{random.getrandbits(40):010x}"
+
+
+def new_schedule_id():
+    """``schedule_`` and 24 hex digits: the creation time in microseconds, then random bits (as ``new_task_id``)."""
+    return f"schedule_{time.time_ns() // 1000:014x}{random.getrandbits(40):010x}"
 
 
 def check_transition(current, target):
@@ -296,6 +316,37 @@ class Batch:
         if self.abort_failure_ratio is None or outcomes == 0 or outcomes < (self.abort_min_finished or 1):
             return False
         return self.failed / outcomes >= self.abort_failure_ratio
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring dispatch: each fire time of ``cron`` in ``timezone`` creates ``body`` (a dispatch or a batch body,
+    as the schemas loaded it) once. ``next_run_at`` is the next fire time not yet run, None while disabled."""
+
+    schedule_id: str
+    name: str
+    cron: str
+    timezone: str
+    kind: ScheduleKind
+    body: dict
+    enabled: bool = True
+    misfire: Misfire = Misfire.COALESCE
+    next_run_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """One fire time run: what it created (``task_id`` or ``batch_id``), or why it created nothing (``error``,
+    ``{message, error_code}``)."""
+
+    schedule_id: str
+    fire_at: float
+    ran_at: float
+    task_id: str | None = None
+    batch_id: str | None = None
+    error: dict | None = None
 
 
 @dataclass(frozen=True)

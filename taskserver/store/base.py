@@ -170,6 +170,46 @@ class Store:
         """Wake the other nodes of a cluster once this unit of work commits, for ``reason`` (a ``domain.Wake``): it
         left work for a device one of them holds. A store no other node shares has none to wake."""
 
+    # schedules
+    def add_schedule(self, schedule):
+        """Insert a new schedule."""
+        raise NotImplementedError
+
+    def get_schedule(self, schedule_id):
+        """The schedule with this id, or None."""
+        raise NotImplementedError
+
+    def list_schedules(self, limit=100, offset=0):
+        """A page of schedules, newest first, and how many there are."""
+        raise NotImplementedError
+
+    def update_schedule(self, schedule_id, changes):
+        """Apply ``changes`` to the schedule; return it updated, or None if there is none."""
+        raise NotImplementedError
+
+    def delete_schedule(self, schedule_id):
+        """Delete the schedule and its runs; True if it existed."""
+        raise NotImplementedError
+
+    def due_schedules(self, now, limit):
+        """Enabled schedules whose ``next_run_at`` is at or before ``now``, the earliest first, claimed for this unit
+        of work where other writers may share the store (those another unit holds are skipped)."""
+        raise NotImplementedError
+
+    def add_schedule_run(self, schedule_id, fire_at, ran_at):
+        """Record that the schedule runs its fire time ``fire_at``; False, recording nothing, if that fire time has
+        a run already (each fire time runs once)."""
+        raise NotImplementedError
+
+    def record_schedule_run(self, schedule_id, fire_at, task_id=None, batch_id=None, error=None):
+        """Record what the run of ``fire_at`` created, or its ``error`` (``{message, error_code}``)."""
+        raise NotImplementedError
+
+    def schedule_runs(self, schedule_id, limit):
+        """The schedule's latest ``limit`` runs, newest fire time first."""
+        raise NotImplementedError
+
+    # units of work
     def check_writable(self, now):
         """Write and commit one tiny row; raise if the store cannot take writes."""
         raise NotImplementedError

@@ -21,6 +21,7 @@ from taskserver.domain import ACTIVE, TaskStatus
 from taskserver.errors import StoreConflict, StoreUnavailable, TaskServerError
 from taskserver.store.base import Store
 from taskserver.store.migrations import steps_to
+from taskserver.store.postgres_schedules import ScheduleTables
 from taskserver.store.rows import (
     ACTIVE_VALUES,
     DEVICE_COLUMNS,
@@ -112,8 +113,9 @@ class Unit:
     callbacks: list = field(default_factory=list)
 
 
-class PostgresStore(Store):
-    """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``)."""
+class PostgresStore(ScheduleTables, Store):
+    """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``); its schedules are
+    read and written by ``ScheduleTables`` (postgres_schedules.py)."""
 
     single_writer = False  # other units of work (other nodes) write beside this one
 

@@ -6,6 +6,7 @@ from dataclasses import fields
 from taskserver.domain import ACTIVE, Device, Task, TaskStatus
 
 JSON_COLUMNS = {"data", "result", "device_info", "detail", "target_tags", "tags", "operator_tags", "target", "options"}
+JSON_COLUMNS |= {"body", "error"}  # a schedule's body, a schedule run's error
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
 DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself

@@ -12,6 +12,7 @@ from taskserver.store.migrations import steps_to
 from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, event_from_row, task_from_row, to_db
 from taskserver.store.sqlite_batches import BATCH_COLUMNS, BatchTables
 from taskserver.store.sqlite_devices import DeviceTables
+from taskserver.store.sqlite_schedules import ScheduleTables
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
 SCHEMA_VERSION = 5
@@ -129,10 +130,10 @@ class NoFreeSlot(Exception):
     """A move would put more active tasks on a device than its capacity (raised inside a verb, to undo it)."""
 
 
-class SQLiteStore(DeviceTables, BatchTables, Store):
+class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
     """Store on one ``sqlite3`` connection; its writes are grouped into commits by ``GroupCommit`` (commits.py),
     its device tables are read and written by ``DeviceTables`` (sqlite_devices.py), its batches by ``BatchTables``
-    (sqlite_batches.py)."""
+    (sqlite_batches.py), its schedules by ``ScheduleTables`` (sqlite_schedules.py)."""
 
     def __init__(self, path, synchronous="NORMAL"):
         if path != ":memory:":
