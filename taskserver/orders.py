@@ -26,3 +26,17 @@ class DispatchRequest:
         asked += [self.not_before, *([list(self.tags)] if self.tags else [])]  # no tags: hashes as before tags were
         text = json.dumps(asked, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """A validated schedule: what each fire time creates (``kind``, and its ``body`` as the schemas loaded it, checked
+    as each fire time will build its request) and when (``cron`` in ``timezone``)."""
+
+    name: str
+    cron: str
+    kind: str
+    body: dict
+    timezone: str = "UTC"
+    enabled: bool = True
+    misfire: str = "coalesce"

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from taskserver import wirejson
-from taskserver.domain import DeviceStatus, ErrorCode, TaskStatus, TaskType
+from taskserver import cron, wirejson
+from taskserver.domain import DeviceStatus, ErrorCode, Misfire, ScheduleKind, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
-from taskserver.orders import DispatchRequest
+from taskserver.orders import DispatchRequest, ScheduleRequest
 
 MAX_ID = 128
 MAX_TEXT = 2000
@@ -416,3 +416,115 @@ def load_payload(schema, payload):
         return schema.load(payload)
     except ValidationError as exc:
         raise ValidationFailed(exc.messages) from exc
+
+
+# ---- schedules ----
+
+
+def _cron_expression(expression):
+    if (problem := cron.problem(expression)) is not None:
+        raise ValidationError(problem)
+
+
+def _time_zone(name):
+    if cron.zone(name) is None:
+        raise ValidationError(f"未知的时区 {name}（IANA 时区名，如 Asia/Shanghai）")
+
+
+# What each fire time decides for the task it creates, so that a schedule's task may not say it.
+FIRE_TIME_DECIDES = {
+    "idempotency_key": "每个触发时间只创建一次任务，不需要也不能指定幂等键",
+    "schedule_time": "任务在每个触发时间创建，不能指定 schedule_time",
+}
+
+
+class ScheduledDispatchSchema(DispatchSchema):
+    """A schedule's ``task``: a dispatch body, less what each fire time decides (``FIRE_TIME_DECIDES``)."""
+
+    @validates_schema
+    def _decided_by_fire_time(self, data, **kwargs):
+        errors = {name: [message] for name, message in FIRE_TIME_DECIDES.items() if data.get(name) is not None}
+        if errors:
+            raise ValidationError(errors)
+
+
+class ScheduleSchema(WireSchema):
+    """Body of ``POST /api/schedules``: what each fire time creates (``task`` or ``batch``) and when."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=[validate.Length(1, MAX_ID), PRINTABLE])
+    cron = fields.String(
+        required=True,
+        validate=[validate.Length(1, 200), _cron_expression],
+        metadata={"description": "5 个字段：分 时 日 月 周（如 0 9 * * *），按 timezone 的当地时间"},
+    )
+    timezone = fields.String(
+        load_default="UTC",
+        validate=[validate.Length(1, 64), _time_zone],
+        metadata={"description": "IANA 时区名，如 Asia/Shanghai"},
+    )
+    task = fields.Nested(
+        ScheduledDispatchSchema,
+        metadata={"description": "每个触发时间创建的任务：即 POST /api/dispatch-task 的请求体，但不含幂等键和排期时间"},
+    )
+    batch = fields.Dict(metadata={"description": "每个触发时间创建的批次：POST /api/batches 的请求体（暂不可用）"})
+    enabled = fields.Boolean(load_default=True)
+    misfire = fields.Enum(
+        Misfire,
+        by_value=True,
+        load_default=Misfire.COALESCE,
+        metadata={"description": "服务器停机错过的触发时间：coalesce 合并为一次运行，skip 跳过（只运行准时的）"},
+    )
+
+    @validates_schema
+    def _one_thing_runs(self, data, partial=None, **kwargs):
+        given = [name for name in ("task", "batch") if name in data]
+        if len(given) > 1 or (not given and not partial):
+            message = "task 和 batch 只能指定一个" if given else "需要指定 task 或 batch"
+            raise ValidationError({name: [message] for name in ("task", "batch")})
+
+
+class SchedulePatchSchema(ScheduleSchema):
+    """Body of ``PATCH /api/schedule/{schedule_id}``: any of ``ScheduleSchema``'s fields (none has a default here); a
+    ``task`` or ``batch`` replaces what the schedule creates."""
+
+    def __init__(self, **kwargs):
+        super().__init__(partial=("name", "cron", "timezone", "enabled", "misfire"), **kwargs)
+
+
+class ScheduleListQuerySchema(Schema):
+    """Query of ``GET /api/schedules``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
+
+
+def schedule_changes(body, extra_types=()):
+    """What a body ``ScheduleSchema`` loaded (whole, or a change's part) sets on a schedule: its ``task`` (or
+    ``batch``) as ``kind`` and ``body``."""
+    changes = {name: body[name] for name in ("name", "cron", "timezone", "enabled", "misfire") if name in body}
+    if "task" in body:
+        changes.update(kind=ScheduleKind.TASK, body=_scheduled_task(body["task"], extra_types))
+    if "batch" in body:  # until batches land on this branch: nothing pretends to make them
+        raise ValidationFailed({"batch": ["批次定时任务暂不可用（batch schedules not available yet）"]})
+    return changes
+
+
+def schedule_request(body, extra_types=()):
+    """The ``ScheduleRequest`` of a body ``ScheduleSchema`` loaded."""
+    return ScheduleRequest(**schedule_changes(body, extra_types))
+
+
+def _scheduled_task(task, extra_types):
+    """A schedule's task body checked as each fire time will build its request (``dispatch_request``: its data for
+    its type), and kept without the keys each fire time decides."""
+    try:
+        dispatch_request(task, extra_types)
+    except ValidationFailed as exc:
+        raise ValidationFailed({"task": exc.extra["errors"]}) from exc
+    return {name: value for name, value in task.items() if name not in FIRE_TIME_DECIDES}

@@ -6,7 +6,8 @@ A few objects, each given its collaborators in its constructor:
 - ``Dispatcher`` (``dispatcher.py``): new tasks, idempotency, pending tasks to free devices, ``new_task`` and its ack;
 - ``DeviceRegistry`` (``registry.py``): connections, registration, heartbeats, draining, tokens, silent devices;
 - ``TaskLifecycle`` (``lifecycle.py``): progress, results, cancels, the end of attempts, timeouts, lost devices;
-- ``Queries`` (``queries.py``): what views read.
+- ``Queries`` (``queries.py``): what views read;
+- ``Schedules`` (``schedules.py``): recurring schedules, each fire time creating its task once.
 
 ``TaskService`` builds them and is the transports' one entry point: they call the part that owns what they ask."""
 
@@ -24,13 +25,14 @@ from taskserver.service.lifecycle import TaskLifecycle
 from taskserver.service.moves import TaskMoves
 from taskserver.service.queries import Queries
 from taskserver.service.registry import DeviceRegistry
+from taskserver.service.schedules import Schedules
 
 __all__ = ["DispatchRequest", "TaskService"]
 
 
 class TaskService:
-    """Holds the service's parts: ``devices``, ``dispatcher``, ``tasks`` (the lifecycle) and ``queries``, and what
-    they share (the store, the notifier, the clock, the metrics, the live connections)."""
+    """Holds the service's parts: ``devices``, ``dispatcher``, ``tasks`` (the lifecycle), ``queries`` and
+    ``schedules``, and what they share (the store, the notifier, the clock, the metrics, the live connections)."""
 
     def __init__(self, store, notifier, config, clock=time.time, metrics=None, spawn=gevent.spawn):
         self.store = store
@@ -48,6 +50,7 @@ class TaskService:
         self.tasks = TaskLifecycle(
             store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
         )
+        self.schedules = Schedules(store, dispatcher, config, clock)
 
     def wake_up(self, reason=None):
         """Another node left work (``Wake.WORK``: a task that may start on a device this node holds;
