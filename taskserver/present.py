@@ -1,4 +1,4 @@
-"""How tasks and devices look on the wire: the spec's field names and its time format.
+"""How tasks, devices and schedules look on the wire: the spec's field names and its time format.
 
 Each answer's shape is defined once, here: ``api/responses.py`` documents it with the shape's ``schema``."""
 
@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from operator import itemgetter
 
-from taskserver.domain import ACTIVE, ErrorCode, EventKind, TaskStatus
+from taskserver.domain import ACTIVE, ErrorCode, EventKind, ScheduleKind, TaskStatus
 from taskserver.shapes import Shape, boolean, integer, listing, mapping, nested, text
 
 EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
@@ -228,6 +228,41 @@ DEVICE_DETAIL = Shape(
 )
 
 
+def _body_if(kind):
+    """The body of a schedule that creates ``kind``, else None."""
+    return lambda schedule: schedule.body if schedule.kind == kind else None
+
+
+# A schedule as ``GET /api/schedules`` lists it: ``task`` or ``batch`` holds what each fire time creates.
+SCHEDULE = Shape(
+    "ScheduleOut",
+    schedule_id=text("schedule_id"),
+    name=text("name"),
+    cron=text("cron"),
+    timezone=text("timezone"),
+    enabled=boolean("enabled"),
+    misfire=text("misfire", convert=str),
+    task=mapping(_body_if(ScheduleKind.TASK), nullable=True, description="每个触发时间创建的任务（派发请求体）"),
+    batch=mapping(_body_if(ScheduleKind.BATCH), nullable=True, description="每个触发时间创建的批次（批次请求体）"),
+    next_run_at=time("next_run_at", description="下一个触发时间；停用时为 null"),
+    created_at=time("created_at", nullable=False),
+    updated_at=time("updated_at", nullable=False),
+)
+
+# One fire time run: what it created, or why it created nothing.
+SCHEDULE_RUN = Shape(
+    "ScheduleRunOut",
+    fire_at=time("fire_at", nullable=False, description="触发时间（错过的多个合并为一次时：其中最晚的）"),
+    ran_at=time("ran_at", nullable=False),
+    task_id=text("task_id", nullable=True),
+    batch_id=text("batch_id", nullable=True),
+    error=mapping("error", nullable=True, description="未能创建时：{message, error_code}"),
+)
+
+# A schedule as ``GET /api/schedule/{id}`` shows it: the list's fields and its latest runs (given).
+SCHEDULE_DETAIL = SCHEDULE.extend("ScheduleDetailOut", runs=listing(SCHEDULE_RUN))
+
+
 def new_task_message(task):
     """The ``new_task`` event exactly as the spec shows it, plus the attempt number."""
     return {
@@ -276,3 +311,8 @@ def device_detail(device, active_tasks, history, clustered=False):
 def device_event(event, device_id):
     """One line of a device's recent history (its own events and those of tasks on it)."""
     return DEVICE_EVENT(event, message=event_message({**event, "device_id": device_id}))
+
+
+def schedule_detail(schedule, runs):
+    """A schedule as ``GET /api/schedule/{id}`` shows it, with its latest ``runs``, newest first."""
+    return SCHEDULE_DETAIL(schedule, runs=[SCHEDULE_RUN(run) for run in runs])

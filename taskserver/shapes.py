@@ -55,7 +55,7 @@ class Shape:
     """An ordered set of fields read from one object (its attributes, or its keys with ``reads=itemgetter``); fields
     the caller gives come last. ``extend`` adds fields after those of an existing shape."""
 
-    def __init__(self, name, reads=attrgetter, **shape_fields):
+    def __init__(self, name, /, reads=attrgetter, **shape_fields):  # a field may be called "name"
         self.name = name
         self.reads = reads
         self.fields = shape_fields
@@ -65,7 +65,7 @@ class Shape:
         if list(shape_fields)[len(self._readers) :] != self._given:
             raise ValueError(f"{name}: the fields the caller gives must come last")
 
-    def extend(self, name, **more):
+    def extend(self, name, /, **more):
         """A shape with this one's fields, then ``more``."""
         return Shape(name, self.reads, **self.fields, **more)
 

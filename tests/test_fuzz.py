@@ -127,6 +127,53 @@ def test_dispatch_never_fails_badly(server, body):
         assert_showable(server, answer["task_id"])
 
 
+VALID_TASK = {"task_type": "DELIST", "data": {"product_ids": ["123"]}}
+CRONS = ["0 9 * * *", "*/5 * * * *", "0 0 31 4 *", "0 9 * *", "61 * * * *", "R 9 * * *", "0 0 L * *", "0 0 * * 5#3"]
+ZONES = ["UTC", "Asia/Shanghai", "America/New_York", "Asia/Nowhere", "../../etc/passwd", "localtime"]
+scheduled_tasks = typed_bodies | st.fixed_dictionaries(
+    {"task_type": st.just("DELIST"), "data": st.just({"product_ids": ["123"]})},
+    optional={key: json_values for key in keys_of(schemas.DispatchSchema) if key not in ("task_type", "data")},
+)
+schedule_fields = {
+    "name": st.just("每日下架") | text,
+    "cron": st.sampled_from(CRONS) | text,
+    "timezone": st.sampled_from(ZONES) | text,
+    "task": scheduled_tasks,
+    "misfire": st.sampled_from(["coalesce", "skip"]) | json_values,
+    "enabled": st.booleans() | json_values,
+}
+schedule_bodies = json_values | objects_of(schemas.ScheduleSchema) | st.fixed_dictionaries({}, optional=schedule_fields)
+# stored, so that changes to a schedule are fuzzed too
+good_schedules = st.fixed_dictionaries(
+    {"name": st.just("每日下架"), "cron": st.sampled_from(CRONS[:2]), "task": st.just(VALID_TASK)},
+    optional={"timezone": st.sampled_from(ZONES[:3]), "misfire": st.sampled_from(["coalesce", "skip"])},
+)
+good_changes = st.fixed_dictionaries(
+    {}, optional={"cron": st.sampled_from(CRONS[:2]), "enabled": st.booleans(), "task": st.just(VALID_TASK)}
+)
+
+
+def schedule_total(server):
+    return server.get("/api/schedules").json()["total"]
+
+
+@FUZZ
+@given(body=good_schedules | schedule_bodies, change=good_changes | schedule_bodies)
+def test_schedules_never_fail_badly(server, body, change):
+    before = schedule_total(server)
+    response = server.post("/api/schedules", data=json.dumps(body), headers={"Content-Type": "application/json"})
+    answer = assert_error_shape(response)
+    assert schedule_total(server) == before + (1 if response.status_code == 201 else 0)
+    if response.status_code != 201:
+        return
+    path = f"/api/schedule/{answer['schedule']['schedule_id']}"
+    shown = strict_json(server.get(path).text)["schedule"]
+    response = server.session.patch(server.url + path, data=json.dumps(change), timeout=10)
+    assert_error_shape(response)
+    if response.status_code >= 400:
+        assert strict_json(server.get(path).text)["schedule"] == shown, "a refused change changed the schedule"
+
+
 @FUZZ
 @given(raw=st.binary(max_size=200))
 def test_dispatch_with_raw_bytes(server, raw):
@@ -168,6 +215,9 @@ def test_paths_with_any_id(server, identifier):
         ("POST", f"/api/device/{identifier}/token"),
         ("DELETE", f"/api/device/{identifier}/token"),
         ("DELETE", f"/api/device/{identifier}"),
+        ("GET", f"/api/schedule/{identifier}"),
+        ("PATCH", f"/api/schedule/{identifier}"),
+        ("DELETE", f"/api/schedule/{identifier}"),
     ]:
         assert_error_shape(server.session.request(method, server.url + path, timeout=10))
 

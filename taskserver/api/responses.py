@@ -163,3 +163,26 @@ class TaskTypeOutSchema(Schema):
 class TaskTypesSchema(Schema):
     success = fields.Boolean()
     task_types = fields.List(fields.Nested(TaskTypeOutSchema))
+
+
+# ---- schedules ----
+
+
+class ScheduleListSchema(Schema):
+    success = fields.Boolean()
+    schedules = fields.List(fields.Nested(present.SCHEDULE.schema))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class ScheduleDetailSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    schedule = fields.Nested(present.SCHEDULE_DETAIL.schema)
+
+
+class ScheduleDeletedSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    schedule_id = fields.String()
