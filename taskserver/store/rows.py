@@ -1,13 +1,14 @@
-"""How tasks and devices cross between Python and SQLite rows."""
+"""How tasks, devices and batches cross between Python and database rows."""
 
 import json
 from dataclasses import fields
 
-from taskserver.domain import ACTIVE, Device, Task, TaskStatus
+from taskserver.domain import ACTIVE, Batch, BatchStatus, Device, Task, TaskStatus
 
 JSON_COLUMNS = {"data", "result", "device_info", "detail", "target_tags", "tags", "operator_tags", "target", "options"}
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
+BATCH_COLUMNS = [f.name for f in fields(Batch)]
 DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself
 
 
@@ -71,3 +72,12 @@ def history_from_row(row):
         "attempt": row["attempt"],
         "detail": from_json(row["detail"]) if row["detail"] is not None else None,
     }
+
+
+def batch_from_row(row):
+    """Build a Batch from a row."""
+    values = {name: row[name] for name in BATCH_COLUMNS}
+    values["target"] = from_json(values["target"])
+    values["options"] = from_json(values["options"])
+    values["status"] = BatchStatus(values["status"])
+    return Batch(**values)
