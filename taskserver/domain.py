@@ -155,6 +155,8 @@ TRANSITIONS = {
 }
 
 
+MAX_BATCH = 10_000  # tasks one batch may make
+
 BATCH_TRANSITIONS = {
     BatchStatus.RUNNING: frozenset({BatchStatus.COMPLETED, BatchStatus.ABORTED, BatchStatus.CANCELLED}),
     BatchStatus.COMPLETED: frozenset(),

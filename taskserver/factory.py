@@ -12,7 +12,7 @@ from gevent.pool import Group
 
 from config import UnknownEnvironment, load_config, production_problems
 from taskserver import dashboard, logs, wirejson
-from taskserver.api import console, devices, errors, schedules, security, system, tasks
+from taskserver.api import batches, console, devices, errors, schedules, security, system, tasks
 from taskserver.domain import TaskType
 from taskserver.errors import StoreUnavailable
 from taskserver.metrics import Metrics
@@ -88,7 +88,7 @@ def create_app(config=None, clock=None):
     events = app.extensions["device_events"] = DeviceEvents(service, notifier, limiter)
 
     api = Api(app)
-    for module in (system, devices, tasks, schedules, console):
+    for module in (system, devices, tasks, batches, schedules, console):
         api.register_blueprint(module.blp)
     app.register_blueprint(plainws.blueprint)
     app.register_blueprint(dashboard.blueprint)

@@ -84,10 +84,11 @@ class Metrics:
             child = self._children[family, values] = family.labels(*values)
         return child
 
-    def count(self, family, *values):
-        """Add one to ``family``'s series for these label values (``created``, ``dispatches``, ``cancels``, ...),
-        once the change it counts is committed."""
-        self._after_commit(self._child(family, *values).inc)
+    def count(self, family, *values, amount=1):
+        """Add ``amount`` to ``family``'s series for these label values (``created``, ``dispatches``, ``cancels``,
+        ...), once the change it counts is committed."""
+        child = self._child(family, *values)
+        self._after_commit(child.inc if amount == 1 else lambda: child.inc(amount))
 
     def device_event(self, name):
         """Count one event handled for a device."""

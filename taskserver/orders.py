@@ -29,6 +29,25 @@ class DispatchRequest:
 
 
 @dataclass(frozen=True)
+class BatchRequest:
+    """A validated batch: ``tasks`` holds ``(data, not_before)`` per task to make (spread), or the one every matching
+    device gets (each)."""
+
+    task_type: str
+    mode: str  # BatchMode
+    target: dict  # exactly one of {"tags": [...]}, {"device_ids": [...]}, {"all": True}
+    tasks: tuple
+    online_only: bool = False
+    priority: int = 0
+    timeout: int | None = None
+    max_retries: int = 0
+    max_in_flight: int | None = None
+    abort_failure_ratio: float | None = None
+    abort_min_finished: int | None = None
+    options: dict | None = None  # what was asked beside the above, kept for display
+
+
+@dataclass(frozen=True)
 class ScheduleRequest:
     """A validated schedule: what each fire time creates (``kind``, and its ``body`` as the schemas loaded it, checked
     as each fire time will build its request) and when (``cron`` in ``timezone``)."""

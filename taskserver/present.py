@@ -1,4 +1,4 @@
-"""How tasks, devices and schedules look on the wire: the spec's field names and its time format.
+"""How tasks, devices, batches and schedules look on the wire: the spec's field names and its time format.
 
 Each answer's shape is defined once, here: ``api/responses.py`` documents it with the shape's ``schema``."""
 
@@ -6,8 +6,9 @@ import math
 from datetime import datetime
 from operator import itemgetter
 
-from taskserver.domain import ACTIVE, ErrorCode, EventKind, ScheduleKind, TaskStatus
-from taskserver.shapes import Shape, boolean, integer, listing, mapping, nested, text
+from taskserver import domain
+from taskserver.domain import ACTIVE, TERMINAL, ErrorCode, EventKind, ScheduleKind, TaskStatus
+from taskserver.shapes import Shape, boolean, integer, listing, mapping, nested, number, strings, text
 
 EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
 
@@ -100,6 +101,10 @@ def _timeout_at(task):
     return iso(task.dispatched_at + task.timeout) if task.status in ACTIVE else None
 
 
+def _registered_tags(device):
+    return domain.device_tags(device.device_info, ())
+
+
 def _disconnected_at(device):
     return iso(device.disconnected_at) if not device.connected else None
 
@@ -120,6 +125,8 @@ TASK_SUMMARY = Shape(
     timeout=integer("timeout"),
     error_code=text("error_code", nullable=True),
     updated_at=time("updated_at", nullable=False),
+    tags=strings("target_tags", nullable=True, description="只分发给同时具有这些标签的设备；null 为不限"),
+    batch_id=text("batch_id", nullable=True, description="创建该任务的批次"),
 )
 
 # A task as ``GET /api/task/{id}/status`` shows it.
@@ -209,6 +216,9 @@ DEVICE_FIELDS = {
     "device_info": mapping("device_info"),
     "capacity": integer("capacity"),
     "disabled": boolean("disabled"),
+    "tags": strings("tags", description="设备的全部标签：注册时 device_info.tags 与运营者设置的标签之并集"),
+    "device_tags": strings(_registered_tags, description="设备注册时在 device_info.tags 中带来的标签"),
+    "operator_tags": strings("operator_tags", description="运营者用 PUT /api/device/{id}/tags 设置的标签"),
 }
 # Given only on a cluster (a single server's answers have no such field).
 NODE_ID = text(nullable=True, description="多节点部署时：持有该设备连接的节点（离线为 null）；单机部署无此字段")
@@ -311,6 +321,42 @@ def device_detail(device, active_tasks, history, clustered=False):
 def device_event(event, device_id):
     """One line of a device's recent history (its own events and those of tasks on it)."""
     return DEVICE_EVENT(event, message=event_message({**event, "device_id": device_id}))
+
+
+def _abort_rule(batch):
+    if batch.abort_failure_ratio is None:
+        return None
+    return {"failure_ratio": batch.abort_failure_ratio, "min_finished": batch.abort_min_finished}
+
+
+# A batch as ``GET /api/batches`` lists it and ``GET /api/batch/{id}`` shows it; its task counts by status and its
+# progress are given (read from its tasks).
+BATCH = Shape(
+    "BatchOut",
+    batch_id=text("batch_id"),
+    task_type=text("task_type"),
+    mode=text("mode", description="each：每台匹配设备一个任务；spread：每个 item 一个任务，由任一匹配设备执行"),
+    target=mapping("target", description='{"tags": [...]} / {"device_ids": [...]} / {"all": true}'),
+    status=text(_status, description="running / completed / aborted / cancelled"),
+    total=integer("total"),
+    max_in_flight=integer("max_in_flight", nullable=True),
+    abort=mapping(_abort_rule, nullable=True, description='{"failure_ratio", "min_finished"}'),
+    options=mapping("options", description="priority, timeout, max_retries, schedule_time, online_only"),
+    created_at=time("created_at", nullable=False),
+    updated_at=time("updated_at", nullable=False),
+    finished_at=time("finished_at", description="其所有任务都已结束的时间"),
+    counts=mapping(description="各状态的任务数：pending, dispatched, running, completed, failed, cancelled"),
+    progress=number(description="整体进度 0-100：已结束的任务计 100，其余按各自进度"),
+)
+
+
+def batch_view(batch, tasks_by_status):
+    """A batch as answers show it, from ``Store.count_batch_tasks``: counts by status and the overall progress."""
+    counts = {status.value: tasks_by_status.get(status.value, (0, 0))[0] for status in TaskStatus}
+    done = sum(counts[status.value] for status in TERMINAL) * 100
+    moving = sum(tasks_by_status.get(status.value, (0, 0))[1] for status in ACTIVE)
+    progress = round((done + moving) / batch.total, 1) if batch.total else 100.0
+    return BATCH(batch, counts=counts, progress=progress)
 
 
 def schedule_detail(schedule, runs):

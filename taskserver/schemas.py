@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from taskserver import cron, wirejson
-from taskserver.domain import DeviceStatus, ErrorCode, Misfire, ScheduleKind, TaskStatus, TaskType
+from taskserver.domain import MAX_BATCH, BatchMode, DeviceStatus, ErrorCode, Misfire, ScheduleKind, TaskStatus, TaskType
 from taskserver.errors import TaskServerError, ValidationFailed
-from taskserver.orders import DispatchRequest, ScheduleRequest
+from taskserver.orders import BatchRequest, DispatchRequest, ScheduleRequest
 
 MAX_ID = 128
 MAX_TEXT = 2000
@@ -32,9 +32,9 @@ def Tag(**kwargs):
     return fields.String(validate=[validate.Length(1, 64), printable_no_comma], **kwargs)
 
 
-def Tags(**kwargs):
-    """A list of tags, at most ``MAX_TAGS``; loads sorted and without repeats."""
-    return SortedTags(Tag(), validate=validate.Length(max=MAX_TAGS), **kwargs)
+def Tags(least=0, **kwargs):
+    """A list of ``least`` to ``MAX_TAGS`` tags; loads sorted and without repeats."""
+    return SortedTags(Tag(), validate=validate.Length(least, MAX_TAGS), **kwargs)
 
 
 class SortedTags(fields.List):
@@ -312,6 +312,129 @@ def dispatch_request(body, extra_types=(), operator="", idempotency_key=None):
     )
 
 
+# ---- batches ----
+
+
+class BatchTargetSchema(Schema):
+    """Which devices a batch is for: exactly one of ``tags``, ``device_ids`` and ``all``."""
+
+    class Meta:
+        unknown = RAISE
+
+    tags = Tags(least=1)
+    device_ids = fields.List(DeviceId(), validate=validate.Length(1, MAX_BATCH))
+    all = fields.Boolean(validate=validate.Equal(True, error="只能为 true"))
+
+    @validates_schema
+    def _exactly_one(self, data, **kwargs):
+        if len(data) != 1:
+            raise ValidationError("必须且只能指定 tags、device_ids、all 之一")
+
+
+class BatchAbortSchema(Schema):
+    """When a batch stops: once ``min_finished`` of its tasks ran to an outcome and the failed share reached
+    ``failure_ratio``."""
+
+    class Meta:
+        unknown = RAISE
+
+    failure_ratio = fields.Float(required=True, validate=validate.Range(0, 1, min_inclusive=False))
+    min_finished = fields.Integer(strict=True, load_default=1, validate=validate.Range(1, MAX_BATCH))
+
+
+class BatchSchema(WireSchema):
+    """Body of ``POST /api/batches``."""
+
+    class Meta:
+        unknown = RAISE
+
+    task_type = fields.String(required=True, validate=validate.Length(1, 64))
+    mode = fields.String(required=True, validate=validate.OneOf([mode.value for mode in BatchMode]))
+    target = fields.Nested(BatchTargetSchema, required=True)
+    data = fields.Dict(keys=fields.String(), metadata={"description": "each：每台设备的任务数据"})
+    items = fields.List(
+        fields.Dict(keys=fields.String()),
+        validate=validate.Length(1, MAX_BATCH),
+        metadata={"description": "spread：每个任务的数据，一项一个任务"},
+    )
+    online_only = fields.Boolean(load_default=False, metadata={"description": "each：只发给此刻在线的设备"})
+    priority = fields.Integer(strict=True, load_default=0, validate=validate.Range(-1000, 1000))
+    timeout = fields.Integer(strict=True, load_default=None, validate=validate.Range(1, 604_800))
+    max_retries = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, 10))
+    schedule_time = Timestamp(load_default=None, allow_none=True)
+    max_in_flight = fields.Integer(
+        strict=True,
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(1, MAX_BATCH),
+        metadata={"description": "同时处于待执行队列、已分发或执行中的任务最多几个"},
+    )
+    abort = fields.Nested(BatchAbortSchema, load_default=None, allow_none=True)
+
+    @validates_schema
+    def _mode_fields(self, data, **kwargs):
+        if data.get("mode") == BatchMode.SPREAD:
+            if "items" not in data:
+                raise ValidationError("spread 模式必须给出 items", "items")
+            if "data" in data:
+                raise ValidationError("spread 模式用 items 给出每个任务的数据", "data")
+            if "device_ids" in data.get("target", {}):
+                raise ValidationError("spread 模式的目标只能是 tags 或 all（要用指定设备，请先给它们打标签）", "target")
+        elif data.get("mode") == BatchMode.EACH and "items" in data:
+            raise ValidationError("each 模式用 data 给出每台设备的任务数据", "items")
+
+
+def batch_request(body, extra_types=()):
+    """The ``BatchRequest`` of a body ``BatchSchema`` loaded: each task's data validated for the type (an item's
+    error names its index), each task's not-before the later of ``schedule_time`` and its data's own."""
+    if body["mode"] == BatchMode.SPREAD:
+        tasks = [_item_data(body, index, item, extra_types) for index, item in enumerate(body["items"])]
+    else:
+        tasks = [_task_data(body, body.get("data", {}), extra_types)]
+    abort = body["abort"] or {}
+    options = {name: body[name] for name in ("priority", "timeout", "max_retries", "online_only")}
+    options["schedule_time"] = body["schedule_time"]
+    return BatchRequest(
+        task_type=body["task_type"],
+        mode=body["mode"],
+        target=body["target"],
+        tasks=tuple(tasks),
+        online_only=body["online_only"],
+        priority=body["priority"],
+        timeout=body["timeout"],
+        max_retries=body["max_retries"],
+        max_in_flight=body["max_in_flight"],
+        abort_failure_ratio=abort.get("failure_ratio"),
+        abort_min_finished=abort.get("min_finished"),
+        options=options,
+    )
+
+
+def _item_data(body, index, item, extra_types):
+    """``_task_data`` of the item at ``index`` of a spread batch; its errors name it (``items.<index>``)."""
+    try:
+        return _task_data(body, item, extra_types)
+    except ValidationFailed as exc:
+        raise ValidationFailed({"items": {index: exc.extra["errors"]["data"]}}) from exc
+
+
+def _task_data(body, data, extra_types):
+    """``(data, not_before)`` of one task of a batch."""
+    loaded, data_schedule = load_task_data(body["task_type"], data, extra_types)
+    times = [t for t in (body["schedule_time"], data_schedule) if t is not None]
+    return loaded, max(times) if times else None
+
+
+class BatchListQuerySchema(Schema):
+    """Query of ``GET /api/batches``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_OFFSET))
+
+
 class OneOrSeveral(fields.List):
     """A query filter of one or several choices: repeated (``?status=a&status=b``) or comma-separated (``a,b``)."""
 
@@ -353,6 +476,7 @@ class TaskListQuerySchema(Schema):
     status = OneOrSeveral([s.value for s in TaskStatus], metadata={"description": "任务状态，可重复或用逗号分隔"})
     task_type = fields.String(validate=[validate.Length(1, 64), PRINTABLE])
     device_id = Identifier()
+    batch_id = Identifier()
     created_after = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；含此时刻"})
     created_before = Timestamp(metadata={"type": "string", "description": "ISO 8601 或毫秒时间戳；不含此时刻"})
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))

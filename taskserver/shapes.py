@@ -33,6 +33,14 @@ def boolean(source=None):
     return Field(source, fields.Boolean())
 
 
+def strings(source=None, nullable=False, **metadata):
+    return Field(source, fields.List(fields.String(), allow_none=nullable, **_meta(metadata)))
+
+
+def number(source=None, nullable=False, **metadata):
+    return Field(source, fields.Float(allow_none=nullable, **_meta(metadata)))
+
+
 def mapping(source=None, nullable=False, **metadata):
     return Field(source, fields.Dict(allow_none=nullable, **_meta(metadata)))
 

@@ -1,4 +1,4 @@
-"""``GET /api/devices``, and one device: detail, disable / enable (drain), forget."""
+"""``GET /api/devices``, and one device: detail, tags, disable / enable (drain), forget."""
 
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
@@ -15,9 +15,10 @@ RECENT_HISTORY = 50
 @blp.response(200, responses.DeviceListSchema)
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_devices(query):
-    """Every known device (offline ones included), most recently registered first; filters: status, disabled."""
+    """Every known device (offline ones included), most recently registered first; filters: status, disabled, tag
+    (``?tag=a&tag=b``: devices with all of them)."""
     queries = service().queries
-    found = queries.devices(statuses=query["status"], disabled=query.get("disabled"))
+    found = queries.devices(statuses=query["status"], disabled=query.get("disabled"), tags=query["tag"])
     devices = [device_summary(device, queries.clustered) for device in found]
     return {"success": True, "devices": devices, "total": len(devices)}
 
@@ -28,6 +29,18 @@ def list_devices(query):
 def get_device(device_id):
     """One device: what it said about itself, its capacity, its active tasks and its latest 50 events."""
     return {"success": True, "device": _detail(service().queries.device(device_id))}
+
+
+@blp.route("/device/<device_id>/tags", methods=["PUT"])
+@blp.arguments(schemas.DeviceTagsSchema())
+@blp.response(200, responses.DeviceDetailSchema)
+@blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
+@blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
+def set_device_tags(body, device_id):
+    """Set the operator's tags of a device (replacing those set before; kept across its registrations). Its
+    ``tags`` become their union with the ``device_info.tags`` it registered with."""
+    device = service().devices.set_device_tags(device_id, body["tags"])
+    return {"success": True, "message": "设备标签已更新", "device": _detail(device)}
 
 
 @blp.route("/device/<device_id>/disable", methods=["POST"])

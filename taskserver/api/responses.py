@@ -165,6 +165,27 @@ class TaskTypesSchema(Schema):
     task_types = fields.List(fields.Nested(TaskTypeOutSchema))
 
 
+class BatchCreatedSchema(Schema):
+    success = fields.Boolean()
+    batch_id = fields.String()
+    total = fields.Integer()
+    task_ids = fields.List(fields.String())
+
+
+class BatchDetailSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    batch = fields.Nested(present.BATCH.schema)
+
+
+class BatchListSchema(Schema):
+    success = fields.Boolean()
+    batches = fields.List(fields.Nested(present.BATCH.schema))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
 # ---- schedules ----
 
 

@@ -16,8 +16,9 @@ blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理"
 @blp.response(200, responses.TaskListSchema)
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_tasks(query):
-    """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``created_after``,
-    ``created_before``; page with ``limit`` / ``offset``. ``total`` counts every match, not just the page."""
+    """Tasks, newest first; filter by ``status`` (one or several), ``task_type``, ``device_id``, ``batch_id``,
+    ``created_after``, ``created_before``; page with ``limit`` / ``offset``. ``total`` counts every match, not just
+    the page."""
     tasks, total = service().queries.tasks(
         statuses=query["status"],
         task_type=query.get("task_type"),
@@ -26,6 +27,7 @@ def list_tasks(query):
         offset=query["offset"],
         created_after=query.get("created_after"),
         created_before=query.get("created_before"),
+        batch_id=query.get("batch_id"),
     )
     page = [TASK_SUMMARY(task) for task in tasks]
     return {"success": True, "tasks": page, "total": total, "limit": query["limit"], "offset": query["offset"]}
@@ -39,7 +41,8 @@ def list_tasks(query):
 @blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
 @blp.alt_response(409, **error_doc(ErrorCode.IDEMPOTENCY_KEY_REUSED))
 def dispatch_task(body):
-    """Create a task and send it to ``device_id`` or to the least-loaded online device; queue it if none fits."""
+    """Create a task and send it to ``device_id``, or to the least-loaded online device (with all of ``tags``, if
+    given); queue it if none fits."""
     dispatch = schemas.dispatch_request(body, _extra_types(), _operator(), _idempotency_key(body))
     task, _created = service().dispatcher.dispatch(dispatch)
     return _dispatch_answer(task)

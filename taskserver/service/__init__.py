@@ -6,8 +6,9 @@ A few objects, each given its collaborators in its constructor:
 - ``Dispatcher`` (``dispatcher.py``): new tasks, idempotency, pending tasks to free devices, ``new_task`` and its ack;
 - ``DeviceRegistry`` (``registry.py``): connections, registration, heartbeats, draining, tokens, silent devices;
 - ``TaskLifecycle`` (``lifecycle.py``): progress, results, cancels, the end of attempts, timeouts, lost devices;
+- ``Batches`` (``batches.py``): many tasks in one request, their rollout limit, abort rule and cancel;
 - ``Queries`` (``queries.py``): what views read;
-- ``Schedules`` (``schedules.py``): recurring schedules, each fire time creating its task once.
+- ``Schedules`` (``schedules.py``): recurring schedules, each fire time creating its task or batch once.
 
 ``TaskService`` builds them and is the transports' one entry point: they call the part that owns what they ask."""
 
@@ -20,6 +21,7 @@ from taskserver.credentials import DeviceCredentials
 from taskserver.domain import Wake
 from taskserver.metrics import Metrics
 from taskserver.orders import DispatchRequest
+from taskserver.service.batches import Batches
 from taskserver.service.dispatcher import Dispatcher
 from taskserver.service.lifecycle import TaskLifecycle
 from taskserver.service.moves import TaskMoves
@@ -31,8 +33,8 @@ __all__ = ["DispatchRequest", "TaskService"]
 
 
 class TaskService:
-    """Holds the service's parts: ``devices``, ``dispatcher``, ``tasks`` (the lifecycle), ``queries`` and
-    ``schedules``, and what they share (the store, the notifier, the clock, the metrics, the live connections)."""
+    """Holds the service's parts: ``devices``, ``dispatcher``, ``tasks`` (the lifecycle), ``batches``, ``queries``
+    and ``schedules``, and what they share (the store, the notifier, the clock, the metrics, the live connections)."""
 
     def __init__(self, store, notifier, config, clock=time.time, metrics=None, spawn=gevent.spawn):
         self.store = store
@@ -47,9 +49,11 @@ class TaskService:
         self.devices = registry = DeviceRegistry(
             store, queries, notifier, config, clock, metrics, connections, credentials, dispatcher
         )
-        self.tasks = TaskLifecycle(
+        self.tasks = lifecycle = TaskLifecycle(
             store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
         )
+        self.batches = Batches(store, lifecycle, dispatcher, config, clock, metrics, spawn)
+        moves.batch_task_ended = self.batches.task_ended
         self.schedules = Schedules(store, dispatcher, config, clock)
 
     def wake_up(self, reason=None):

@@ -6,7 +6,7 @@ from dataclasses import replace
 from functools import partial
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, Task, TaskStatus, Wake
+from taskserver.domain import ACTIVE, BatchStatus, ErrorCode, Event, EventKind, Task, TaskStatus, Wake
 from taskserver.errors import InvalidState, NotFound
 from taskserver.service.atomic import atomic
 
@@ -64,6 +64,7 @@ class Dispatcher:
             task_type=request.task_type,
             data=request.data,
             target_device_id=request.device_id,
+            target_tags=list(request.tags) if request.tags else None,
             priority=request.priority,
             timeout=request.timeout or self.config["TASK_TIMEOUT"],
             max_retries=request.max_retries,
@@ -103,7 +104,8 @@ class Dispatcher:
         if self.store.has_pending_tasks() and self.store.due_pending_tasks(now, 1):
             return None
         include = [task.target_device_id] if task.target_device_id else []
-        return domain.pick_device(task, self.store.free_devices(limit=1, include=include))
+        tag_sets = [task.target_tags] if task.target_tags else []
+        return domain.pick_device(task, self.store.free_devices(limit=1, include=include, tag_sets=tag_sets))
 
     @atomic
     def dispatch_pending(self, now=None):
@@ -126,9 +128,13 @@ class Dispatcher:
             if not tasks:
                 break
             targets = {task.target_device_id for task in tasks} - {None}
-            devices = self.store.free_devices(limit=len(tasks) + 1, include=targets)
+            tag_sets = {tuple(task.target_tags) for task in tasks if task.target_tags}
+            devices = self.store.free_devices(limit=len(tasks) + 1, include=targets, tag_sets=tag_sets)
+            stopped = self._stopped_batches(tasks)
             sent_before = len(sent)
             for task in tasks:
+                if task.batch_id in stopped:
+                    continue  # its batch was aborted or cancelled: its cancel is on the way
                 device = domain.pick_device(task, devices)
                 if device is not None and (updated := self._assign(task, device, now)) is not None:
                     device.active_tasks += 1
@@ -136,6 +142,11 @@ class Dispatcher:
             if len(sent) == sent_before or len(tasks) < wanted:
                 break
         return sent
+
+    def _stopped_batches(self, tasks):
+        """The ids of the batches of ``tasks`` that no longer run (one read per batch, only for batch tasks)."""
+        batches = {task.batch_id for task in tasks} - {None}
+        return {batch_id for batch_id in batches if self.store.get_batch(batch_id).status != BatchStatus.RUNNING}
 
     def look_again_later(self):
         """With other writers, a look for work could not see their uncommitted tasks and freed slots, nor the rows

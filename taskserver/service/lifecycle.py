@@ -40,20 +40,29 @@ class TaskLifecycle:
         if task.is_terminal:
             raise InvalidState(f"任务已结束（{task.status.value}），无法取消", ErrorCode.INVALID_STATE)
         now = self.clock()
-        sid = self.connections.sid_of(task.device_id) if task.status in ACTIVE else None
-        owed_to = task.device_id if task.status in ACTIVE and sid is None else None
-        changes = {"finished_at": now, "error_code": ErrorCode.TASK_CANCELLED}
-        cancelled = Event(EventKind.CANCELLED, "operator", task.device_id)
-        updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
+        updated = self.end_by_operator(task, now, ErrorCode.TASK_CANCELLED)
         if updated is None:
             return self.cancel(task_id)
+        self.dispatcher.dispatch_pending(now)
+        return updated
+
+    def end_by_operator(self, task, now, error_code):
+        """Cancel the task as read (with ``error_code``: the operator's cancel, or its batch's); its device, if it
+        has one, is told now or when it returns. Return it, or None if it changed meanwhile."""
+        sid = self.connections.sid_of(task.device_id) if task.status in ACTIVE else None
+        owed_to = task.device_id if task.status in ACTIVE and sid is None else None
+        changes = {"finished_at": now, "error_code": error_code}
+        detail = None if error_code == ErrorCode.TASK_CANCELLED else {"error_code": error_code}
+        cancelled = Event(EventKind.CANCELLED, "operator", task.device_id, detail)
+        updated = self.moves.move(task, TaskStatus.CANCELLED, changes, cancelled, now, owe_cancel_to=owed_to)
+        if updated is None:
+            return None
         if owed_to is not None:
             self.store.wake_nodes(Wake.CANCELS)  # another node may hold the device's connection
         if sid is not None:
-            self.notifier.cancel_task(sid, task_id, task.attempt)
+            self.notifier.cancel_task(sid, task.task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
-        logs.event(log, "task cancelled", task_id=task_id, device_id=task.device_id)
-        self.dispatcher.dispatch_pending(now)
+        logs.event(log, "task cancelled", task_id=task.task_id, device_id=task.device_id, error_code=error_code)
         return updated
 
     @atomic

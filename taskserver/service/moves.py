@@ -11,6 +11,7 @@ class TaskMoves:
     def __init__(self, store, notifier):
         self.store = store
         self.notifier = notifier
+        self.batch_task_ended = None  # ``Batches.task_ended``, told in the unit of work that ended a batch's task
 
     def create(self, task, *events):
         """Store a new task with its first events: pending, or straight into dispatched (a move the table must allow
@@ -33,4 +34,6 @@ class TaskMoves:
         updated = self.store.update_task_if(task, changes, event, owe_cancel_to=owe_cancel_to)
         if updated is not None:
             self.notifier.task_changed(updated, () if target == task.status else (task.device_id, updated.device_id))
+            if updated.batch_id is not None and updated.is_terminal and self.batch_task_ended is not None:
+                self.batch_task_ended(updated)
         return updated

@@ -60,9 +60,22 @@ class Queries:
         """The device, or None."""
         return self.store.get_device(device_id)
 
-    def devices(self, statuses=(), disabled=None):
-        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
-        return self.store.list_devices(statuses=statuses, disabled=disabled)
+    def devices(self, statuses=(), disabled=None, tags=()):
+        """Known devices in one of ``statuses`` (all if empty), with every one of ``tags`` and, if given, that
+        ``disabled`` flag; newest first."""
+        return self.store.list_devices(statuses=statuses, disabled=disabled, tags=tags)
+
+    def batch(self, batch_id):
+        """The batch and its tasks by status (``Store.count_batch_tasks``), or 404 ``BATCH_NOT_FOUND``."""
+        batch = self.store.get_batch(batch_id)
+        if batch is None:
+            raise NotFound(f"批次 {batch_id} 不存在", ErrorCode.BATCH_NOT_FOUND)
+        return batch, self.store.count_batch_tasks(batch_id)
+
+    def batches(self, limit, offset):
+        """A page of batches, newest first, each with its tasks by status, and how many there are."""
+        batches, total = self.store.list_batches(limit=limit, offset=offset)
+        return [(batch, self.store.count_batch_tasks(batch.batch_id)) for batch in batches], total
 
     def active_tasks_of(self, device_id):
         """The device's dispatched and running tasks, oldest first."""

@@ -3,7 +3,7 @@ the store agree again after a failed commit."""
 
 import logging
 
-from taskserver import logs
+from taskserver import domain, logs
 from taskserver.domain import Device, ErrorCode, Event, EventKind, TaskStatus, Wake
 from taskserver.errors import Forbidden, InvalidState, Unauthorized
 from taskserver.present import iso
@@ -41,6 +41,7 @@ class DeviceRegistry:
         now = self.clock()
         previous = self.store.get_device(device_id)
         info = payload.get("device_info") or {}
+        operator_tags = previous.operator_tags if previous else []
         device = Device(
             device_id=device_id,
             device_name=payload.get("device_name") or (previous.device_name if previous else device_id),
@@ -51,6 +52,8 @@ class DeviceRegistry:
             registered_at=now,
             last_heartbeat=previous.last_heartbeat if previous else None,
             created_at=previous.created_at if previous else now,
+            tags=domain.device_tags(info, operator_tags),
+            operator_tags=operator_tags,
         )
         if self.connections.device_of(sid) not in (None, device_id):
             self._release_sid(sid, now)  # the connection switches to another device id
@@ -120,6 +123,20 @@ class DeviceRegistry:
             raise Forbidden(f"此连接已注册为 {device_id}，不能代表 {claimed_device_id}", ErrorCode.FORBIDDEN)
         self.connections.heard_from(device_id, self.clock())
         return device_id
+
+    @atomic
+    def set_device_tags(self, device_id, operator_tags):
+        """Set the operator's tags of a device (kept across its registrations); its tags become their union with
+        those it registered with, and tasks for them may start on it."""
+        device = self.queries.device(device_id)
+        tags = domain.device_tags(device.device_info, operator_tags)
+        if not self.store.set_device_tags(device_id, operator_tags, tags):
+            return self.queries.device(device_id)  # deleted meanwhile: 404
+        logs.event(log, "device tagged", device_id=device_id, tags=tags)
+        self.notifier.device_changed(device_id)
+        self.dispatcher.dispatch_pending(self.clock())
+        self.store.wake_nodes(Wake.WORK)  # another node may hold the device's connection
+        return self.queries.device(device_id)
 
     @atomic
     def set_device_disabled(self, device_id, disabled):

@@ -34,10 +34,42 @@ class Store:
         raise NotImplementedError
 
     def list_tasks(
-        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+        self,
+        statuses=(),
+        task_type=None,
+        device_id=None,
+        limit=100,
+        offset=0,
+        created_after=None,
+        created_before=None,
+        batch_id=None,
     ):
         """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
         and the number of all that match."""
+        raise NotImplementedError
+
+    # batches
+    def add_batch(self, batch, tasks, event, released):
+        """Insert the batch and its pending tasks, each with ``event`` as its first history line, atomically; the
+        first ``released`` tasks join the queue, the others are held. Whenever a released task of a running batch
+        ends, ``update_task_if`` counts it and releases the next held one (so at most ``released`` are out at once);
+        every task of a batch that ends is counted in its ``completed``, ``failed`` or ``cancelled``."""
+        raise NotImplementedError
+
+    def get_batch(self, batch_id):
+        """The batch with this id, or None."""
+        raise NotImplementedError
+
+    def list_batches(self, limit=100, offset=0):
+        """A page of batches, newest first, and how many there are."""
+        raise NotImplementedError
+
+    def count_batch_tasks(self, batch_id):
+        """The batch's tasks by status: ``{status: (count, sum of progress)}``."""
+        raise NotImplementedError
+
+    def update_batch_if(self, batch, changes):
+        """Apply ``changes`` to the batch only if its stored status is still ``batch.status``; True if it was."""
         raise NotImplementedError
 
     def due_pending_tasks(self, now, limit):
@@ -116,8 +148,13 @@ class Store:
         """The device with this id (with its active task count), or None."""
         raise NotImplementedError
 
-    def list_devices(self, statuses=(), disabled=None):
-        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
+    def set_device_tags(self, device_id, operator_tags, tags):
+        """Set the operator's tags of the device and its tags (their union with its own); True if it exists."""
+        raise NotImplementedError
+
+    def list_devices(self, statuses=(), disabled=None, tags=()):
+        """Known devices in one of ``statuses`` (all if empty), with every one of ``tags`` and, if given, that
+        ``disabled`` flag; newest first."""
         raise NotImplementedError
 
     def dispatchable_count(self, at_most):
@@ -125,8 +162,9 @@ class Store:
         ``at_most`` devices), or 0 when no task is pending."""
         raise NotImplementedError
 
-    def free_devices(self, limit=None, include=()):
-        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
+    def free_devices(self, limit=None, include=(), tag_sets=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``,
+        plus for each tag set of ``tag_sets`` the ``limit`` least loaded with all those tags."""
         raise NotImplementedError
 
     def held_devices(self):

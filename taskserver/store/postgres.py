@@ -17,13 +17,15 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
-from taskserver.domain import ACTIVE, TaskStatus
+from taskserver.domain import ACTIVE, TERMINAL, TaskStatus
 from taskserver.errors import StoreConflict, StoreUnavailable, TaskServerError
 from taskserver.store.base import Store
 from taskserver.store.migrations import steps_to
-from taskserver.store.postgres_schedules import ScheduleTables
+from taskserver.store.postgres_batches import PostgresBatchTables
+from taskserver.store.postgres_schedules import PostgresScheduleTables
 from taskserver.store.rows import (
     ACTIVE_VALUES,
+    BATCH_COLUMNS,
     DEVICE_COLUMNS,
     TASK_COLUMNS,
     changed,
@@ -49,19 +51,33 @@ TASK_SELECT = ", ".join(TASK_COLUMNS)
 # devices that can take a task now, on this node (a node dispatches only to the devices whose connection it holds)
 FREE = "connected AND NOT disabled AND active_tasks < capacity AND node_id IS NOT DISTINCT FROM %(node)s"
 DEVICE_STATUS_SQL = "CASE WHEN NOT connected THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
-# Pending tasks that can start now, in dispatch order, claimed: due ones for any device, and due ones pinned to a
-# device with a free slot. Rows another unit holds are skipped, so two writers never claim the same task.
+# Pending tasks that can start now, in dispatch order, claimed: due ones for any device, due ones pinned to a device
+# with a free slot, and due ones for a tag set a free device has (the sets found one index step each). Rows another
+# unit holds are skipped, so two writers never claim the same task.
 DUE_PENDING = f"""
-WITH open_queue AS (
+WITH RECURSIVE open_queue AS (
     SELECT {TASK_SELECT}, seq FROM tasks
-    WHERE status = 'pending' AND due AND target_device_id IS NULL
+    WHERE status = 'pending' AND due AND target_device_id IS NULL AND target_tags IS NULL
     ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), pinned AS (
     SELECT {TASK_SELECT}, seq FROM tasks
     WHERE status = 'pending' AND due AND target_device_id IN (SELECT device_id FROM devices WHERE {FREE})
     ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), tag_sets (tags) AS (
+    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
+            ORDER BY target_tags::text LIMIT 1)
+    UNION ALL
+    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
+              AND target_tags::text > tag_sets.tags ORDER BY target_tags::text LIMIT 1)
+    FROM tag_sets WHERE tag_sets.tags IS NOT NULL
+), tagged AS (
+    SELECT {TASK_SELECT}, seq FROM tasks
+    WHERE status = 'pending' AND due AND target_tags IS NOT NULL AND target_tags::text IN (
+        SELECT tags FROM tag_sets
+        WHERE tags IS NOT NULL AND EXISTS (SELECT 1 FROM devices WHERE {FREE} AND devices.tags @> tag_sets.tags::jsonb))
+    ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned) queue
+SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned UNION ALL SELECT * FROM tagged) queue
 ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
 
@@ -113,9 +129,10 @@ class Unit:
     callbacks: list = field(default_factory=list)
 
 
-class PostgresStore(ScheduleTables, Store):
-    """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``); its schedules are
-    read and written by ``ScheduleTables`` (postgres_schedules.py)."""
+class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
+    """Store on a PostgreSQL database. ``url`` is a libpq URL (``postgresql://user@host:5432/db``); its batches are
+    read and written by ``PostgresBatchTables`` (postgres_batches.py), its schedules by ``PostgresScheduleTables``
+    (postgres_schedules.py)."""
 
     single_writer = False  # other units of work (other nodes) write beside this one
 
@@ -297,6 +314,32 @@ class PostgresStore(ScheduleTables, Store):
             db.execute(sql, params)
         return True
 
+    def add_batch(self, batch, tasks, event, released):
+        """Insert the batch and its pending tasks, each with ``event`` as its first history line, in this unit of
+        work; the first ``released`` tasks join the queue, the others are held until the batch makes room."""
+        columns = [*TASK_COLUMNS, "due", "held"]
+        rows = [
+            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), n < released and task.not_before is None]
+            + [n >= released]
+            for n, task in enumerate(tasks)
+        ]
+        detail = to_db("detail", event.detail)
+        with self._db() as db, db.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) VALUES ({', '.join('%s' for _ in BATCH_COLUMNS)})",
+                [to_db(name, getattr(batch, name)) for name in BATCH_COLUMNS],
+            )
+            with cursor.copy(f"COPY tasks ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            with cursor.copy(
+                "COPY task_events (task_id, at, kind, actor, device_id, attempt, detail) FROM STDIN"
+            ) as copy:
+                for task in tasks:
+                    copy.write_row(
+                        (task.task_id, batch.created_at, str(event.kind), event.actor, task.target_device_id, 1, detail)
+                    )
+
     def has_pending_tasks(self):
         """True if any task is pending (due now or scheduled)."""
         return self._rows("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS any")[0]["any"]
@@ -334,8 +377,11 @@ class PostgresStore(ScheduleTables, Store):
         steps = [
             f"""moved AS (UPDATE tasks SET {", ".join(f"{name} = %(set_{name})s" for name in values)}
                 WHERE task_id = %(task_id)s AND status = %(status)s AND device_id IS NOT DISTINCT FROM %(device_id)s
-                  AND attempt = %(attempt)s RETURNING 1)"""
+                  AND attempt = %(attempt)s RETURNING held)"""
         ]
+        if task.batch_id is not None and after.status in TERMINAL and task.status not in TERMINAL:
+            params.update(batch_id=task.batch_id, now=after.updated_at)
+            steps += self._batch_end_steps(TaskStatus(after.status).value)
         if leaves is not None and leaves != onto:
             params["leaves"] = leaves
             steps.append(
@@ -364,6 +410,21 @@ class PostgresStore(ScheduleTables, Store):
         return after
 
     @staticmethod
+    def _batch_end_steps(column):
+        """The steps of a move that ends a batch task in ``column`` (completed, failed or cancelled): count it, and if
+        it had been released and the batch still runs, release the batch's next held task (a held task ending makes
+        no room: it never took any). The batch row's lock orders the ends of one batch's tasks."""
+        return [
+            f"""counted AS (UPDATE batches SET {column} = {column} + 1, updated_at = %(now)s
+                WHERE batch_id = %(batch_id)s AND EXISTS (SELECT 1 FROM moved) RETURNING status)""",
+            """released AS (UPDATE tasks SET held = FALSE, due = (not_before IS NULL) WHERE task_id = (
+                    SELECT task_id FROM tasks WHERE batch_id = %(batch_id)s AND status = 'pending' AND held
+                    ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+                AND EXISTS (SELECT 1 FROM moved WHERE NOT held)
+                AND EXISTS (SELECT 1 FROM counted WHERE status = 'running'))""",
+        ]
+
+    @staticmethod
     def _event_params(event, at, attempt):
         """The parameters of ``LOG_EVENT``."""
         return {
@@ -376,11 +437,22 @@ class PostgresStore(ScheduleTables, Store):
         }
 
     def list_tasks(
-        self, statuses=(), task_type=None, device_id=None, limit=100, offset=0, created_after=None, created_before=None
+        self,
+        statuses=(),
+        task_type=None,
+        device_id=None,
+        limit=100,
+        offset=0,
+        created_after=None,
+        created_before=None,
+        batch_id=None,
     ):
         """A page of tasks matching the filters (``created_after <= created_at < created_before``), newest first,
         and the number of all that match."""
         clauses, params = [], []
+        if batch_id:
+            clauses.append("batch_id = %s")
+            params.append(batch_id)
         if statuses:
             clauses.append("status = ANY(%s)")
             params.append([TaskStatus(s).value for s in statuses])
@@ -521,9 +593,11 @@ class PostgresStore(ScheduleTables, Store):
         return bool(self._rows("DELETE FROM device_tokens WHERE device_id = %s RETURNING 1", (device_id,)))
 
     def save_device(self, device):
-        """Insert the device or update its name, info, capacity and connection (held by this node)."""
+        """Insert the device or update its name, info, capacity, tags and connection (held by this node; an
+        operator's tags stay as they are: ``set_device_tags`` sets them)."""
         columns = [*DEVICE_COLUMNS, "node_id"]
-        updated = [c for c in columns if c not in ("device_id", "created_at", "active_tasks", "disabled")]
+        kept = ("device_id", "created_at", "active_tasks", "disabled", "operator_tags")
+        updated = [c for c in columns if c not in kept]
         with self._db() as db:
             db.execute(
                 f"""INSERT INTO devices ({", ".join(columns)})
@@ -537,9 +611,21 @@ class PostgresStore(ScheduleTables, Store):
         rows = self._rows("SELECT * FROM devices WHERE device_id = %s", (device_id,))
         return device_from_row(rows[0]) if rows else None
 
-    def list_devices(self, statuses=(), disabled=None):
-        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
+    def set_device_tags(self, device_id, operator_tags, tags):
+        """Set the operator's tags of the device and its tags (their union with its own); True if it exists."""
+        rows = self._rows(
+            "UPDATE devices SET operator_tags = %s, tags = %s WHERE device_id = %s RETURNING 1",
+            (to_db("tags", operator_tags), to_db("tags", tags), device_id),
+        )
+        return bool(rows)
+
+    def list_devices(self, statuses=(), disabled=None, tags=()):
+        """Known devices in one of ``statuses`` (all if empty), with every one of ``tags`` and, if given, that
+        ``disabled`` flag; newest first."""
         clauses, params = [], []
+        if tags:
+            clauses.append("tags @> %s::jsonb")
+            params.append(to_db("tags", list(tags)))
         if statuses:
             clauses.append(f"{DEVICE_STATUS_SQL} = ANY(%s)")
             params.append(list(statuses))
@@ -562,9 +648,10 @@ class PostgresStore(ScheduleTables, Store):
         )
         return rows[0]["n"]
 
-    def free_devices(self, limit=None, include=()):
-        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``;
-        claimed for this unit of work. Devices another unit holds are skipped, never waited for: a unit that takes
+    def free_devices(self, limit=None, include=(), tag_sets=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``,
+        plus for each tag set of ``tag_sets`` the ``limit`` least loaded with all those tags; claimed for this unit
+        of work. Devices another unit holds are skipped, never waited for: a unit that takes
         slots on several devices in its own order then never waits for one another unit holds (a deadlock)."""
         rows = self._rows(
             f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %(limit)s "
@@ -577,7 +664,14 @@ class PostgresStore(ScheduleTables, Store):
                 f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%(named)s) FOR UPDATE SKIP LOCKED",
                 {"named": named, "node": self._node},
             )
-        return [device_from_row(row) for row in rows]
+        for tags in tag_sets:
+            rows += self._rows(
+                f"""SELECT * FROM devices WHERE {FREE} AND tags @> %(tags)s::jsonb
+                    ORDER BY active_tasks, registered_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+                {"tags": to_db("tags", list(tags)), "limit": limit, "node": self._node},
+            )
+        unique = {row["device_id"]: row for row in rows}
+        return [device_from_row(row) for row in unique.values()]
 
     def held_devices(self):
         """The connected devices whose connections this node holds (every connected device, without nodes)."""

@@ -3,13 +3,18 @@
 Several nodes share them: the leader claims a due schedule (``FOR UPDATE SKIP LOCKED``) for the unit of work that
 runs it, and a run's primary key ``(schedule_id, fire_at)`` makes each fire time run once whatever else happens."""
 
-from taskserver.store.rows import to_db
-from taskserver.store.sqlite_schedules import RUN_COLUMNS, SCHEDULE_COLUMNS, run_from_row, schedule_from_row
+from taskserver.store.rows import (
+    SCHEDULE_COLUMNS,
+    SCHEDULE_RUN_COLUMNS,
+    schedule_from_row,
+    schedule_run_from_row,
+    to_db,
+)
 
 SCHEDULE_SELECT = ", ".join(SCHEDULE_COLUMNS)
 
 
-class ScheduleTables:
+class PostgresScheduleTables:
     """The part of ``PostgresStore`` that reads and writes schedules (through its ``_rows`` and ``_db``)."""
 
     def add_schedule(self, schedule):
@@ -85,7 +90,8 @@ class ScheduleTables:
     def schedule_runs(self, schedule_id, limit):
         """The schedule's latest ``limit`` runs, newest fire time first."""
         rows = self._rows(
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM schedule_runs WHERE schedule_id = %s ORDER BY fire_at DESC LIMIT %s",
+            f"SELECT {', '.join(SCHEDULE_RUN_COLUMNS)} FROM schedule_runs WHERE schedule_id = %s "
+            "ORDER BY fire_at DESC LIMIT %s",
             (schedule_id, limit),
         )
-        return [run_from_row(row) for row in rows]
+        return [schedule_run_from_row(row) for row in rows]

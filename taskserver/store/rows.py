@@ -1,15 +1,29 @@
-"""How tasks and devices cross between Python and SQLite rows."""
+"""How tasks, devices, batches and schedules cross between Python and database rows."""
 
 import json
 from dataclasses import fields
 
-from taskserver.domain import ACTIVE, Device, Task, TaskStatus
+from taskserver.domain import (
+    ACTIVE,
+    Batch,
+    BatchStatus,
+    Device,
+    Misfire,
+    Schedule,
+    ScheduleKind,
+    ScheduleRun,
+    Task,
+    TaskStatus,
+)
 
 JSON_COLUMNS = {"data", "result", "device_info", "detail", "target_tags", "tags", "operator_tags", "target", "options"}
 JSON_COLUMNS |= {"body", "error"}  # a schedule's body, a schedule run's error
 ACTIVE_VALUES = tuple(s.value for s in ACTIVE)
 TASK_COLUMNS = [f.name for f in fields(Task)]
+BATCH_COLUMNS = [f.name for f in fields(Batch)]
 DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself
+SCHEDULE_COLUMNS = [f.name for f in fields(Schedule)]
+SCHEDULE_RUN_COLUMNS = [f.name for f in fields(ScheduleRun)]
 
 
 def to_db(name, value):
@@ -72,3 +86,29 @@ def history_from_row(row):
         "attempt": row["attempt"],
         "detail": from_json(row["detail"]) if row["detail"] is not None else None,
     }
+
+
+def batch_from_row(row):
+    """Build a Batch from a row."""
+    values = {name: row[name] for name in BATCH_COLUMNS}
+    values["target"] = from_json(values["target"])
+    values["options"] = from_json(values["options"])
+    values["status"] = BatchStatus(values["status"])
+    return Batch(**values)
+
+
+def schedule_from_row(row):
+    """Build a Schedule from a row."""
+    values = {name: row[name] for name in SCHEDULE_COLUMNS}
+    values["body"] = from_json(values["body"])
+    values["kind"] = ScheduleKind(values["kind"])
+    values["misfire"] = Misfire(values["misfire"])
+    values["enabled"] = bool(values["enabled"])
+    return Schedule(**values)
+
+
+def schedule_run_from_row(row):
+    """Build a ScheduleRun from a row."""
+    values = {name: row[name] for name in SCHEDULE_RUN_COLUMNS}
+    values["error"] = from_json(values["error"]) if values["error"] is not None else None
+    return ScheduleRun(**values)

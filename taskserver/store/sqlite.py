@@ -9,8 +9,16 @@ from taskserver.domain import ACTIVE, TERMINAL, BatchStatus, TaskStatus
 from taskserver.store.base import Store
 from taskserver.store.commits import GroupCommit
 from taskserver.store.migrations import steps_to
-from taskserver.store.rows import ACTIVE_VALUES, TASK_COLUMNS, changed, event_from_row, task_from_row, to_db
-from taskserver.store.sqlite_batches import BATCH_COLUMNS, BatchTables
+from taskserver.store.rows import (
+    ACTIVE_VALUES,
+    BATCH_COLUMNS,
+    TASK_COLUMNS,
+    changed,
+    event_from_row,
+    task_from_row,
+    to_db,
+)
+from taskserver.store.sqlite_batches import BatchTables
 from taskserver.store.sqlite_devices import DeviceTables
 from taskserver.store.sqlite_schedules import ScheduleTables
 

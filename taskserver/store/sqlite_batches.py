@@ -1,20 +1,6 @@
 """The batch table of the SQLite store (the store's task verbs make a batch's tasks and keep its counters)."""
 
-from dataclasses import fields
-
-from taskserver.domain import Batch, BatchStatus
-from taskserver.store.rows import from_json, to_db
-
-BATCH_COLUMNS = [f.name for f in fields(Batch)]
-
-
-def batch_from_row(row):
-    """Build a Batch from a row (of either store)."""
-    values = {name: row[name] for name in BATCH_COLUMNS}
-    values["target"] = from_json(values["target"])
-    values["options"] = from_json(values["options"])
-    values["status"] = BatchStatus(values["status"])
-    return Batch(**values)
+from taskserver.store.rows import batch_from_row, to_db
 
 
 class BatchTables:

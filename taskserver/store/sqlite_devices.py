@@ -4,6 +4,9 @@ from taskserver.store.rows import ACTIVE_VALUES, DEVICE_COLUMNS, device_from_row
 
 # the devices that can take a task now, read through the partial index that holds exactly them
 FREE = "FROM devices INDEXED BY devices_free WHERE connected = 1 AND disabled = 0 AND active_tasks < capacity"
+# a device with every tag of the JSON array given as the parameter
+HAS_TAGS = """NOT EXISTS (SELECT 1 FROM json_each(?) wanted
+                          WHERE wanted.value NOT IN (SELECT value FROM json_each(devices.tags)))"""
 # Device.status in SQL: keep in step with the property in domain.py.
 DEVICE_STATUS_SQL = "CASE WHEN connected = 0 THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
 
@@ -36,8 +39,10 @@ class DeviceTables:
             return db.execute("DELETE FROM device_tokens WHERE device_id = ?", (device_id,)).rowcount == 1
 
     def save_device(self, device):
-        """Insert the device or update its name, info, capacity and connection."""
-        updated = [c for c in DEVICE_COLUMNS if c not in ("device_id", "created_at", "active_tasks", "disabled")]
+        """Insert the device or update its name, info, capacity, tags and connection (an operator's tags stay as
+        they are: ``set_device_tags`` sets them)."""
+        kept = ("device_id", "created_at", "active_tasks", "disabled", "operator_tags")
+        updated = [c for c in DEVICE_COLUMNS if c not in kept]
         with self._transaction() as db:
             db.execute(
                 f"""INSERT INTO devices ({", ".join(DEVICE_COLUMNS)}) VALUES ({", ".join("?" for _ in DEVICE_COLUMNS)})
@@ -51,9 +56,23 @@ class DeviceTables:
         rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
         return device_from_row(rows[0]) if rows else None
 
-    def list_devices(self, statuses=(), disabled=None):
-        """Known devices in one of ``statuses`` (all if empty) and, if given, that ``disabled`` flag; newest first."""
+    def set_device_tags(self, device_id, operator_tags, tags):
+        """Set the operator's tags of the device and its tags (their union with its own); True if it exists."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE devices SET operator_tags = ?, tags = ? WHERE device_id = ?",
+                (to_db("tags", operator_tags), to_db("tags", tags), device_id),
+            )
+            self._queue_changed()  # tasks for its new tags may start on it
+            return cursor.rowcount == 1
+
+    def list_devices(self, statuses=(), disabled=None, tags=()):
+        """Known devices in one of ``statuses`` (all if empty), with every one of ``tags`` and, if given, that
+        ``disabled`` flag; newest first."""
         clauses, params = [], []
+        if tags:
+            clauses.append(HAS_TAGS)
+            params.append(to_db("tags", list(tags)))
         if statuses:
             clauses.append(f"{DEVICE_STATUS_SQL} IN ({', '.join('?' for _ in statuses)})")
             params.extend(statuses)
@@ -75,16 +94,22 @@ class DeviceTables:
         )
         return rows[0][0]
 
-    def free_devices(self, limit=None, include=()):
-        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``."""
-        rows = self._query(
-            f"SELECT * {FREE} ORDER BY active_tasks, registered_at LIMIT ?", (-1 if limit is None else limit,)
-        )
+    def free_devices(self, limit=None, include=(), tag_sets=()):
+        """Connected, enabled devices with a free slot: the ``limit`` least loaded (all if None), plus ``include``,
+        plus for each tag set of ``tag_sets`` the ``limit`` least loaded with all those tags."""
+        limit = -1 if limit is None else limit
+        rows = self._query(f"SELECT * {FREE} ORDER BY active_tasks, registered_at LIMIT ?", (limit,))
         named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
         if named:
             marks = ", ".join("?" for _ in named)
             rows += self._query(f"SELECT * {FREE} AND device_id IN ({marks})", named)
-        return [device_from_row(row) for row in rows]
+        for tags in tag_sets:
+            rows += self._query(
+                f"SELECT * {FREE} AND {HAS_TAGS} ORDER BY active_tasks, registered_at LIMIT ?",
+                (to_db("tags", list(tags)), limit),
+            )
+        unique = {row["device_id"]: row for row in rows}
+        return [device_from_row(row) for row in unique.values()]
 
     def mark_disconnected(self, device_id, sid, now):
         """Mark the device offline if ``sid`` is still its connection; return True if it was."""

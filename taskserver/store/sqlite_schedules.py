@@ -1,29 +1,6 @@
 """The schedule tables of the SQLite store: schedules, and their runs (one row per fire time run)."""
 
-from dataclasses import fields
-
-from taskserver.domain import Misfire, Schedule, ScheduleKind, ScheduleRun
-from taskserver.store.rows import from_json, to_db
-
-SCHEDULE_COLUMNS = [f.name for f in fields(Schedule)]
-RUN_COLUMNS = [f.name for f in fields(ScheduleRun)]
-
-
-def schedule_from_row(row):
-    """Build a Schedule from a row (of either store)."""
-    values = {name: row[name] for name in SCHEDULE_COLUMNS}
-    values["body"] = from_json(values["body"])
-    values["kind"] = ScheduleKind(values["kind"])
-    values["misfire"] = Misfire(values["misfire"])
-    values["enabled"] = bool(values["enabled"])
-    return Schedule(**values)
-
-
-def run_from_row(row):
-    """Build a ScheduleRun from a row (of either store)."""
-    values = {name: row[name] for name in RUN_COLUMNS}
-    values["error"] = from_json(values["error"]) if values["error"] is not None else None
-    return ScheduleRun(**values)
+from taskserver.store.rows import SCHEDULE_COLUMNS, schedule_from_row, schedule_run_from_row, to_db
 
 
 class ScheduleTables:
@@ -98,4 +75,4 @@ class ScheduleTables:
         rows = self._query(
             "SELECT * FROM schedule_runs WHERE schedule_id = ? ORDER BY fire_at DESC LIMIT ?", (schedule_id, limit)
         )
-        return [run_from_row(row) for row in rows]
+        return [schedule_run_from_row(row) for row in rows]

@@ -1,0 +1,213 @@
+"""Batches: many tasks in one request, broadcast or spread, under a rollout limit and an abort rule."""
+
+import pytest
+
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
+
+def create(server, expect=201, **body):
+    body.setdefault("task_type", "DELIST")
+    response = server.post("/api/batches", json=body)
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+def batch(server, batch_id):
+    return server.get(f"/api/batch/{batch_id}").json()["batch"]
+
+
+def in_flight(server, batch_id):
+    counts = batch(server, batch_id)["counts"]
+    return counts["dispatched"] + counts["running"]
+
+
+def test_a_broadcast_to_a_tag_gives_each_tagged_phone_one_task_and_no_other_phone_any(server, devices):
+    tagged = [devices(f"a{n:02}", tags=["shopA"]) for n in range(50)]
+    others = [devices(f"b{n}", tags=["shopB"]) for n in range(5)] + [devices("plain")]
+    answer = create(server, mode="each", target={"tags": ["shopA"]}, data={"product_ids": ["1"]})
+    assert answer["success"] and answer["total"] == 50 and len(set(answer["task_ids"])) == 50
+    for phone in tagged:
+        task = phone.wait("new_task")
+        assert task["task_id"] in answer["task_ids"]
+    sent = [phone.events["new_task"][0]["task_id"] for phone in tagged]
+    assert sorted(sent) == sorted(answer["task_ids"])  # each task to one phone, each phone one task
+    assert all(not phone.events["new_task"] for phone in others)
+    tasks = server.get(f"/api/tasks?batch_id={answer['batch_id']}&limit=1000").json()
+    assert tasks["total"] == 50 and {task["batch_id"] for task in tasks["tasks"]} == {answer["batch_id"]}
+    shown = batch(server, answer["batch_id"])
+    assert (shown["status"], shown["mode"], shown["total"], shown["counts"]["dispatched"]) == (
+        "running",
+        "each",
+        50,
+        50,
+    )
+
+
+def test_a_broadcast_to_named_or_all_devices_and_online_only(server, devices):
+    devices("on1")
+    gone = devices("off1")
+    gone.disconnect()
+    wait_until(lambda: server.get("/api/device/off1").json()["device"]["status"] == "offline")
+    server.post("/api/device/on1/disable")
+    assert create(server, mode="each", target={"all": True}, data={"product_ids": ["1"]})["total"] == 1  # not drained
+    named = create(server, mode="each", target={"device_ids": ["off1", "on1"]}, data={"product_ids": ["1"]})
+    assert named["total"] == 2
+    online = create(
+        server, mode="each", target={"device_ids": ["off1", "on1"]}, online_only=True, data={"product_ids": ["1"]}
+    )
+    assert online["total"] == 1
+    missing = create(
+        server, expect=404, mode="each", target={"device_ids": ["on1", "ghost"]}, data={"product_ids": ["1"]}
+    )
+    assert missing["error_code"] == "DEVICE_NOT_FOUND" and "ghost" in missing["message"]
+    none = create(server, expect=400, mode="each", target={"tags": ["nobody"]}, data={"product_ids": ["1"]})
+    assert none["error_code"] == "NO_MATCHING_DEVICES"
+
+
+def run_phones(server, phones, batch_id, fail=lambda n: False, check=lambda: None):
+    """Let each phone finish every task it gets (the n-th result overall fails if ``fail(n)``) until none is sent
+    any more; call ``check`` after each result. Return how many results were sent."""
+    done = {phone.device_id: 0 for phone in phones}
+    results = 0
+    while True:
+        progressed = False
+        for phone in phones:
+            received = phone.events["new_task"]
+            while done[phone.device_id] < len(received):
+                task_id = received[done[phone.device_id]]["task_id"]
+                done[phone.device_id] += 1
+                phone.progress(task_id, 50)
+                check()
+                phone.result(task_id, success=not fail(results))
+                results += 1
+                progressed = True
+                check()
+        if not progressed:
+            counts = batch(server, batch_id)["counts"]
+            if counts["dispatched"] + counts["running"] == 0:
+                return results
+            wait_until(lambda: any(len(p.events["new_task"]) > done[p.device_id] for p in phones), message="a task")
+
+
+def test_a_spread_batch_never_has_more_than_max_in_flight_out_and_ends_completed(server, devices):
+    phones = [devices(f"a{n:02}", tags=["shopA"], max_concurrent_tasks=2) for n in range(15)]
+    bystander = devices("plain", max_concurrent_tasks=5)
+    items = [{"product_ids": [str(n)]} for n in range(1000)]
+    answer = create(server, mode="spread", target={"tags": ["shopA"]}, items=items, max_in_flight=10)
+    assert answer["total"] == 1000
+    batch_id = answer["batch_id"]
+    store = server.service.store
+    peak = []
+
+    def check():
+        counts = store.count_batch_tasks(batch_id)
+        out = sum(counts.get(status, (0, 0))[0] for status in ("dispatched", "running"))
+        assert out <= 10, counts
+        peak.append(out)
+
+    assert run_phones(server, phones, batch_id, check=check) == 1000
+    assert max(peak) == 10  # the limit was reached, and never passed
+    assert not bystander.events["new_task"]
+    shown = batch(server, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["completed"] == 1000 and shown["progress"] == 100
+    assert shown["finished_at"] is not None
+
+
+def test_an_abort_fires_at_the_failed_share_and_cancels_the_pending_rest(server, devices):
+    phones = [devices(f"a{n}", tags=["shopA"]) for n in range(4)]
+    items = [{"product_ids": [str(n)]} for n in range(40)]
+    abort = {"failure_ratio": 0.5, "min_finished": 6}
+    answer = create(server, mode="spread", target={"tags": ["shopA"]}, items=items, max_in_flight=4, abort=abort)
+    batch_id = answer["batch_id"]
+    first = [phone.wait("new_task")["task_id"] for phone in phones]
+    for n, (phone, task_id) in enumerate(zip(phones, first, strict=True)):
+        phone.result(task_id, success=n < 2)  # 2 completed, 2 failed: 4 outcomes, under min_finished
+    assert batch(server, batch_id)["status"] == "running"
+    second = [phone.wait("new_task", 2)["task_id"] for phone in phones]
+    phones[0].result(second[0], success=False)  # 5 outcomes, 3 failed: under min_finished
+    assert batch(server, batch_id)["status"] == "running"
+    third = phones[0].wait("new_task", 3)["task_id"]  # its slot in the batch went to the next task
+    phones[1].result(second[1], success=False)  # 6 outcomes, 4 failed: 0.67 >= 0.5
+    wait_until(lambda: batch(server, batch_id)["counts"]["pending"] == 0, message="the pending rest cancelled")
+    shown = batch(server, batch_id)
+    assert shown["status"] == "aborted"
+    assert shown["counts"] == {
+        "pending": 0,
+        "dispatched": 3,
+        "running": 0,
+        "completed": 2,
+        "failed": 4,
+        "cancelled": 31,
+    }
+    cancelled = server.get(f"/api/tasks?batch_id={batch_id}&status=cancelled&limit=100").json()["tasks"]
+    assert {task["error_code"] for task in cancelled} == {"BATCH_ABORTED"}
+    for phone, task_id in [(phones[0], third), (phones[2], second[2]), (phones[3], second[3])]:
+        phone.result(task_id)  # those still out finish as they go
+    shown = batch(server, batch_id)
+    assert shown["status"] == "aborted" and shown["finished_at"] is not None and shown["counts"]["completed"] == 5
+    assert [len(phone.events["new_task"]) for phone in phones] == [3, 2, 2, 2]  # none after the abort
+
+
+def test_cancelling_a_batch_cancels_every_task_not_ended_and_tells_the_phones(server, devices):
+    phones = [devices(f"a{n}", tags=["shopA"]) for n in range(3)]
+    answer = create(server, mode="spread", target={"tags": ["shopA"]}, items=[{"product_ids": ["1"]}] * 10)
+    running = [phone.wait("new_task")["task_id"] for phone in phones]
+    phones[0].result(running[0])
+    phones[1].progress(running[1], 10)
+    cancelled = server.post(f"/api/batch/{answer['batch_id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    shown = cancelled.json()["batch"]
+    assert shown["status"] == "cancelled" and shown["counts"]["cancelled"] == 9 and shown["counts"]["completed"] == 1
+    assert phones[1].wait("cancel_task")["task_id"] == running[1]
+    assert phones[2].wait("cancel_task")["task_id"] == running[2]
+    again = server.post(f"/api/batch/{answer['batch_id']}/cancel")
+    assert again.status_code == 409 and again.json()["error_code"] == "INVALID_STATE"
+    assert server.post("/api/batch/batch_nope/cancel").json()["error_code"] == "BATCH_NOT_FOUND"
+
+
+def test_ten_thousand_tasks_in_one_batch(server, devices):
+    items = [{"product_ids": [str(n)]} for n in range(10_000)]
+    answer = create(server, mode="spread", target={"all": True}, items=items, max_in_flight=100)
+    assert answer["total"] == 10_000 and len(set(answer["task_ids"])) == 10_000
+    phone = devices("android_001")
+    assert phone.wait("new_task")["task_id"] == answer["task_ids"][0]  # in batch order
+    counts = batch(server, answer["batch_id"])["counts"]
+    assert counts["pending"] == 9_999 and counts["dispatched"] == 1
+    listed = server.get("/api/batches").json()
+    assert listed["total"] == 1 and listed["batches"][0]["batch_id"] == answer["batch_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"mode": "each", "target": {}, "data": {}}, "target"),
+        ({"mode": "each", "target": {"tags": []}, "data": {}}, "target"),
+        ({"mode": "each", "target": {"all": False}, "data": {}}, "target"),
+        ({"mode": "each", "target": {"all": True, "tags": ["a"]}, "data": {}}, "target"),
+        ({"mode": "each", "target": {"all": True}, "data": {}, "max_in_flight": 0}, "max_in_flight"),
+        ({"mode": "each", "target": {"all": True}, "items": [{}]}, "items"),
+        ({"mode": "spread", "target": {"all": True}}, "items"),
+        ({"mode": "spread", "target": {"all": True}, "items": []}, "items"),
+        ({"mode": "spread", "target": {"all": True}, "items": [{"product_ids": ["1"]}] * 10_001}, "items"),
+        ({"mode": "spread", "target": {"device_ids": ["a"]}, "items": [{}]}, "target"),
+        ({"mode": "spread", "target": {"all": True}, "items": [{"product_ids": ["1"]}, {"product_ids": 5}]}, "items"),
+        ({"mode": "sideways", "target": {"all": True}, "data": {}}, "mode"),
+        ({"mode": "each", "target": {"all": True}, "data": {}, "abort": {"failure_ratio": 1.5}}, "abort"),
+        ({"mode": "each", "target": {"all": True}, "data": {}, "surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_batches_are_refused_with_the_field_named(server, devices, body, field):
+    devices("android_001")
+    answer = create(server, expect=400, **body)
+    assert answer["success"] is False and answer["error_code"] == "VALIDATION_ERROR"
+    assert field in answer["errors"], answer
+    assert server.get("/api/batches").json()["total"] == 0
+
+
+def test_a_bad_item_is_named_by_its_index(server, devices):
+    devices("android_001")
+    items = [{"product_ids": ["1"]}, {"product_ids": ["2"]}, {"product_ids": "3"}]
+    answer = create(server, expect=400, mode="spread", target={"all": True}, items=items)
+    assert list(answer["errors"]["items"]) == ["2"]
