@@ -555,21 +555,29 @@ def _time_zone(name):
         raise ValidationError(f"未知的时区 {name}（IANA 时区名，如 Asia/Shanghai）")
 
 
-# What each fire time decides for the task it creates, so that a schedule's task may not say it.
+# What each fire time decides for what it creates, so that a schedule's task or batch body may not say it.
 FIRE_TIME_DECIDES = {
-    "idempotency_key": "每个触发时间只创建一次任务，不需要也不能指定幂等键",
-    "schedule_time": "任务在每个触发时间创建，不能指定 schedule_time",
+    "idempotency_key": "每个触发时间只创建一次，不需要也不能指定幂等键",
+    "schedule_time": "每个触发时间即创建时间，不能指定 schedule_time",
 }
 
 
-class ScheduledDispatchSchema(DispatchSchema):
-    """A schedule's ``task``: a dispatch body, less what each fire time decides (``FIRE_TIME_DECIDES``)."""
+class DecidedByFireTime:
+    """Refuses in a body what each fire time decides (``FIRE_TIME_DECIDES``); mixed into a body's schema."""
 
     @validates_schema
     def _decided_by_fire_time(self, data, **kwargs):
         errors = {name: [message] for name, message in FIRE_TIME_DECIDES.items() if data.get(name) is not None}
         if errors:
             raise ValidationError(errors)
+
+
+class ScheduledDispatchSchema(DecidedByFireTime, DispatchSchema):
+    """A schedule's ``task``: a dispatch body without ``idempotency_key`` or ``schedule_time``."""
+
+
+class ScheduledBatchSchema(DecidedByFireTime, BatchSchema):
+    """A schedule's ``batch``: a batch body without ``schedule_time``."""
 
 
 class ScheduleSchema(WireSchema):
@@ -593,7 +601,10 @@ class ScheduleSchema(WireSchema):
         ScheduledDispatchSchema,
         metadata={"description": "每个触发时间创建的任务：即 POST /api/dispatch-task 的请求体，但不含幂等键和排期时间"},
     )
-    batch = fields.Dict(metadata={"description": "每个触发时间创建的批次：POST /api/batches 的请求体（暂不可用）"})
+    batch = fields.Nested(
+        ScheduledBatchSchema,
+        metadata={"description": "每个触发时间创建的批次：即 POST /api/batches 的请求体，但不含排期时间"},
+    )
     enabled = fields.Boolean(load_default=True)
     misfire = fields.Enum(
         Misfire,
@@ -629,26 +640,20 @@ class ScheduleListQuerySchema(Schema):
 
 
 def schedule_changes(body, extra_types=()):
-    """What a body ``ScheduleSchema`` loaded (whole, or a change's part) sets on a schedule: its ``task`` (or
-    ``batch``) as ``kind`` and ``body``."""
+    """What a body ``ScheduleSchema`` loaded (whole, or a change's part) sets on a schedule: its ``task`` or
+    ``batch`` as ``kind`` and ``body``, checked as each fire time will build its request (an error names the field
+    inside ``task`` or ``batch``)."""
     changes = {name: body[name] for name in ("name", "cron", "timezone", "enabled", "misfire") if name in body}
-    if "task" in body:
-        changes.update(kind=ScheduleKind.TASK, body=_scheduled_task(body["task"], extra_types))
-    if "batch" in body:  # until batches land on this branch: nothing pretends to make them
-        raise ValidationFailed({"batch": ["批次定时任务暂不可用（batch schedules not available yet）"]})
+    for kind, build in ((ScheduleKind.TASK, dispatch_request), (ScheduleKind.BATCH, batch_request)):
+        if kind in body:
+            try:
+                build(body[kind], extra_types)
+            except ValidationFailed as exc:
+                raise ValidationFailed({kind.value: exc.extra["errors"]}) from exc
+            changes.update(kind=kind, body=body[kind])
     return changes
 
 
 def schedule_request(body, extra_types=()):
     """The ``ScheduleRequest`` of a body ``ScheduleSchema`` loaded."""
     return ScheduleRequest(**schedule_changes(body, extra_types))
-
-
-def _scheduled_task(task, extra_types):
-    """A schedule's task body checked as each fire time will build its request (``dispatch_request``: its data for
-    its type), and kept without the keys each fire time decides."""
-    try:
-        dispatch_request(task, extra_types)
-    except ValidationFailed as exc:
-        raise ValidationFailed({"task": exc.extra["errors"]}) from exc
-    return {name: value for name, value in task.items() if name not in FIRE_TIME_DECIDES}

@@ -139,6 +139,7 @@ schedule_fields = {
     "cron": st.sampled_from(CRONS) | text,
     "timezone": st.sampled_from(ZONES) | text,
     "task": scheduled_tasks,
+    "batch": objects_of(schemas.BatchSchema, schemas.BatchTargetSchema),
     "misfire": st.sampled_from(["coalesce", "skip"]) | json_values,
     "enabled": st.booleans() | json_values,
 }

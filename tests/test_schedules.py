@@ -16,6 +16,7 @@ from taskserver.service.schedules import MISFIRE_GRACE
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 DELIST = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}}
+SPREAD = {"task_type": "DELIST", "mode": "spread", "target": {"all": True}, "items": [{"product_ids": ["1"]}] * 3}
 DAY = 86400.0
 
 
@@ -29,8 +30,10 @@ NINE_IN_SHANGHAI = at("2030-01-01T01:00:00+00:00")
 
 
 def create(server, expect=201, **body):
-    """POST /api/schedules: a daily DELIST at 09:00 in Shanghai unless told otherwise; return the answer."""
+    """POST /api/schedules: a daily DELIST at 09:00 in Shanghai unless told otherwise (a field given as None is left
+    out); return the answer."""
     body = {"name": "每日下架", "cron": "0 9 * * *", "timezone": "Asia/Shanghai", "task": DELIST, **body}
+    body = {name: value for name, value in body.items() if value is not None}
     response = server.post("/api/schedules", json=body)
     assert response.status_code == expect, response.text
     return response.json()
@@ -136,7 +139,7 @@ def test_changing_the_cron_or_time_zone_moves_the_next_fire_time_from_now(server
         ({"timezone": "Asia/Nowhere"}, ["timezone"]),
         ({"timezone": "../../etc/passwd"}, ["timezone"]),
         ({"name": ""}, ["name"]),
-        ({"batch": {"task_type": "DELIST"}}, ["task", "batch"]),  # both
+        ({"batch": SPREAD}, ["task", "batch"]),  # both
         ({"task": None}, ["task"]),
         ({"task": {**DELIST, "idempotency_key": "daily"}}, [("task", "idempotency_key")]),
         ({"task": {**DELIST, "schedule_time": "2030-01-02T00:00:00"}}, [("task", "schedule_time")]),
@@ -164,18 +167,28 @@ def test_a_bad_change_is_refused_naming_the_field_and_changes_nothing(server):
     schedule_id = made["schedule_id"]
     assert_refused(patch(server, schedule_id, cron="0 25 * * *"), ["cron"])
     assert_refused(patch(server, schedule_id, timezone="Mars/Olympus"), ["timezone"])
-    assert_refused(patch(server, schedule_id, task=DELIST, batch={}), ["task", "batch"])
+    assert_refused(patch(server, schedule_id, task=DELIST, batch=SPREAD), ["task", "batch"])
     assert_refused(patch(server, schedule_id, task={**DELIST, "idempotency_key": "k"}), [("task", "idempotency_key")])
     assert_refused(patch(server, schedule_id, enabled="sometimes"), ["enabled"])
     assert show(server, schedule_id) == made
 
 
-def test_batch_schedules_are_refused_until_batches_exist(server):
-    refused = assert_refused(
-        server.post("/api/schedules", json={"name": "x", "cron": "0 9 * * *", "batch": {"task_type": "DELIST"}}),
-        ["batch"],
-    )
-    assert "not available yet" in refused["errors"]["batch"][0]
+@pytest.mark.parametrize(
+    "batch, fields",
+    [
+        ({"mode": "spread", "target": {"all": True}, "items": [{}]}, [("batch", "items", "0", "product_ids")]),
+        (
+            {"mode": "spread", "target": {"all": True}, "items": [{"product_ids": ["1"]}], "schedule_time": 1},
+            [("batch", "schedule_time")],
+        ),
+        ({"mode": "each", "target": {"all": True}, "idempotency_key": "k"}, [("batch", "idempotency_key")]),
+        ({"mode": "sideways", "target": {"all": True}}, [("batch", "mode")]),
+    ],
+)
+def test_a_bad_batch_is_refused_naming_the_field(server, batch, fields):
+    body = {"name": "x", "cron": "0 9 * * *", "batch": {"task_type": "DELIST", **batch}}
+    assert_refused(server.post("/api/schedules", json=body), fields)
+    assert server.get("/api/schedules").json()["total"] == 0
 
 
 def test_every_schedule_endpoint_is_in_the_openapi_document_with_its_errors(server):
@@ -315,6 +328,42 @@ def test_a_run_that_cannot_create_its_task_records_why_and_the_schedule_moves_on
     assert shown["next_run_at"] == iso(NINE_IN_SHANGHAI + DAY)
     sweep_at(server, NINE_IN_SHANGHAI + DAY)
     assert len(show(server, schedule_id)["runs"]) == 2 and tasks(server) == []
+
+
+def test_a_batch_schedule_creates_its_batch_once_per_fire_time(server, devices):
+    phone = devices("android_001")
+    server.clock.now = NINE_IN_SHANGHAI - 60
+    schedule = create(server, task=None, batch={**SPREAD, "max_in_flight": 1})["schedule"]
+    assert schedule["task"] is None and schedule["batch"]["mode"] == "spread"
+    sweep_at(server, NINE_IN_SHANGHAI)
+    server.sweep()
+    (run,) = show(server, schedule["schedule_id"])["runs"]
+    assert run["task_id"] is None and run["batch_id"].startswith("batch_") and run["error"] is None
+    batch = server.get(f"/api/batch/{run['batch_id']}").json()["batch"]
+    assert batch["total"] == 3 and batch["counts"]["dispatched"] == 1  # dispatched in the same sweep, one in flight
+    assert phone.wait("new_task")["task_id"] in {task["task_id"] for task in tasks(server)}
+    assert len(tasks(server)) == 3
+    sweep_at(server, NINE_IN_SHANGHAI + DAY)
+    assert len(tasks(server)) == 6 and len(server.get("/api/batches").json()["batches"]) == 2
+
+
+def test_a_task_schedule_changed_into_a_batch_schedule_creates_batches(server):
+    server.clock.now = NINE_IN_SHANGHAI - 60
+    schedule_id = create(server)["schedule"]["schedule_id"]
+    changed = patch(server, schedule_id, batch=SPREAD).json()["schedule"]
+    assert changed["task"] is None and changed["batch"]["items"] == SPREAD["items"]
+    sweep_at(server, NINE_IN_SHANGHAI)
+    assert show(server, schedule_id)["runs"][0]["batch_id"] is not None and len(tasks(server)) == 3
+
+
+def test_a_batch_run_for_no_matching_device_records_why(server):
+    server.clock.now = NINE_IN_SHANGHAI - 60
+    broadcast = {"task_type": "DELIST", "mode": "each", "target": {"tags": ["shopA"]}, "data": {"product_ids": ["1"]}}
+    schedule_id = create(server, task=None, batch=broadcast)["schedule"]["schedule_id"]
+    sweep_at(server, NINE_IN_SHANGHAI)
+    shown = show(server, schedule_id)
+    assert shown["runs"][0]["error"]["error_code"] == "NO_MATCHING_DEVICES" and shown["runs"][0]["batch_id"] is None
+    assert shown["next_run_at"] == iso(NINE_IN_SHANGHAI + DAY) and tasks(server) == []
 
 
 # ---- across a restart ----

@@ -1,5 +1,5 @@
-"""``/api/schedules``: recurring schedules (a cron expression in a time zone; each fire time creates a task), and one
-schedule: detail with its latest runs, change, delete."""
+"""``/api/schedules``: recurring schedules (a cron expression in a time zone; each fire time creates a task or a
+batch), and one schedule: detail with its latest runs, change, delete."""
 
 from flask import current_app
 
@@ -8,7 +8,7 @@ from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode
 from taskserver.present import SCHEDULE, schedule_detail
 
-blp = Blueprint("schedules", __name__, url_prefix="/api", description="定时任务（按 cron 周期创建任务）")
+blp = Blueprint("schedules", __name__, url_prefix="/api", description="定时任务（按 cron 周期创建任务或批次）")
 
 
 @blp.route("/schedules")
@@ -27,8 +27,9 @@ def list_schedules(query):
 @blp.response(201, responses.ScheduleDetailSchema)
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR, ErrorCode.INVALID_JSON, ErrorCode.UNKNOWN_TASK_TYPE))
 def create_schedule(body):
-    """Create a schedule: each fire time of ``cron`` in ``timezone`` creates ``task`` once (the watchdog's leader
-    runs it); fire times missed while no server ran are run once for all (``misfire: coalesce``) or skipped."""
+    """Create a schedule: each fire time of ``cron`` in ``timezone`` creates ``task`` (a dispatch body) or ``batch``
+    (a batch body) once; the watchdog's leader runs it. Fire times missed while no server ran are run once for all
+    (``misfire: coalesce``) or skipped (``misfire: skip``: only a fire time at most 60 s late runs)."""
     schedule = service().schedules.create(schemas.schedule_request(body, _extra_types()))
     return {"success": True, "message": "定时任务已创建", "schedule": schedule_detail(schedule, [])}, 201
 
@@ -37,8 +38,8 @@ def create_schedule(body):
 @blp.response(200, responses.ScheduleDetailSchema)
 @blp.alt_response(404, **error_doc(ErrorCode.SCHEDULE_NOT_FOUND))
 def get_schedule(schedule_id):
-    """One schedule, its ``next_run_at`` and its latest 20 runs, newest first (each with the task it created or
-    the error that kept it from creating one)."""
+    """One schedule, its ``next_run_at`` and its latest 20 runs, newest first (each with the task or batch it
+    created, or the error that kept it from creating one)."""
     return {"success": True, "schedule": _detail(service().schedules.schedule(schedule_id))}
 
 

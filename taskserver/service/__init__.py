@@ -54,7 +54,7 @@ class TaskService:
         )
         self.batches = Batches(store, lifecycle, dispatcher, config, clock, metrics, spawn)
         moves.batch_task_ended = self.batches.task_ended
-        self.schedules = Schedules(store, dispatcher, config, clock)
+        self.schedules = Schedules(store, dispatcher, self.batches, config, clock)
 
     def wake_up(self, reason=None):
         """Another node left work (``Wake.WORK``: a task that may start on a device this node holds;

@@ -1,5 +1,5 @@
-"""Recurring schedules: each fire time of a schedule's cron expression, in its time zone, creates its task once, even
-across restarts and with several nodes (a run row per ``(schedule_id, fire_at)``, inserted first).
+"""Recurring schedules: each fire time of a schedule's cron expression, in its time zone, creates its task or batch
+once, even across restarts and with several nodes (a run row per ``(schedule_id, fire_at)``, inserted first).
 
 The watchdog's leader calls ``fire_due``. Fire times missed while no server ran are run once for all of them
 (``misfire: coalesce``, the latest of them as its ``fire_at``) or skipped (``misfire: skip``): a fire time more than
@@ -9,7 +9,7 @@ import logging
 from dataclasses import replace
 
 from taskserver import cron, domain, logs, schemas
-from taskserver.domain import ErrorCode, Misfire, Schedule
+from taskserver.domain import ErrorCode, Misfire, Schedule, ScheduleKind
 from taskserver.errors import NotFound, StoreUnavailable, TaskServerError
 from taskserver.service.atomic import atomic
 
@@ -25,11 +25,13 @@ def not_found(schedule_id):
 
 
 class Schedules:
-    """Keeps the schedules and runs them: a run creates its task through the dispatcher, as an operator's would be."""
+    """Keeps the schedules and runs them: a run creates its task through the dispatcher (its batch through the
+    batches), as an operator's request would."""
 
-    def __init__(self, store, dispatcher, config, clock):
+    def __init__(self, store, dispatcher, batches, config, clock):
         self.store = store
         self.dispatcher = dispatcher
+        self.batches = batches
         self.config = config
         self.clock = clock
 
@@ -124,13 +126,13 @@ class Schedules:
         return True
 
     def _run(self, schedule, fire_at, now):
-        """Create the schedule's task for ``fire_at`` unless that fire time has a run (another leader, or a process
-        before a restart, made it); record the task, or why none was made (the schedule moves on all the same)."""
+        """Create what the schedule makes for ``fire_at`` unless that fire time has a run (another leader, or a
+        process before a restart, made it); record what was made, or why nothing was (the schedule moves on all the
+        same)."""
         if not self.store.add_schedule_run(schedule.schedule_id, fire_at, now):
             return
         try:
-            request = schemas.dispatch_request(schedule.body, self.config["EXTRA_TASK_TYPES"])
-            task, _created = self.dispatcher.dispatch(request)
+            made = self._create(schedule)
         except StoreUnavailable:
             raise
         except TaskServerError as error:
@@ -138,5 +140,14 @@ class Schedules:
             self.store.record_schedule_run(schedule.schedule_id, fire_at, error=failure)
             logs.event(log, "schedule run failed", logging.WARNING, schedule_id=schedule.schedule_id, **failure)
             return
-        self.store.record_schedule_run(schedule.schedule_id, fire_at, task_id=task.task_id)
-        logs.event(log, "schedule ran", schedule_id=schedule.schedule_id, fire_at=fire_at, task_id=task.task_id)
+        self.store.record_schedule_run(schedule.schedule_id, fire_at, **made)
+        logs.event(log, "schedule ran", schedule_id=schedule.schedule_id, fire_at=fire_at, **made)
+
+    def _create(self, schedule):
+        """Create the schedule's task or batch, as its body asks now; return its id (``task_id`` or ``batch_id``)."""
+        extra_types = self.config["EXTRA_TASK_TYPES"]
+        if schedule.kind == ScheduleKind.BATCH:
+            batch, _task_ids = self.batches.create(schemas.batch_request(schedule.body, extra_types))
+            return {"batch_id": batch.batch_id}
+        task, _created = self.dispatcher.dispatch(schemas.dispatch_request(schedule.body, extra_types))
+        return {"task_id": task.task_id}
