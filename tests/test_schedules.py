@@ -417,6 +417,30 @@ def test_a_fire_time_run_before_a_restart_does_not_run_again_when_the_clock_went
     assert len(shown["runs"]) == 1 and shown["next_run_at"] == iso(NINE_IN_SHANGHAI + DAY)
 
 
+@pytest.fixture
+def two_nodes(cluster_settings):
+    """Two nodes of one cluster (PostgreSQL and Redis); stopped at the end."""
+    settings = dict(cluster_settings)
+    database = settings.pop("DATABASE")
+    started = [LiveServer(database, **settings), LiveServer(database, **settings)]
+    yield started
+    for node in reversed(started):
+        node.stop()
+
+
+def test_on_several_nodes_a_fire_time_runs_once_even_with_two_leaders_for_a_moment(two_nodes):
+    first, second = two_nodes
+    for node in two_nodes:
+        node.clock.now = NINE_IN_SHANGHAI - 60
+    create(first)
+    for node in two_nodes:
+        sweep_at(node, NINE_IN_SHANGHAI)  # the first leads (it asked first); the second runs no schedule
+    assert len(tasks(second)) == 1
+    both = [gevent.spawn(node.service.schedules.fire_due, NINE_IN_SHANGHAI + DAY, 10) for node in two_nodes]
+    gevent.joinall(both, raise_error=True)  # as two leaders would, for a moment
+    assert sorted(runner.value for runner in both) == [0, 1] and len(tasks(first)) == 2
+
+
 # ---- fire times in local time (pure: no server) ----
 
 
