@@ -72,6 +72,10 @@ class Store:
         """Apply ``changes`` to the batch only if its stored status is still ``batch.status``; True if it was."""
         raise NotImplementedError
 
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        raise NotImplementedError
+
     def due_pending_tasks(self, now, limit):
         """Pending tasks that may start now and whose target device (if any) has a free slot,
         highest priority first, then oldest first."""

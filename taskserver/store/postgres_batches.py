@@ -37,3 +37,10 @@ class PostgresBatchTables:
             [*values.values(), batch.batch_id, str(batch.status)],
         )
         return bool(rows)
+
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        rows = self._rows(
+            "SELECT batch_id, status FROM batches WHERE status IN ('aborted', 'cancelled') AND finished_at IS NULL"
+        )
+        return [(row["batch_id"], row["status"]) for row in rows]

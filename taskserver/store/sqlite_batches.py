@@ -35,3 +35,10 @@ class BatchTables:
                 [*values.values(), batch.batch_id, str(batch.status)],
             )
             return cursor.rowcount == 1
+
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        rows = self._query(
+            "SELECT batch_id, status FROM batches WHERE status IN ('aborted', 'cancelled') AND finished_at IS NULL"
+        )
+        return [(batch_id, status) for batch_id, status in rows]
