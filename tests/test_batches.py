@@ -250,3 +250,25 @@ def test_the_watchdog_finishes_a_cancel_that_was_cut_short(server, devices):
     assert shown["counts"]["cancelled"] == 7 and shown["finished_at"] is not None
     tasks = server.get(f"/api/tasks?batch_id={answer['batch_id']}").json()["tasks"]
     assert {task["error_code"] for task in tasks} == {"BATCH_CANCELLED"}
+
+
+def test_the_same_idempotency_key_returns_the_batch_it_made(server, devices):
+    devices("android_001", tags=["shopA"])
+    body = {
+        "task_type": "DELIST",
+        "mode": "spread",
+        "target": {"tags": ["shopA"]},
+        "items": [{"product_ids": ["1"]}] * 3,
+    }
+    first = server.post("/api/batches", json=body, headers={"Idempotency-Key": "morning-run"})
+    again = server.post("/api/batches", json=body, headers={"Idempotency-Key": "morning-run"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    other = server.post(
+        "/api/batches", json={**body, "items": [{"product_ids": ["2"]}]}, headers={"Idempotency-Key": "morning-run"}
+    )
+    assert other.status_code == 409 and other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert first.json()["batch_id"] in other.json()["message"]
+    assert create(server, **{**body, "idempotency_key": "another"})["batch_id"] != first.json()["batch_id"]
+    assert server.get("/api/batches").json()["total"] == 2
+    assert server.get("/api/tasks").json()["total"] == 6

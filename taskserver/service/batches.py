@@ -41,8 +41,11 @@ class Batches:
     @atomic
     def create(self, request):
         """Store the batch and its tasks (the first ``max_in_flight`` released, the others held) and dispatch what
-        can go now; return ``(batch, task_ids)``."""
+        can go now, or find the batch this idempotency key made; return ``(batch, task_ids, created)``."""
         now = self.clock()
+        fingerprint = request.fingerprint() if request.idempotency_key else None
+        if fingerprint is not None and (existing := self._keyed_batch(request, fingerprint, now)) is not None:
+            return existing, self.store.batch_task_ids(existing.batch_id), False
         batch_id = domain.new_batch_id()
         tasks = [
             self._task(request, batch_id, device_id, data, not_before, now)
@@ -60,6 +63,9 @@ class Batches:
             abort_min_finished=request.abort_min_finished,
             created_at=now,
             updated_at=now,
+            idempotency_key=request.idempotency_key,
+            idempotency_scope=request.operator if fingerprint else None,
+            request_hash=fingerprint,
         )
         created = Event(EventKind.CREATED, "operator", None, {"task_type": request.task_type, "batch_id": batch_id})
         self.moves.create_batch(batch, tasks, created, released=request.max_in_flight or len(tasks))
@@ -67,7 +73,18 @@ class Batches:
         logs.event(log, "batch created", batch_id=batch_id, task_type=request.task_type, total=len(tasks))
         self.dispatcher.dispatch_pending(now)
         self.store.wake_nodes(Wake.WORK)  # its tasks may be for devices another node holds
-        return batch, [task.task_id for task in tasks]
+        return batch, [task.task_id for task in tasks], True
+
+    def _keyed_batch(self, request, fingerprint, now):
+        """The batch this operator's idempotency key made within the window, or None; 409 if it asked for another."""
+        since = now - self.config["IDEMPOTENCY_WINDOW"]
+        existing = self.store.find_batch_by_idempotency_key(request.idempotency_key, since, request.operator)
+        if existing is not None and existing.request_hash != fingerprint:
+            raise InvalidState(
+                f"幂等键 {request.idempotency_key} 已用于另一个内容不同的批次请求（{existing.batch_id}）",
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            )
+        return existing
 
     def _task_plans(self, request):
         """``(device_id or None, data, not_before)`` of each task the batch makes."""
