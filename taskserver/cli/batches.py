@@ -42,8 +42,12 @@ def is_batch(some_id):
 @click.option("--batch-size", type=click.IntRange(1), help=f"With --product-ids: ids per task ({DEFAULT_BATCH_SIZE}).")
 @click.option("--online-only", is_flag=True, help="--each: only the devices online now.")
 @click.option("--max-in-flight", type=int, help="At most this many of its tasks waiting in the queue, out or running.")
-@click.option("--abort-ratio", type=float, help="Abort once this share (0-1] of the ended tasks failed...")
-@click.option("--abort-min", type=int, help="...and this many ended (default 1): its pending tasks are cancelled.")
+@click.option("--abort-ratio", type=float, help="Abort once this share (0-1] of the tasks that completed or failed...")
+@click.option(
+    "--abort-min",
+    type=int,
+    help="...failed, and at least this many of them (default 1): its pending tasks are cancelled.",
+)
 @click.option("--priority", type=int, help="Higher goes first among waiting tasks (server default 0).")
 @click.option("--timeout", type=int, help="Seconds an attempt may run (server default 300).")
 @click.option("--max-retries", type=int, help="Attempts after a failed one (server default 0).")
