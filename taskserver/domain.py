@@ -304,6 +304,9 @@ class Batch:
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
+    idempotency_key: str | None = None  # with a key: whose it is and a hash of what was asked, as on tasks
+    idempotency_scope: str | None = None
+    request_hash: str | None = None
 
     @property
     def ended(self):

@@ -45,6 +45,15 @@ class BatchRequest:
     abort_failure_ratio: float | None = None
     abort_min_finished: int | None = None
     options: dict | None = None  # what was asked beside the above, kept for display
+    idempotency_key: str | None = None
+    operator: str = ""  # whose idempotency key (as on ``DispatchRequest``)
+
+    def fingerprint(self):
+        """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
+        asked = [self.task_type, self.mode, self.target, self.tasks, self.online_only, self.priority, self.timeout]
+        asked += [self.max_retries, self.max_in_flight, self.abort_failure_ratio, self.abort_min_finished]
+        text = json.dumps(asked, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

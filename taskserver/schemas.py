@@ -370,6 +370,7 @@ class BatchSchema(WireSchema):
         metadata={"description": "同时处于待执行队列、已分发或执行中的任务最多几个"},
     )
     abort = fields.Nested(BatchAbortSchema, load_default=None, allow_none=True)
+    idempotency_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200))
 
     @validates_schema
     def _mode_fields(self, data, **kwargs):
@@ -384,7 +385,7 @@ class BatchSchema(WireSchema):
             raise ValidationError("each 模式用 data 给出每台设备的任务数据", "items")
 
 
-def batch_request(body, extra_types=()):
+def batch_request(body, extra_types=(), operator="", idempotency_key=None):
     """The ``BatchRequest`` of a body ``BatchSchema`` loaded: each task's data validated for the type (an item's
     error names its index), each task's not-before the later of ``schedule_time`` and its data's own."""
     if body["mode"] == BatchMode.SPREAD:
@@ -407,6 +408,8 @@ def batch_request(body, extra_types=()):
         abort_failure_ratio=abort.get("failure_ratio"),
         abort_min_finished=abort.get("min_finished"),
         options=options,
+        idempotency_key=idempotency_key,
+        operator=operator,
     )
 
 

@@ -2,9 +2,9 @@
 
 Each phone is a ``DeviceAgent`` that acts out DELIST / COLLECT / UPLOAD with realistic durations (``--speed``
 scales time) and progress steps, fails some tasks (``--failure-rate``) and loses its network now and then
-(``--disconnect-rate``). One status line shows connected / running / done / failed; Ctrl-C (or ``--duration``)
-disconnects every phone and prints the final count. ``--dispatch-rate`` also sends tasks, so there is something to
-watch without a second shell."""
+(``--disconnect-rate``); ``--tags`` and ``--tag-groups`` give them the tags they register with. One status line
+shows connected / running / done / failed; Ctrl-C (or ``--duration``) disconnects every phone and prints the final
+count. ``--dispatch-rate`` also sends tasks, so there is something to watch without a second shell."""
 
 import argparse
 import itertools
@@ -47,6 +47,13 @@ def parse_args(argv=None):
         "--disconnect-rate", type=float, default=0.1, help="network losses per phone per simulated minute (0.1)"
     )
     parser.add_argument("--capacity", type=int, default=None, help="tasks at once per phone (server default: 1)")
+    parser.add_argument("--tags", type=tag_list, default=[], help="tags every phone registers with: a,b")
+    parser.add_argument(
+        "--tag-groups",
+        type=tag_groups,
+        default=[],
+        help="a tag for the first phones, in order: shopA:5,shopB:5 tags sim_001-005 shopA and sim_006-010 shopB",
+    )
     parser.add_argument("--dispatch-rate", type=float, default=0.0, help="also dispatch this many tasks per second")
     parser.add_argument("--token", default=None, help="device token every phone presents (when the server asks)")
     parser.add_argument("--api-token", default=None, help="operator token for --dispatch-rate (when the server asks)")
@@ -56,18 +63,45 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.devices < 1 or args.speed <= 0 or not 0 <= args.failure_rate <= 1 or args.disconnect_rate < 0:
         parser.error("--devices >= 1, --speed > 0, 0 <= --failure-rate <= 1, --disconnect-rate >= 0")
+    if sum(count for _tag, count in args.tag_groups) > args.devices:
+        parser.error("--tag-groups counts more phones than --devices")
     return args
+
+
+def tag_list(text):
+    """``a,b`` as ``["a", "b"]``."""
+    return [tag.strip() for tag in text.split(",") if tag.strip()]
+
+
+def tag_groups(text):
+    """``shopA:5,shopB:5`` as ``[("shopA", 5), ("shopB", 5)]``."""
+    groups = []
+    for group in tag_list(text):
+        tag, _, count = group.rpartition(":")
+        if not tag or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"{group!r} is not TAG:COUNT")
+        groups.append((tag, int(count)))
+    return groups
+
+
+def phone_tags(args):
+    """Each phone's tags, in order: ``--tags``, and its group's tag for the first phones of ``--tag-groups``."""
+    grouped = [[tag] for tag, count in args.tag_groups for _ in range(count)]
+    grouped += [[]] * (args.devices - len(grouped))
+    return [sorted({*args.tags, *group}) for group in grouped]
 
 
 class Phone:
     """One simulated phone: a DeviceAgent whose handlers act out the work step by step."""
 
-    def __init__(self, url, device_id, args, rng):
+    def __init__(self, url, device_id, tags, args, rng):
         self.rng = rng
         self.speed = args.speed
         self.failure_rate = args.failure_rate
         manufacturer, model = rng.choice(MODELS)
         info = {"type": "android", "version": str(rng.randint(11, 14)), "app_version": "1.0.0", "simulated": True}
+        if tags:
+            info["tags"] = tags
         self.agent = DeviceAgent(
             url,
             device_id,
@@ -173,8 +207,8 @@ class Fleet:
         self.rng = random.Random(args.seed)
         width = max(3, len(str(args.devices)))
         self.phones = [
-            Phone(args.url, f"{args.prefix}{n:0{width}d}", args, random.Random(self.rng.random()))
-            for n in range(1, args.devices + 1)
+            Phone(args.url, f"{args.prefix}{n:0{width}d}", tags, args, random.Random(self.rng.random()))
+            for n, tags in enumerate(phone_tags(args), start=1)
         ]
         self.dispatched = 0
         self.dispatch_errors = 0

@@ -22,12 +22,13 @@ def in_batches(expire, now):
 
 
 def sweep(service, now, cluster=None):
-    """One step: catch up after failed commits, drop silent devices, end timed-out and orphaned attempts, run due
-    schedules, start tasks that became due (those the schedules just made among them). Each part runs whatever the
-    others did; return the names of those that failed.
+    """One step: catch up after failed commits, drop silent devices, end timed-out and orphaned attempts, cancel
+    what is left of stopped batches, run due schedules, start tasks that became due (those the schedules just made
+    among them). Each part runs whatever the others did; return the names of those that failed.
 
     On a ``cluster``, each node looks after its own connections and work (and the cancels owed to devices it holds),
-    and only the leader does what time passing does for every node: dead nodes, timeouts, lost devices, schedules."""
+    and only the leader does what time passing does for every node: dead nodes, timeouts, lost devices, stopped
+    batches, schedules."""
     parts = {
         "converge": lambda: service.devices.converge_after_failed_commits(now),
         "silent devices": lambda: service.devices.expire_silent_devices(now),
@@ -39,6 +40,7 @@ def sweep(service, now, cluster=None):
             parts["dead nodes"] = cluster.expire_dead_nodes
         parts["timeouts"] = lambda: in_batches(service.tasks.expire_timeouts, now)
         parts["lost devices"] = lambda: in_batches(service.tasks.expire_lost_devices, now)
+        parts["stopped batches"] = service.batches.finish_stopped
         parts["schedules"] = lambda: in_batches(service.schedules.fire_due, now)
     parts["due tasks"] = lambda: service.dispatcher.dispatch_pending(now)
     failed = []

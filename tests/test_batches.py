@@ -211,3 +211,64 @@ def test_a_bad_item_is_named_by_its_index(server, devices):
     items = [{"product_ids": ["1"]}, {"product_ids": ["2"]}, {"product_ids": "3"}]
     answer = create(server, expect=400, mode="spread", target={"all": True}, items=items)
     assert list(answer["errors"]["items"]) == ["2"]
+
+
+def test_a_task_of_an_aborted_batch_is_not_tried_again(server, devices):
+    slow, quick = devices("slow", tags=["shopA"]), devices("quick", tags=["shopA"])
+    items = [{"product_ids": [str(n)]} for n in range(3)]
+    abort = {"failure_ratio": 0.5, "min_finished": 1}
+    body = {"items": items, "max_retries": 1, "abort": abort, "timeout": 86_400}
+    answer = create(server, mode="spread", target={"tags": ["shopA"]}, **body)
+    first, second, third = answer["task_ids"]
+    assert (slow.wait("new_task")["task_id"], quick.wait("new_task")["task_id"]) == (first, second)
+    quick.result(second, success=False)  # a retry of it waits for its backoff; "quick" takes the third meanwhile
+    assert quick.wait("new_task", 2)["task_id"] == third
+    server.sweep(advance=3600)  # the retry is due, no phone is free
+    quick.result(third, success=False)  # a retry of it waits; "quick" takes the second's retry
+    assert quick.wait("new_task", 3) == {**quick.events["new_task"][2], "task_id": second}
+    quick.result(second, success=False)  # no retry left: failed, 1 outcome of 1 failed: the batch aborts
+    wait_until(lambda: batch(server, answer["batch_id"])["counts"]["pending"] == 0, message="the pending cancelled")
+    assert batch(server, answer["batch_id"])["status"] == "aborted"
+    slow.result(first, success=False)  # it had a retry left, but its batch was aborted: it ends failed
+    server.sweep(advance=3600)
+    assert server.task(first)["status"] == "failed"
+    shown = batch(server, answer["batch_id"])
+    assert shown["counts"] == {"pending": 0, "dispatched": 0, "running": 0, "completed": 0, "failed": 2, "cancelled": 1}
+    assert shown["finished_at"] is not None
+    assert [len(slow.events["new_task"]), len(quick.events["new_task"])] == [1, 3]
+
+
+def test_the_watchdog_finishes_a_cancel_that_was_cut_short(server, devices):
+    answer = create(server, mode="spread", target={"all": True}, items=[{"product_ids": ["1"]}] * 7)
+    stored = server.service.store.get_batch(answer["batch_id"])
+    # a cancel that stopped the batch and then died before cancelling its tasks (a crash, a failed commit)
+    assert server.service.store.update_batch_if(stored, {"status": "cancelled", "updated_at": server.clock()})
+    assert batch(server, answer["batch_id"])["counts"]["pending"] == 7
+    devices("android_001")  # tasks of a stopped batch are never sent, not even now
+    server.sweep()
+    shown = batch(server, answer["batch_id"])
+    assert shown["counts"]["cancelled"] == 7 and shown["finished_at"] is not None
+    tasks = server.get(f"/api/tasks?batch_id={answer['batch_id']}").json()["tasks"]
+    assert {task["error_code"] for task in tasks} == {"BATCH_CANCELLED"}
+
+
+def test_the_same_idempotency_key_returns_the_batch_it_made(server, devices):
+    devices("android_001", tags=["shopA"])
+    body = {
+        "task_type": "DELIST",
+        "mode": "spread",
+        "target": {"tags": ["shopA"]},
+        "items": [{"product_ids": ["1"]}] * 3,
+    }
+    first = server.post("/api/batches", json=body, headers={"Idempotency-Key": "morning-run"})
+    again = server.post("/api/batches", json=body, headers={"Idempotency-Key": "morning-run"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    other = server.post(
+        "/api/batches", json={**body, "items": [{"product_ids": ["2"]}]}, headers={"Idempotency-Key": "morning-run"}
+    )
+    assert other.status_code == 409 and other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert first.json()["batch_id"] in other.json()["message"]
+    assert create(server, **{**body, "idempotency_key": "another"})["batch_id"] != first.json()["batch_id"]
+    assert server.get("/api/batches").json()["total"] == 2
+    assert server.get("/api/tasks").json()["total"] == 6

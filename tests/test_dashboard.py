@@ -90,6 +90,13 @@ class Browser:
     def select(self, selector, value):
         return self.call("select", selector=selector, value=value)
 
+    def check(self, selector):
+        return self.call("check", selector=selector)
+
+    def on_dialog(self, accept=True):
+        """Accept (or dismiss) the next ``confirm()`` the page shows; its message goes to ``log()["dialogs"]``."""
+        return self.call("dialog", accept=accept)
+
     def wait(self, selector, state="visible", timeout=5000):
         return self.call("wait", selector=selector, state=state, timeout=timeout)
 

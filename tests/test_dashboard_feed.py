@@ -366,7 +366,17 @@ def test_the_page_and_its_files_are_served_locally(server):
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "script-src 'self'" in policy
     assert server.get("/dashboard/", allow_redirects=False).status_code == 308
-    for name in ("app.js", "api.js", "ui.js", "fleet.js", "tasks.js", "dispatch.js", "charts.js", "style.css"):
+    for name in (
+        "app.js",
+        "api.js",
+        "ui.js",
+        "fleet.js",
+        "tasks.js",
+        "batches.js",
+        "dispatch.js",
+        "charts.js",
+        "style.css",
+    ):
         assert server.get(f"/dashboard/static/{name}").status_code == 200, name
     vendored = server.get("/dashboard/static/vendor/socket.io.min.js")
     assert vendored.status_code == 200 and vendored.text.startswith("/*!\n * Socket.IO v4.8.1")

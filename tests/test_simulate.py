@@ -168,3 +168,31 @@ def test_phones_that_keep_losing_their_network_still_finish_and_stop_after_durat
     assert counts["connected"] == 0 and counts["done"] + counts["failed"] == len(task_ids)
     assert counts["network losses"] > 0
     wait_until(lambda: all(d["status"] == "offline" for d in server.devices()), message="every phone offline")
+
+
+def test_tagged_phones_show_their_tags_and_a_batch_by_tag_runs_on_them_alone(server, simulator):
+    options = ["--devices", "5", "--speed", "50", "--failure-rate", "0", "--disconnect-rate", "0"]
+    simulator(*options, "--tags", "sim,android", "--tag-groups", "shopA:2,shopB:2")
+    wait_until(lambda: sum(d["status"] != "offline" for d in server.devices()) == 5, timeout=20, message="5 phones")
+    tags = {device["device_id"]: device["tags"] for device in server.devices()}
+    assert tags == {
+        "sim_001": ["android", "shopA", "sim"],
+        "sim_002": ["android", "shopA", "sim"],
+        "sim_003": ["android", "shopB", "sim"],
+        "sim_004": ["android", "shopB", "sim"],
+        "sim_005": ["android", "sim"],
+    }
+
+    data = '{"product_ids": ["1", "2"], "delay_between_items": 0}'
+    command = ["-m", "taskserver.cli", "--url", server.url, "batch", "DELIST", "--each", "--tags", "shopA,sim"]
+    done = subprocess.run(
+        [sys.executable, *command, "--data", data, "--wait", "--interval", "0.05"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith(" completed: 2 completed")
+    tasks = server.get("/api/tasks")["tasks"]
+    assert sorted(task["device_id"] for task in tasks) == ["sim_001", "sim_002"]

@@ -1,10 +1,10 @@
 """The HTTP API: flask-smorest blueprints whose every input goes through a marshmallow schema."""
 
 import flask_smorest
-from flask import current_app
+from flask import current_app, request
 from webargs.flaskparser import FlaskParser
 
-from taskserver import wirejson
+from taskserver import auth, wirejson
 from taskserver.api.responses import ErrorResponseSchema
 from taskserver.domain import ErrorCode
 from taskserver.errors import TaskServerError, ValidationFailed
@@ -49,3 +49,17 @@ def error_doc(*codes):
         "description": f"错误 {{success: false, message, error_code}}；error_code: {listed}",
         "schema": ErrorResponseSchema,
     }
+
+
+def idempotency_key(body):
+    """The request's idempotency key: the ``Idempotency-Key`` header, else the body's ``idempotency_key``, or None."""
+    key = request.headers.get("Idempotency-Key") or body["idempotency_key"]
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed({"Idempotency-Key": ["长度必须在 1 到 200 之间"]})
+    return key
+
+
+def operator_identity():
+    """Whose idempotency keys this request's are: its operator token's identity, or "" when the API is open."""
+    token = auth.request_token(request.headers)
+    return auth.token_identity(token) if current_app.config["API_TOKENS"] and token else ""

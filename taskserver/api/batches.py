@@ -3,7 +3,7 @@
 from flask import current_app
 
 from taskserver import schemas
-from taskserver.api import Blueprint, error_doc, responses, service
+from taskserver.api import Blueprint, error_doc, idempotency_key, operator_identity, responses, service
 from taskserver.domain import ErrorCode
 from taskserver.present import batch_view
 
@@ -19,15 +19,20 @@ blp = Blueprint("batches", __name__, url_prefix="/api", description="批次：�
         ErrorCode.VALIDATION_ERROR, ErrorCode.INVALID_JSON, ErrorCode.UNKNOWN_TASK_TYPE, ErrorCode.NO_MATCHING_DEVICES
     ),
 )
+@blp.alt_response(200, schema=responses.BatchCreatedSchema, description="同一幂等键的重复请求：返回它创建的批次")
 @blp.alt_response(404, **error_doc(ErrorCode.DEVICE_NOT_FOUND))
+@blp.alt_response(409, **error_doc(ErrorCode.IDEMPOTENCY_KEY_REUSED))
 def create_batch(body):
     """Create many tasks in one request and one transaction. ``mode: each``: one task per matching device, pinned
     to it (``online_only``: only devices online now); ``mode: spread``: one task per item of ``items``, each to any
     matching device. ``max_in_flight`` limits how many are queued, dispatched or running at once; ``abort`` cancels
-    the pending rest once enough ended and the failed share reached ``failure_ratio``."""
-    request = schemas.batch_request(body, current_app.config["EXTRA_TASK_TYPES"])
-    batch, task_ids = service().batches.create(request)
-    return {"success": True, "batch_id": batch.batch_id, "total": batch.total, "task_ids": task_ids}
+    the pending rest once enough ended and the failed share reached ``failure_ratio``. With an ``Idempotency-Key``
+    (or ``idempotency_key``), the same request again returns the batch it made (200)."""
+    extra_types = current_app.config["EXTRA_TASK_TYPES"]
+    request = schemas.batch_request(body, extra_types, operator_identity(), idempotency_key(body))
+    batch, task_ids, created = service().batches.create(request)
+    answer = {"success": True, "batch_id": batch.batch_id, "total": batch.total, "task_ids": task_ids}
+    return answer, 201 if created else 200
 
 
 @blp.route("/batches")

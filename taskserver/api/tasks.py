@@ -1,11 +1,10 @@
 """``GET /api/tasks``, ``POST /api/dispatch-task``, and one task: detail, events, status, cancel."""
 
-from flask import current_app, request
+from flask import current_app
 
-from taskserver import auth, schemas
-from taskserver.api import Blueprint, error_doc, responses, service
+from taskserver import schemas
+from taskserver.api import Blueprint, error_doc, idempotency_key, operator_identity, responses, service
 from taskserver.domain import ErrorCode, TaskStatus
-from taskserver.errors import ValidationFailed
 from taskserver.present import TASK_STATUS, TASK_SUMMARY, task_detail, task_event
 
 blp = Blueprint("tasks", __name__, url_prefix="/api", description="任务管理")
@@ -43,26 +42,13 @@ def list_tasks(query):
 def dispatch_task(body):
     """Create a task and send it to ``device_id``, or to the least-loaded online device (with all of ``tags``, if
     given); queue it if none fits."""
-    dispatch = schemas.dispatch_request(body, _extra_types(), _operator(), _idempotency_key(body))
+    dispatch = schemas.dispatch_request(body, _extra_types(), operator_identity(), idempotency_key(body))
     task, _created = service().dispatcher.dispatch(dispatch)
     return _dispatch_answer(task)
 
 
 def _extra_types():
     return current_app.config["EXTRA_TASK_TYPES"]
-
-
-def _idempotency_key(body):
-    key = request.headers.get("Idempotency-Key") or body["idempotency_key"]
-    if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationFailed({"Idempotency-Key": ["长度必须在 1 到 200 之间"]})
-    return key
-
-
-def _operator():
-    """Whose idempotency keys this request's are: its operator token's identity, or "" when the API is open."""
-    token = auth.request_token(request.headers)
-    return auth.token_identity(token) if current_app.config["API_TOKENS"] and token else ""
 
 
 def _dispatch_answer(task):

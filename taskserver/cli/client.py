@@ -11,10 +11,10 @@ import requests
 class Exit(IntEnum):
     """The CLI's exit codes (the README lists them too)."""
 
-    OK = 0  # done; with ``dispatch --wait``: the task completed
-    FAILED = 1  # ``dispatch --wait``: the task failed
+    OK = 0  # done; with ``--wait``: the task completed (``batch``: every task of it)
+    FAILED = 1  # ``--wait``: the task failed (``batch``: a task of it failed, or the batch was aborted)
     USAGE = 2  # click's own: an unknown option, ``--data`` that is not JSON, ...
-    CANCELLED = 3  # ``dispatch --wait``: the task was cancelled
+    CANCELLED = 3  # ``--wait``: the task was cancelled (``batch``: the batch, or a task of it)
     REFUSED = 4  # the server answered with an error: its message and error_code are printed
     UNREACHABLE = 5  # no answer from the server, or an answer that is not taskserver's
     INTERRUPTED = 130  # Ctrl-C while waiting: the task goes on
@@ -61,6 +61,10 @@ class Client:
     def post(self, path, body=None):
         """POST ``body`` as JSON to ``path``."""
         return self.request("POST", path, json=body)
+
+    def put(self, path, body):
+        """PUT ``body`` as JSON to ``path``."""
+        return self.request("PUT", path, json=body)
 
     def request(self, method, path, **kwargs):
         """The JSON answer of a successful request; ``ApiError`` or ``Unreachable`` otherwise."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import click
 from rich.console import Console
 
-from taskserver.cli import devices, render, tasks
+from taskserver.cli import batches, devices, render, tasks
 from taskserver.cli.client import Client
 
 DEFAULT_URL = "http://localhost:1888"
@@ -33,14 +33,15 @@ class Session:
 @click.option("--http-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @click.pass_context
 def cli(ctx, url, token, http_timeout):
-    """Operate a taskserver: devices, dispatching, tasks and their history.
+    """Operate a taskserver: devices and their tags, dispatching, batches, tasks and their history.
 
     \b
-    Exit codes: 0 done (dispatch --wait: the task completed), 1 the task failed, 2 bad usage,
-    3 the task was cancelled, 4 the server refused the request (its message and error_code are
-    printed), 5 the server could not be reached, 130 interrupted while waiting."""
+    Exit codes: 0 done (--wait: the task, or every task of the batch, completed), 1 the task failed
+    (batch: a task failed or the batch was aborted), 2 bad usage, 3 the task was cancelled (batch: it,
+    or a task of it, was cancelled), 4 the server refused the request (its message and error_code
+    are printed), 5 the server could not be reached, 130 interrupted while waiting."""
     ctx.obj = Session(Client(url, token, http_timeout), Console(), Console(stderr=True))
 
 
-for command in (*devices.COMMANDS, *tasks.COMMANDS):
+for command in (*devices.COMMANDS, *tasks.COMMANDS, *batches.COMMANDS):
     cli.add_command(command)

@@ -19,6 +19,7 @@ STATUS_STYLES = {
     "completed": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "aborted": "red",
 }
 NONE = "-"
 
@@ -51,7 +52,7 @@ def when(value):
 def devices_table(answer):
     """``GET /api/devices`` as a table."""
     table = Table(caption=f"{answer['total']} devices", caption_justify="left")
-    for column in ("id", "name", "status", "tasks", "disabled", "last heartbeat"):
+    for column in ("id", "name", "status", "tasks", "disabled", "last heartbeat", "tags"):
         table.add_column(column, no_wrap=column in ("id", "status", "tasks", "last heartbeat"))
     for device in answer["devices"]:
         table.add_row(
@@ -61,6 +62,7 @@ def devices_table(answer):
             cell(f"{device['task_count']}/{device['capacity']}"),
             Text("disabled", style="red") if device["disabled"] else Text(""),
             when(device["last_heartbeat"]),
+            Text(", ".join(device["tags"])),
         )
     return table
 
@@ -90,6 +92,8 @@ TASK_FIELDS = [  # (label, key) of ``show``'s top part; times go through ``when`
     ("type", "task_type"),
     ("device", "device_id"),
     ("target device", "target_device_id"),
+    ("tags", "tags"),
+    ("batch", "batch_id"),
     ("priority", "priority"),
     ("timeout", "timeout"),
     ("error", "error_code"),
@@ -143,3 +147,67 @@ def events_table(events):
             when(event["at"]), cell(event["kind"]), cell(event["actor"]), cell(event["attempt"]), cell(event["message"])
         )
     return table
+
+
+COUNTED = ("completed", "failed", "cancelled", "running", "dispatched", "pending")
+
+
+def batch_counts(batch):
+    """``8 completed, 1 failed, 3 running, 20 pending``: the batch's tasks by status, those there are."""
+    return ", ".join(f"{batch['counts'][name]} {name}" for name in COUNTED if batch["counts"][name])
+
+
+def target(batch):
+    """``tags shopA, vip``, ``devices p1, p2`` or ``all``."""
+    chosen = batch["target"]
+    if "tags" in chosen:
+        return Text("tags " + ", ".join(chosen["tags"]))
+    if "device_ids" in chosen:
+        return Text("devices " + ", ".join(chosen["device_ids"]))
+    return Text("all")
+
+
+def batches_table(answer):
+    """``GET /api/batches`` as a table, newest first, with how many there are in all."""
+    shown, offset = len(answer["batches"]), answer["offset"]
+    span = f"{offset + 1}-{offset + shown}" if shown else "none"
+    table = Table(caption=f"{span} of {answer['total']} batches", caption_justify="left")
+    for column in ("id", "type", "mode", "target", "status", "progress", "tasks", "created"):
+        wraps = column in ("target", "tasks")
+        table.add_column(
+            column,
+            no_wrap=not wraps,
+            min_width=12 if wraps else None,
+            justify="right" if column == "progress" else "left",
+        )
+    for batch in answer["batches"]:
+        table.add_row(
+            cell(batch["batch_id"]),
+            cell(batch["task_type"]),
+            cell(batch["mode"]),
+            target(batch),
+            status(batch["status"]),
+            cell(f"{batch['progress']:g}%"),
+            cell(f"{batch['total']}: {batch_counts(batch)}"),
+            when(batch["created_at"]),
+        )
+    return table
+
+
+def batch_view(batch):
+    """``show BATCH``: the batch as ``GET /api/batch/{id}`` has it."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("batch", cell(batch["batch_id"]))
+    grid.add_row("status", Text.assemble(status(batch["status"]), f"  {batch['progress']:g}%"))
+    grid.add_row("tasks", cell(f"{batch['total']}: {batch_counts(batch)}"))
+    grid.add_row("type", cell(batch["task_type"]))
+    grid.add_row("mode", cell(batch["mode"]))
+    grid.add_row("target", target(batch))
+    grid.add_row("max in flight", cell(batch["max_in_flight"]))
+    grid.add_row("abort", cell(batch["abort"]))
+    grid.add_row("options", cell(batch["options"]))
+    for key in ("created_at", "updated_at", "finished_at"):
+        grid.add_row(key.removesuffix("_at"), when(batch[key]))
+    return grid

@@ -1,40 +1,86 @@
-"""``dispatch --wait``: poll one task's status until it ends, showing its progress while it runs.
+"""``--wait``: poll a task (``dispatch``) or a batch (``batch``) until it ends, showing its progress meanwhile.
 
 On a terminal, a rich progress bar redrawn after every poll (never on a timer of its own, so what it shows is
-exactly what the last poll said); elsewhere (a pipe, a log file), one line each time status, progress or message
-change."""
+exactly what the last poll said); elsewhere (a pipe, a log file), one line each time what it shows changes."""
 
 import time
+from typing import NamedTuple
 
+import click
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from taskserver.cli.client import Exit
-from taskserver.cli.render import STATUS_STYLES
+from taskserver.cli.client import Exit, path
+from taskserver.cli.render import STATUS_STYLES, batch_counts
 from taskserver.domain import TaskStatus
 
 OUTCOMES = {TaskStatus.COMPLETED: Exit.OK, TaskStatus.FAILED: Exit.FAILED, TaskStatus.CANCELLED: Exit.CANCELLED}
 
 
+class Shown(NamedTuple):
+    """What one poll shows: a status (its colour), a label, a percentage and a message."""
+
+    status: str
+    label: str
+    progress: float
+    message: str
+
+
 def wait_for(client, task_id, interval, console):
     """Poll ``GET /api/task/{task_id}/status`` every ``interval`` seconds until the task ends; return its status."""
-    with (ProgressBar if console.is_interactive else ProgressLines)(console) as shown:
-        while True:
-            task = client.get(f"/api/task/{task_id}/status")["task"]
-            shown.update(task)
-            if task["status"] in OUTCOMES:
-                return task
-            time.sleep(interval)
+    return watch(
+        lambda: client.get(path("/api/task/{}/status", task_id))["task"],
+        lambda task: task["status"] in OUTCOMES,
+        task_shown,
+        interval,
+        console,
+        ("task", task_id),
+    )
 
 
-def describe(task):
-    """Status, and the attempt once the task is retried."""
+def wait_for_batch(client, batch_id, interval, console):
+    """Poll ``GET /api/batch/{batch_id}`` every ``interval`` seconds until it is no longer running; return it."""
+    return watch(
+        lambda: client.get(path("/api/batch/{}", batch_id))["batch"],
+        lambda batch: batch["status"] != "running",
+        batch_shown,
+        interval,
+        console,
+        ("batch", batch_id),
+    )
+
+
+def watch(fetch, ended, shown, interval, console, watched):
+    """Call ``fetch`` every ``interval`` seconds and show ``shown(it)`` until ``ended(it)``; return the last.
+
+    Ctrl-C stops waiting (exit 130), not the ``watched`` ``(kind, id)``: it goes on."""
+    try:
+        with (ProgressBar if console.is_interactive else ProgressLines)(console) as display:
+            while True:
+                found = fetch()
+                display.update(shown(found))
+                if ended(found):
+                    return found
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        kind, some_id = watched
+        console.print(Text(f"stopped waiting; {kind} {some_id} goes on (see: show {some_id})"))
+        raise click.exceptions.Exit(Exit.INTERRUPTED) from None
+
+
+def task_shown(task):
+    """Status (and the attempt once the task is retried), progress and the device's message."""
     retried = f" (attempt {task['attempt']})" if task["attempt"] > 1 else ""
-    return f"{task['status']}{retried}"
+    return Shown(task["status"], f"{task['status']}{retried}", task["progress"], task["progress_message"] or "")
+
+
+def batch_shown(batch):
+    """Status, overall progress and the tasks by status."""
+    return Shown(batch["status"], batch["status"], batch["progress"], batch_counts(batch))
 
 
 class ProgressBar:
-    """A live progress bar with the task's status, progress, message and the time waited."""
+    """A live progress bar: label, bar, percentage, message and the time waited."""
 
     def __init__(self, console):
         self.progress = Progress(
@@ -55,9 +101,8 @@ class ProgressBar:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def update(self, task):
-        message = task["progress_message"] or ""
-        self.progress.update(self.bar, completed=task["progress"], description=describe(task), message=message)
+    def update(self, shown):
+        self.progress.update(self.bar, completed=shown.progress, description=shown.label, message=shown.message)
         self.progress.refresh()
 
 
@@ -74,11 +119,10 @@ class ProgressLines:
     def __exit__(self, *exc):
         pass
 
-    def update(self, task):
-        seen = (task["status"], task["attempt"], task["progress"], task["progress_message"])
-        if seen != self.last:
-            self.last = seen
-            line = Text.assemble((describe(task), STATUS_STYLES[task["status"]]), f" {task['progress']}%")
-            if task["progress_message"]:
-                line.append(f" {task['progress_message']}")
+    def update(self, shown):
+        if shown != self.last:
+            self.last = shown
+            line = Text.assemble((shown.label, STATUS_STYLES.get(shown.status, "")), f" {shown.progress:g}%")
+            if shown.message:
+                line.append(f" {shown.message}")
             self.console.print(line)

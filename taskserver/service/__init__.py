@@ -52,7 +52,7 @@ class TaskService:
         self.tasks = lifecycle = TaskLifecycle(
             store, queries, moves, notifier, config, clock, metrics, connections, registry, dispatcher
         )
-        self.batches = Batches(store, lifecycle, dispatcher, config, clock, metrics, spawn)
+        self.batches = Batches(store, moves, lifecycle, dispatcher, config, clock, metrics, spawn)
         moves.batch_task_ended = self.batches.task_ended
         self.schedules = Schedules(store, dispatcher, self.batches, config, clock)
 

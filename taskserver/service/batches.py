@@ -15,7 +15,7 @@ from taskserver.domain import (
     TaskStatus,
     Wake,
 )
-from taskserver.errors import InvalidState, NotFound, TaskServerError
+from taskserver.errors import InvalidState, NotFound, TaskServerError, ValidationFailed
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
@@ -28,8 +28,9 @@ class Batches:
     """Makes a batch's tasks in one unit of work, follows their ends (``task_ended``, told by ``TaskMoves``) to
     complete or abort the batch, and cancels what is left of a stopped batch."""
 
-    def __init__(self, store, lifecycle, dispatcher, config, clock, metrics, spawn):
+    def __init__(self, store, moves, lifecycle, dispatcher, config, clock, metrics, spawn):
         self.store = store
+        self.moves = moves
         self.lifecycle = lifecycle
         self.dispatcher = dispatcher
         self.config = config
@@ -40,8 +41,11 @@ class Batches:
     @atomic
     def create(self, request):
         """Store the batch and its tasks (the first ``max_in_flight`` released, the others held) and dispatch what
-        can go now; return ``(batch, task_ids)``."""
+        can go now, or find the batch this idempotency key made; return ``(batch, task_ids, created)``."""
         now = self.clock()
+        fingerprint = request.fingerprint() if request.idempotency_key else None
+        if fingerprint is not None and (existing := self._keyed_batch(request, fingerprint, now)) is not None:
+            return existing, self.store.batch_task_ids(existing.batch_id), False
         batch_id = domain.new_batch_id()
         tasks = [
             self._task(request, batch_id, device_id, data, not_before, now)
@@ -59,14 +63,28 @@ class Batches:
             abort_min_finished=request.abort_min_finished,
             created_at=now,
             updated_at=now,
+            idempotency_key=request.idempotency_key,
+            idempotency_scope=request.operator if fingerprint else None,
+            request_hash=fingerprint,
         )
         created = Event(EventKind.CREATED, "operator", None, {"task_type": request.task_type, "batch_id": batch_id})
-        self.store.add_batch(batch, tasks, created, released=request.max_in_flight or len(tasks))
+        self.moves.create_batch(batch, tasks, created, released=request.max_in_flight or len(tasks))
         self.metrics.count(self.metrics.created, request.task_type, amount=len(tasks))
         logs.event(log, "batch created", batch_id=batch_id, task_type=request.task_type, total=len(tasks))
         self.dispatcher.dispatch_pending(now)
         self.store.wake_nodes(Wake.WORK)  # its tasks may be for devices another node holds
-        return batch, [task.task_id for task in tasks]
+        return batch, [task.task_id for task in tasks], True
+
+    def _keyed_batch(self, request, fingerprint, now):
+        """The batch this operator's idempotency key made within the window, or None; 409 if it asked for another."""
+        since = now - self.config["IDEMPOTENCY_WINDOW"]
+        existing = self.store.find_batch_by_idempotency_key(request.idempotency_key, since, request.operator)
+        if existing is not None and existing.request_hash != fingerprint:
+            raise InvalidState(
+                f"幂等键 {request.idempotency_key} 已用于另一个内容不同的批次请求（{existing.batch_id}）",
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            )
+        return existing
 
     def _task_plans(self, request):
         """``(device_id or None, data, not_before)`` of each task the batch makes."""
@@ -97,9 +115,7 @@ class Batches:
         if not devices:
             raise TaskServerError("没有符合目标的设备", ErrorCode.NO_MATCHING_DEVICES)
         if len(devices) > MAX_BATCH:
-            raise TaskServerError(
-                f"符合目标的设备超过 {MAX_BATCH} 台，一个批次最多 {MAX_BATCH} 个任务", ErrorCode.VALIDATION_ERROR
-            )
+            raise ValidationFailed({"target": [f"符合目标的设备超过 {MAX_BATCH} 台：一个批次最多 {MAX_BATCH} 个任务"]})
         return [device.device_id for device in devices]
 
     def _task(self, request, batch_id, device_id, data, not_before, now):
@@ -126,6 +142,8 @@ class Batches:
         if batch is None:
             return
         now = self.clock()
+        if batch.max_in_flight is not None and batch.status == BatchStatus.RUNNING:
+            self.store.wake_nodes(Wake.WORK)  # the task its end released may be for a device another node holds
         if batch.ended >= batch.total:
             target = BatchStatus.COMPLETED if batch.status == BatchStatus.RUNNING else batch.status
             self._move(batch, target, {"finished_at": now}, now)
@@ -136,9 +154,6 @@ class Batches:
         ):
             logs.event(log, "batch aborted", batch_id=batch.batch_id, failed=batch.failed, ended=batch.ended)
             self.store.after_commit(lambda: self.spawn(self._end_the_rest, batch.batch_id, ErrorCode.BATCH_ABORTED))
-
-    def _abort(self, batch, now):
-        return self._move(batch, BatchStatus.ABORTED, {}, now)
 
     def _move(self, batch, target, changes, now):
         """Move the batch to ``target`` (or keep its stopped status, with ``changes``) if it is still as read."""
@@ -163,6 +178,13 @@ class Batches:
         if not self._move(batch, BatchStatus.CANCELLED, {}, self.clock()):
             return self._stop(batch_id)  # one of its tasks ended meanwhile: read it again
         return batch
+
+    def finish_stopped(self):
+        """Cancel what is left of every aborted or cancelled batch whose tasks have not all ended: its cancel may
+        have been cut short (a restart, a failed commit). The watchdog's leader calls it."""
+        for batch_id, status in self.store.unfinished_stopped_batches():
+            code = ErrorCode.BATCH_ABORTED if status == BatchStatus.ABORTED else ErrorCode.BATCH_CANCELLED
+            self._end_the_rest(batch_id, code)
 
     def _end_the_rest(self, batch_id, error_code):
         """Cancel the stopped batch's tasks not yet ended (after an abort: only those not started), a chunk per

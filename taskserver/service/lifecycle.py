@@ -4,7 +4,7 @@ by timeout, or because their device stayed away."""
 import logging
 
 from taskserver import domain, logs
-from taskserver.domain import ACTIVE, ErrorCode, Event, EventKind, TaskStatus, Wake
+from taskserver.domain import ACTIVE, BatchStatus, ErrorCode, Event, EventKind, TaskStatus, Wake
 from taskserver.errors import Forbidden, InvalidState
 from taskserver.present import attempts, iso
 from taskserver.service.atomic import atomic
@@ -177,7 +177,7 @@ class TaskLifecycle:
     def _end_attempt(self, task, error_code, now, actor, result=None, tell_device=False):
         """End the current attempt in failure: back to pending after a backoff if retries are left, else failed."""
         changes = {"error_code": error_code, "result": result}
-        if domain.retries_left(task):
+        if domain.retries_left(task) and not self._batch_stopped(task):
             delay = domain.retry_backoff(task.attempt, self.config["RETRY_DELAY"], self.config["RETRY_DELAY_MAX"])
             changes.update(
                 device_id=None,
@@ -212,6 +212,10 @@ class TaskLifecycle:
             if sid is not None:
                 self.notifier.cancel_task(sid, task.task_id, task.attempt)
         return updated
+
+    def _batch_stopped(self, task):
+        """True if the task's batch was aborted or cancelled: its tasks are not tried again."""
+        return task.batch_id is not None and self.store.get_batch(task.batch_id).status != BatchStatus.RUNNING
 
     @atomic
     def expire_timeouts(self, now, limit=None):

@@ -24,6 +24,13 @@ class TaskMoves:
         self.notifier.task_changed(task, (task.device_id,) if task.device_id else ())
         return True
 
+    def create_batch(self, batch, tasks, event, released):
+        """Store a batch and its pending tasks (each with ``event``), the first ``released`` of them in the queue and
+        the others held (``Store.add_batch``)."""
+        self.store.add_batch(batch, tasks, event, released)
+        for task in tasks:
+            self.notifier.task_changed(task)
+
     def move(self, task, target, changes, event, now, owe_cancel_to=None):
         """Apply ``changes`` and a move to ``target`` (or, with the task's own active status, a change within it:
         progress, delivery) to the task as it was read, append ``event`` (may be None) and record a cancel owed to

@@ -147,7 +147,7 @@ class Schedules:
         """Create the schedule's task or batch, as its body asks now; return its id (``task_id`` or ``batch_id``)."""
         extra_types = self.config["EXTRA_TASK_TYPES"]
         if schedule.kind == ScheduleKind.BATCH:
-            batch, _task_ids = self.batches.create(schemas.batch_request(schedule.body, extra_types))
+            batch, _task_ids, _created = self.batches.create(schemas.batch_request(schedule.body, extra_types))
             return {"batch_id": batch.batch_id}
         task, _created = self.dispatcher.dispatch(schemas.dispatch_request(schedule.body, extra_types))
         return {"task_id": task.task_id}

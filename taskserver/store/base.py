@@ -72,6 +72,18 @@ class Store:
         """Apply ``changes`` to the batch only if its stored status is still ``batch.status``; True if it was."""
         raise NotImplementedError
 
+    def find_batch_by_idempotency_key(self, key, since, scope):
+        """The newest batch created with ``key`` by ``scope`` at or after ``since``, or None."""
+        raise NotImplementedError
+
+    def batch_task_ids(self, batch_id):
+        """The ids of the batch's tasks, in the order it made them."""
+        raise NotImplementedError
+
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        raise NotImplementedError
+
     def due_pending_tasks(self, now, limit):
         """Pending tasks that may start now and whose target device (if any) has a free slot,
         highest priority first, then oldest first."""

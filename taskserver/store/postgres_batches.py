@@ -1,10 +1,12 @@
 """The batch table of the PostgreSQL store (the store's task verbs make a batch's tasks and keep its counters)."""
 
+import json
+
 from taskserver.store.rows import batch_from_row, to_db
 
 
 class PostgresBatchTables:
-    """The part of ``PostgresStore`` that reads and writes batches (through its ``_rows``)."""
+    """The part of ``PostgresStore`` that reads and writes batches (through its ``_rows``, and ``_db`` for a lock)."""
 
     def get_batch(self, batch_id):
         """The batch with this id, or None."""
@@ -37,3 +39,27 @@ class PostgresBatchTables:
             [*values.values(), batch.batch_id, str(batch.status)],
         )
         return bool(rows)
+
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        rows = self._rows(
+            "SELECT batch_id, status FROM batches WHERE status IN ('aborted', 'cancelled') AND finished_at IS NULL"
+        )
+        return [(row["batch_id"], row["status"]) for row in rows]
+
+    def find_batch_by_idempotency_key(self, key, since, scope):
+        """The newest batch created with ``key`` by ``scope`` at or after ``since``, or None. Holds a lock on the key
+        until the unit of work ends, so that two writers cannot both create its batch."""
+        with self._db() as db:
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (json.dumps([scope, key]),))
+            row = db.execute(
+                """SELECT * FROM batches WHERE idempotency_key = %s AND created_at >= %s AND idempotency_scope = %s
+                   ORDER BY created_at DESC, seq DESC LIMIT 1""",
+                (key, since, scope),
+            ).fetchone()
+        return batch_from_row(row) if row else None
+
+    def batch_task_ids(self, batch_id):
+        """The ids of the batch's tasks, in the order it made them."""
+        rows = self._rows("SELECT task_id FROM tasks WHERE batch_id = %s ORDER BY seq", (batch_id,))
+        return [row["task_id"] for row in rows]

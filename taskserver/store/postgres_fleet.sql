@@ -40,9 +40,13 @@ CREATE TABLE batches (
     cancelled INTEGER NOT NULL DEFAULT 0,
     created_at DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL,
-    finished_at DOUBLE PRECISION
+    finished_at DOUBLE PRECISION,
+    idempotency_key TEXT,  -- as on tasks: whose key (scope) and a hash of what was asked
+    idempotency_scope TEXT,
+    request_hash TEXT
 );
 CREATE INDEX batches_created ON batches (created_at, seq);
+CREATE INDEX batches_idempotency ON batches (idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 -- Recurring dispatches: each fire time of ``cron`` (in ``timezone``) creates ``body`` (a task or a batch) once.
 CREATE TABLE schedules (

@@ -132,9 +132,13 @@ CREATE TABLE IF NOT EXISTS batches (
     cancelled INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    idempotency_key TEXT,
+    idempotency_scope TEXT,
+    request_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at);
+CREATE INDEX IF NOT EXISTS batches_idempotency ON batches (idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 -- Recurring dispatches: each fire time of ``cron`` (in ``timezone``) creates ``body`` (a task or a batch) once.
 CREATE TABLE IF NOT EXISTS schedules (

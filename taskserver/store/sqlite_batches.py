@@ -35,3 +35,25 @@ class BatchTables:
                 [*values.values(), batch.batch_id, str(batch.status)],
             )
             return cursor.rowcount == 1
+
+    def unfinished_stopped_batches(self):
+        """``(batch_id, status)`` of each aborted or cancelled batch whose tasks have not all ended."""
+        rows = self._query(
+            "SELECT batch_id, status FROM batches WHERE status IN ('aborted', 'cancelled') AND finished_at IS NULL"
+        )
+        return [(batch_id, status) for batch_id, status in rows]
+
+    def find_batch_by_idempotency_key(self, key, since, scope):
+        """The newest batch created with ``key`` by ``scope`` at or after ``since``, or None."""
+        rows = self._query(
+            """SELECT * FROM batches WHERE idempotency_key = ? AND created_at >= ? AND idempotency_scope = ?
+               ORDER BY created_at DESC LIMIT 1""",
+            (key, since, scope),
+        )
+        return batch_from_row(rows[0]) if rows else None
+
+    def batch_task_ids(self, batch_id):
+        """The ids of the batch's tasks, in the order it made them."""
+        return [
+            row[0] for row in self._query("SELECT task_id FROM tasks WHERE batch_id = ? ORDER BY rowid", (batch_id,))
+        ]

@@ -25,12 +25,12 @@ const TIMEOUT = 5000;
 let browser = null;
 let context = null;
 let page = null;
-let log = { pageErrors: [], consoleErrors: [], responses: [] };
+let log = { pageErrors: [], consoleErrors: [], responses: [], dialogs: [] };
 
 const first = (selector) => page.locator(selector).first();
 
 function watch(newPage) {
-  log = { pageErrors: [], consoleErrors: [], responses: [] };
+  log = { pageErrors: [], consoleErrors: [], responses: [], dialogs: [] };
   newPage.on("pageerror", (error) => log.pageErrors.push(String(error)));
   newPage.on("console", (message) => {
     if (message.type() === "error") log.consoleErrors.push(message.text());
@@ -63,6 +63,13 @@ const OPS = {
   fill: ({ selector, value }) => first(selector).fill(value),
   select: ({ selector, value }) => first(selector).selectOption(value),
   check: ({ selector }) => first(selector).check(),
+  // the next alert / confirm / prompt is accepted (or dismissed) and its message logged; unhandled ones are dismissed
+  dialog: ({ accept = true }) => {
+    page.once("dialog", (dialog) => {
+      log.dialogs.push(dialog.message());
+      return accept ? dialog.accept() : dialog.dismiss();
+    });
+  },
   wait: ({ selector, state = "visible", timeout = TIMEOUT }) => first(selector).waitFor({ state, timeout }),
   until: ({ expression, timeout = TIMEOUT }) => page.waitForFunction(expression, null, { timeout }).then(() => true),
   text: ({ selector }) => first(selector).textContent(),

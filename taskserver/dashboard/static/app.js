@@ -3,15 +3,16 @@
 // two small messages a second. After any reconnect the page reloads what it shows (catch up).
 
 import { api, getToken, onUnauthorized, setToken } from "./api.js";
+import { BATCH_REFRESH, loadBatches, reloadBatches, setupBatches } from "./batches.js";
 import { loadOverview, reloadOverview } from "./charts.js";
 import { loadTaskTypes, renderDeviceOptions, setupDispatch } from "./dispatch.js";
-import { loadDevices, reloadDevices, renderFleet, setupFleet } from "./fleet.js";
+import { loadDevices, reloadDevices, renderFleet, setFleetTags, setupFleet } from "./fleet.js";
 import {
   applyTaskChanges, clearDetail, loadTaskDetail, loadTasks, setTaskFilters, setupTasks,
 } from "./tasks.js";
 import { $, $$, TERMINAL, ago, notice, parseTime, state } from "./ui.js";
 
-const VIEWS = ["fleet", "tasks", "task", "dispatch", "overview"];
+const VIEWS = ["fleet", "tasks", "task", "batches", "dispatch", "overview"];
 const OVERVIEW_REFRESH = 30000;
 
 // ---- views ----
@@ -25,6 +26,7 @@ function route() {
   for (const section of $$("main > .view")) section.hidden = section.id !== `view-${view}`;
   for (const link of $$("#nav a")) link.classList.toggle("active", link.dataset.view === (view === "task" ? "tasks" : view));
   document.body.dataset.view = view;
+  if (view === "fleet" && search) setFleetTags(new URLSearchParams(search).getAll("tag"));
   if (view === "tasks" && search) {
     setTaskFilters(new URLSearchParams(search));
     loadTasks().catch(() => {});
@@ -33,6 +35,7 @@ function route() {
     clearDetail();
     loadTaskDetail().catch(() => {});
   }
+  if (view === "batches") loadBatches().catch(() => {});
   if (view === "overview") loadOverview().catch(() => {});
   if (view === "dispatch") renderDeviceOptions();
 }
@@ -57,6 +60,7 @@ async function catchUp() {
           loadTasks(),
           state.taskTypes.length ? null : loadTaskTypes(),
           state.view === "task" ? loadTaskDetail() : null,
+          state.view === "batches" ? loadBatches() : null,
           state.view === "overview" ? loadOverview() : null,
         ]);
         renderDeviceOptions();
@@ -103,6 +107,7 @@ function applyChanges(changes) {
     if (state.view === "dispatch") renderDeviceOptions();
   }
   applyTaskChanges(changes.tasks, changes.reload_tasks);
+  if (state.view === "batches" && (changes.reload_tasks || changes.tasks.some((task) => task.batch_id))) reloadBatches();
   if (state.view === "overview" && (changes.reload_tasks || changes.tasks.some((task) => TERMINAL.has(task.status)))) {
     reloadOverview();
   }
@@ -201,6 +206,7 @@ function tickAges() {
 setupFleet();
 setupTasks();
 setupDispatch();
+setupBatches();
 setupLogin();
 window.addEventListener("hashchange", route);
 route();
@@ -208,5 +214,7 @@ connectLive();
 catchUp();
 setInterval(tickAges, 1000);
 setInterval(() => state.view === "overview" && loadOverview().catch(() => {}), OVERVIEW_REFRESH);
+// a batch's status and counts move with its tasks, which the feed reports; the poll also catches what it cannot say
+setInterval(() => state.view === "batches" && loadBatches().catch(() => {}), BATCH_REFRESH);
 // keep `api` reachable from the browser's console for operators who want to poke at the server
 window.taskserver = { api, state, catchUp };

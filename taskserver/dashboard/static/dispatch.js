@@ -1,9 +1,13 @@
-// The dispatch form: the type's fields come from its data schema (GET /api/task-types); the server's answer,
-// errors included, is shown as it came.
+// The dispatch form: the type's fields come from its data schema (GET /api/task-types); the target is a device,
+// any device, or the devices with some tags; "作为批次创建" makes it a batch (POST /api/batches: each or spread,
+// max_in_flight, abort). The server's answer, errors included, is shown as it came.
 
 import { api, HttpError } from "./api.js";
-import { shownStatus, sortedDevices } from "./fleet.js";
-import { $, $$, answerNotice, enc, h, state } from "./ui.js";
+import { tasksOfBatch } from "./batches.js";
+import { fleetTags, shownStatus, sortedDevices } from "./fleet.js";
+import { $, $$, answerNotice, enc, flatten, h, parseTags, state, tagChip } from "./ui.js";
+
+const ANY_DEVICE = { task: "任意设备（最空闲的在线设备）", batch: "全部设备（未停用的）" };
 
 export async function loadTaskTypes() {
   const { body } = await api("/api/task-types");
@@ -18,6 +22,7 @@ export async function loadTaskTypes() {
   filter.replaceChildren(h("option", { value: "", text: "全部" }), ...names.map((name) => h("option", { value: name, text: name })));
   filter.value = filtered;
   renderFields();
+  renderBatchOptions();
 }
 
 // ---- fields from a JSON Schema ----
@@ -96,15 +101,61 @@ function renderFields() {
   );
 }
 
-/** The device choices: any device, then every known device with its status. */
+const asBatch = () => $("#dispatch-as-batch").checked;
+
+/** The device choices: any device (all of them, for a batch), then every known device with its status; and the
+ * fleet's tags, to pick for the tag target. */
 export function renderDeviceOptions() {
   const select = $("#dispatch-device");
   const chosen = select.value;
   const options = sortedDevices().map((device) =>
     h("option", { value: device.device_id, text: `${device.device_name} (${device.device_id}) · ${shownStatus(device)}` }),
   );
-  select.replaceChildren(h("option", { value: "", text: "任意设备（最空闲的在线设备）" }), ...options);
+  select.replaceChildren(h("option", { value: "", text: ANY_DEVICE[asBatch() ? "batch" : "task"] }), ...options);
   if (chosen && state.devices.has(chosen)) select.value = chosen;
+  renderTagPicks();
+}
+
+function renderTagPicks() {
+  const tags = fleetTags();
+  const box = $("#dispatch-known-tags");
+  if (box.dataset.tags === tags.join(",")) return;
+  box.dataset.tags = tags.join(",");
+  box.hidden = tags.length === 0;
+  const picks = tags.map((tag) => tagChip(tag, { title: "加入目标标签", onclick: () => pickTag(tag) }));
+  box.replaceChildren(h("span", { class: "tags" }, h("small", { class: "hint", text: "设备的标签，点选加入：" }), ...picks));
+}
+
+function pickTag(tag) {
+  const input = $("#dispatch-tags");
+  const tags = parseTags(input.value);
+  if (!tags.includes(tag)) input.value = [...tags, tag].join(", ");
+  chooseTarget("tags");
+}
+
+function chooseTarget(value) {
+  for (const radio of $$('#dispatch-form [name="target"]')) radio.checked = radio.value === value;
+}
+
+/** Show the batch's options (and those of its mode), and say what the submit button does. */
+function renderBatchOptions() {
+  const batch = asBatch();
+  const mode = $("#dispatch-form").elements.mode.value;
+  const itemsFormat = $("#dispatch-form").elements.items_format.value;
+  $("#batch-options").hidden = !batch;
+  for (const part of $$("#batch-options [data-mode]")) part.hidden = part.dataset.mode !== mode;
+  $('#batch-options [data-items="lines"]').hidden = itemsFormat !== "lines";
+  $("#items-key").textContent = itemsKey();
+  $("#dispatch-submit").textContent = batch ? "创建批次" : "分发任务";
+  const any = $('#dispatch-device option[value=""]');
+  if (any) any.textContent = ANY_DEVICE[batch ? "batch" : "task"];
+}
+
+/** The data field that "one value per line" items fill: the type's first list field (DELIST: product_ids). */
+function itemsKey() {
+  const type = state.taskTypes.find((item) => item.task_type === $("#dispatch-type").value);
+  const properties = (type && type.data_schema.properties) || {};
+  return Object.keys(properties).find((name) => properties[name].type === "array") || "product_ids";
 }
 
 // ---- reading the form ----
@@ -145,31 +196,99 @@ function readData() {
   return data;
 }
 
-function readBody() {
+const byTags = () => $("#dispatch-form").elements.target.value === "tags";
+
+/** The numbers among ``names`` that are filled in, as ``{name: number}``. */
+function numbers(names) {
+  const form = $("#dispatch-form");
+  const found = {};
+  for (const name of names) {
+    const text = form.elements[name].value.trim();
+    if (text) found[name.split(".").pop()] = Number(text);
+  }
+  return found;
+}
+
+/** POST /api/dispatch-task: to the device chosen, to any device with all the tags, or to any device. */
+function readTaskBody() {
   const form = $("#dispatch-form");
   const body = { task_type: form.elements.task_type.value, data: readData() };
-  if (form.elements.device_id.value) body.device_id = form.elements.device_id.value;
-  for (const name of ["priority", "timeout", "max_retries"]) {
-    const text = form.elements[name].value.trim();
-    if (text) body[name] = Number(text);
+  if (byTags()) {
+    body.tags = parseTags(form.elements.tags.value);
+    if (!body.tags.length) throw new Error("按标签分发：请至少填一个标签"); // the server takes no tags as "any device"
+  } else if (form.elements.device_id.value) body.device_id = form.elements.device_id.value;
+  return { ...body, ...numbers(["priority", "timeout", "max_retries"]) };
+}
+
+/** The items of a spread batch: a JSON array of data objects, or values one per line cut into lists of
+ * ``per_task``; either way each laid over the form's data fields. */
+function readItems(data) {
+  const form = $("#dispatch-form");
+  const text = form.elements.items.value.trim();
+  if (form.elements.items_format.value === "json") {
+    let items;
+    try {
+      items = JSON.parse(text || "[]");
+    } catch {
+      throw new Error("条目不是有效的 JSON");
+    }
+    if (!Array.isArray(items) || items.some((item) => !item || typeof item !== "object" || Array.isArray(item))) {
+      throw new Error("条目必须是 JSON 对象的数组");
+    }
+    return items.map((item) => ({ ...data, ...item }));
   }
+  const values = text.split(/[\n,]/).map((value) => value.trim()).filter(Boolean);
+  const size = Math.max(1, Math.floor(Number(form.elements.per_task.value)) || 1);
+  const key = itemsKey();
+  const items = [];
+  for (let start = 0; start < values.length; start += size) items.push({ ...data, [key]: values.slice(start, start + size) });
+  return items;
+}
+
+/** POST /api/batches: its target is the tags, the device chosen, or every device. */
+function readBatchBody() {
+  const form = $("#dispatch-form");
+  const mode = form.elements.mode.value;
+  const data = readData();
+  const body = { task_type: form.elements.task_type.value, mode };
+  if (byTags()) body.target = { tags: parseTags(form.elements.tags.value) };
+  else if (form.elements.device_id.value) body.target = { device_ids: [form.elements.device_id.value] };
+  else body.target = { all: true };
+  if (mode === "spread") body.items = readItems(data);
+  else body.data = data;
+  if (mode === "each" && form.elements.online_only.checked) body.online_only = true;
+  Object.assign(body, numbers(["priority", "timeout", "max_retries", "max_in_flight"]));
+  const abort = numbers(["abort.failure_ratio", "abort.min_finished"]);
+  if (Object.keys(abort).length) body.abort = abort;
   return body;
 }
 
 // ---- the answer ----
 
-/** Every leaf of a validation ``errors`` object as [dotted path, messages]. */
-function flatten(errors, prefix = "") {
-  return Object.entries(errors || {}).flatMap(([key, value]) =>
-    Array.isArray(value) || typeof value !== "object" ? [[`${prefix}${key}`, [].concat(value)]] : flatten(value, `${prefix}${key}.`),
-  );
+// a batch's fields the form shows elsewhere
+const FIELD_OF = { "target.tags": "tags", "target.device_ids": "device_id", "target.all": "device_id", target: "device_id" };
+
+/** The error slot of a field the server named: ``data.x`` is a data field, others a control of the form, tried
+ * from the whole path to its first part (``items.3.product_ids`` shows at ``items``, with its path). */
+function errorSlot(path) {
+  if (path.startsWith("data.")) return $(`#dispatch-fields [data-field="${CSS.escape(path.slice(5))}"] .field-error`);
+  const parts = path.split(".");
+  for (let end = parts.length; end > 0; end -= 1) {
+    const prefix = parts.slice(0, end).join(".");
+    const name = FIELD_OF[prefix] || prefix;
+    const control = $(`#dispatch-form [name="${CSS.escape(name)}"]`);
+    const slot = control && (control.closest("label")?.querySelector(".field-error") || control.closest(".row")?.querySelector(".field-error"));
+    if (slot) return slot;
+  }
+  return null;
 }
 
 function showFieldErrors(errors) {
   for (const [path, messages] of flatten(errors)) {
-    const where = path.startsWith("data.") ? path.slice(5) : path;
-    const slot = $(`#dispatch-fields [data-field="${CSS.escape(where)}"] .field-error`) || $(`#dispatch-form [name="${CSS.escape(where)}"]`)?.closest("label")?.querySelector(".field-error");
-    if (slot) slot.textContent = messages.join("；");
+    const slot = errorSlot(path);
+    if (!slot) continue;
+    const where = path.includes(".") && !path.startsWith("data.") ? `${path}：` : "";
+    slot.textContent = [slot.textContent, `${where}${messages.join("；")}`].filter(Boolean).join("；");
   }
 }
 
@@ -180,6 +299,12 @@ function showAnswer(status, body) {
   box.dataset.ok = String(ok);
   box.dataset.status = String(status);
   const lines = [h("p", {}, h("strong", { text: `HTTP ${status || "—"} · ${body.message || ""}` }))];
+  if (body.batch_id) {
+    lines.push(
+      h("p", {}, "批次 ", h("a", { href: tasksOfBatch(body.batch_id), class: "mono", dataset: { batchLink: body.batch_id }, text: body.batch_id }),
+        ` · 共 ${body.total} 个任务 · `, h("a", { href: "#/batches", text: "所有批次" })),
+    );
+  }
   if (body.task_id) {
     lines.push(
       h("p", {}, "任务 ", h("a", { href: `#/task/${enc(body.task_id)}`, class: "mono", dataset: { taskLink: body.task_id }, text: body.task_id }),
@@ -194,9 +319,11 @@ function showAnswer(status, body) {
 async function submit(event) {
   event.preventDefault();
   for (const slot of $$("#dispatch-form .field-error")) slot.textContent = "";
+  const batch = asBatch();
+  const action = batch ? "创建批次" : "分发任务";
   let body;
   try {
-    body = readBody();
+    body = batch ? readBatchBody() : readTaskBody();
   } catch (error) {
     showAnswer(0, { message: error.message, error_code: "INVALID_FORM" });
     return;
@@ -204,20 +331,31 @@ async function submit(event) {
   const button = $("#dispatch-submit");
   button.disabled = true;
   try {
-    const { status, body: answer } = await api("/api/dispatch-task", { method: "POST", body });
+    const { status, body: answer } = await api(batch ? "/api/batches" : "/api/dispatch-task", { method: "POST", body });
+    if (batch && !answer.message) answer.message = `批次已创建，共 ${answer.total} 个任务`;
     showAnswer(status, answer);
-    answerNotice("分发任务", status, answer);
+    answerNotice(action, status, answer);
   } catch (error) {
     if (!(error instanceof HttpError)) throw error;
     showAnswer(error.status, error.body);
     showFieldErrors(error.body.errors);
-    answerNotice("分发任务", error.status, error.body);
+    answerNotice(action, error.status, error.body);
   } finally {
     button.disabled = false;
   }
 }
 
 export function setupDispatch() {
-  $("#dispatch-type").addEventListener("change", renderFields);
-  $("#dispatch-form").addEventListener("submit", submit);
+  const form = $("#dispatch-form");
+  $("#dispatch-type").addEventListener("change", () => {
+    renderFields();
+    renderBatchOptions();
+  });
+  form.addEventListener("submit", submit);
+  $("#dispatch-device").addEventListener("change", () => chooseTarget("device"));
+  $("#dispatch-tags").addEventListener("input", () => chooseTarget("tags"));
+  for (const name of ["as_batch", "mode", "items_format"]) {
+    for (const control of $$(`#dispatch-form [name="${name}"]`)) control.addEventListener("change", renderBatchOptions);
+  }
+  renderBatchOptions();
 }

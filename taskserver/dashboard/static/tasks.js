@@ -2,6 +2,7 @@
 // history as a timeline), with cancel.
 
 import { api, HttpError, query } from "./api.js";
+import { loadBatchStrip, reloadBatchStrip } from "./batches.js";
 import {
   $, TERMINAL, ago, answerNotice, badge, clock, enc, h, onNextFrame, patchRows, progressBar, shortId, state, throttle,
 } from "./ui.js";
@@ -20,22 +21,25 @@ export function taskFilters() {
     status: value("status"),
     task_type: value("task_type"),
     device_id: value("device_id"),
+    batch_id: value("batch_id"),
     created_after: value("created_after"),
     created_before: value("created_before"),
   };
 }
 
-/** Does the task pass the status, type and device filters? (A task's creation time never changes, so the time
+/** Does the task pass the status, type, device and batch filters? (A task's creation time never changes, so the time
  * filters only matter for tasks new to the list, and for those the reload asks the server.) */
 export function matchesFilters(task) {
   const filters = taskFilters();
   if (filters.status && !filters.status.split(",").includes(task.status)) return false;
   if (filters.task_type && task.task_type !== filters.task_type) return false;
+  if (filters.batch_id && task.batch_id !== filters.batch_id) return false;
   return !filters.device_id || task.device_id === filters.device_id;
 }
 
 export async function loadTasks() {
-  const { body } = await api(`/api/tasks${query({ ...taskFilters(), limit })}`);
+  const filters = taskFilters();
+  const [{ body }] = await Promise.all([api(`/api/tasks${query({ ...filters, limit })}`), loadBatchStrip(filters.batch_id)]);
   state.tasks = body.tasks.map(({ data, ...brief }) => brief); // data can be large; the detail view shows it
   state.taskIndex = new Map(state.tasks.map((task, index) => [task.task_id, index]));
   state.taskTotal = body.total;
@@ -89,6 +93,8 @@ export const renderTasks = onNextFrame(render);
 /** Apply the live feed's task briefs: update rows in place; reload when the list itself may have changed. */
 export function applyTaskChanges(briefs, reloadAll) {
   let reload = reloadAll;
+  const batchId = taskFilters().batch_id;
+  if (batchId && (reloadAll || briefs.some((brief) => brief.batch_id === batchId))) reloadBatchStrip();
   for (const brief of briefs) {
     const index = state.taskIndex.get(brief.task_id);
     if (index !== undefined) {
@@ -226,9 +232,10 @@ export function setupTasks() {
   });
 }
 
-/** Set the list's filters from a route's query (``#/tasks?device_id=...``). */
+/** Set the list's filters from a route's query (``#/tasks?device_id=...``); those it does not name are cleared. */
 export function setTaskFilters(params) {
   const form = $("#task-filters");
+  for (const control of form.elements) if (control.name) control.value = "";
   for (const [name, value] of params) {
     if (form.elements[name]) form.elements[name].value = value;
   }

@@ -5,6 +5,8 @@ export const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 export const state = {
   devices: new Map(), // device_id -> the device as GET /api/devices lists it
   tasks: [], // the task list's current page, as GET /api/tasks lists it
+  batches: [], // the batch list's current page, as GET /api/batches lists it
+  batchTotal: 0,
   taskIndex: new Map(), // task_id -> index in tasks
   taskTotal: 0,
   taskTypes: [], // [{task_type, data_schema}]
@@ -33,6 +35,10 @@ function build(element, attrs, children) {
 
 /** An HTML element: h("td", {class: "num", text: "3"}); text always goes in as text, never as HTML. */
 export const h = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
+
+/** Replace ``element``'s children with ``children``, leaving out null, undefined and false (as ``h`` does). */
+export const fill = (element, ...children) =>
+  element.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined && child !== false));
 
 /** An SVG element. */
 export const svg = (tag, attrs, ...children) =>
@@ -63,6 +69,18 @@ export const enc = encodeURIComponent;
 // ---- small pieces ----
 
 export const badge = (status) => h("span", { class: `badge s-${status}`, text: status });
+
+/** Tags typed by an operator: separated by commas (also "，") or new lines, trimmed, without repeats. */
+export function parseTags(text) {
+  return [...new Set(text.split(/[,，\n]/).map((tag) => tag.trim()).filter(Boolean))];
+}
+
+/** One tag as a chip: a button when it does something (``onclick``); ``source`` says where the tag came from. */
+export function tagChip(tag, { source = "", title = null, onclick = null } = {}) {
+  const attrs = { class: "tag", dataset: { tag }, title, text: tag };
+  if (source) attrs.dataset.source = source;
+  return onclick ? h("button", { type: "button", onclick, ...attrs }) : h("span", attrs);
+}
 
 export function progressBar(task, extraClass = "") {
   const progress = Math.max(0, Math.min(100, Number(task.progress) || 0));
@@ -138,6 +156,13 @@ export function notice(ok, title, detail = "") {
   for (const old of $$(".notice", box).slice(KEEP_NOTICES)) old.remove();
   setTimeout(() => item.remove(), ok ? 8000 : 20000);
   return item;
+}
+
+/** Every leaf of a validation ``errors`` object as [dotted path, messages]. */
+export function flatten(errors, prefix = "") {
+  return Object.entries(errors || {}).flatMap(([key, value]) =>
+    Array.isArray(value) || typeof value !== "object" ? [[`${prefix}${key}`, [].concat(value)]] : flatten(value, `${prefix}${key}.`),
+  );
 }
 
 /** A notice with the server's answer to an action: its message, HTTP status and error code. */
