@@ -126,6 +126,25 @@ def test_a_task_dispatched_on_one_node_goes_to_a_device_on_another_and_so_does_i
     phone.disconnect()
 
 
+def test_work_for_a_device_wakes_only_the_node_holding_it(nodes):
+    a, b, c = nodes(NODE_ID="node-a"), nodes(NODE_ID="node-b"), nodes(NODE_ID="node-c")
+    on_b, on_c = Device(b.url, "android_b").connect(), Device(c.url, "android_c").connect()
+    heard, phase = [], ["for b"]
+    wakeups = cluster_of(c).wakeups
+    hear = wakeups.wake
+    wakeups.wake = lambda reason: (heard.append((reason, phase[0])), hear(reason))
+
+    first = a.dispatch(device_id="android_b")["task_id"]  # "work@node-b": node C does not even look
+    assert on_b.wait("new_task")["task_id"] == first
+    phase[0] = "for c"
+    second = a.dispatch(device_id="android_c")["task_id"]
+    assert on_c.wait("new_task")["task_id"] == second
+    wait_until(lambda: heard, message="node C to hear of its work")
+    assert heard == [("work", "for c")]
+    on_b.disconnect()
+    on_c.disconnect()
+
+
 def test_a_dead_nodes_devices_go_offline_from_its_last_renewal_and_its_tasks_follow_the_grace(nodes, cluster_settings):
     url = cluster_settings["DATABASE"]
     a = nodes(NODE_ID="node-a", DEVICE_LOST_GRACE=30)

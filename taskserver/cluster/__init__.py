@@ -44,7 +44,7 @@ class Cluster:
         self.store = store
         self.lease = NodeLease(store, settings["NODE_ID"], settings["NODE_LEASE"], channel, close_connections)
         self.leadership = Leadership(url, f"taskserver leader: {channel}", timeout)
-        self.wakeups = Wakeups(url, channel, wake, sleep, timeout)
+        self.wakeups = Wakeups(url, channel, wake, sleep, lambda: self.node_id, timeout)
         self.queue = QueueHealth(settings["MESSAGE_QUEUE"], manager)
         self.sleep = sleep
 

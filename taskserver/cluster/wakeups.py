@@ -15,12 +15,14 @@ RECONNECT_DELAY = 1.0  # seconds between attempts while the database is away
 
 
 class Wakeups:
-    """Listens on ``channel`` and calls ``wake`` for every notification, and once after every (re)connection."""
+    """Listens on ``channel`` and calls ``wake(reason)`` for every notification addressed to any node or to
+    ``node_id()`` (this node's id now), and ``wake(None)`` once after every (re)connection."""
 
-    def __init__(self, url, channel, wake, sleep, timeout=5.0):
+    def __init__(self, url, channel, wake, sleep, node_id, timeout=5.0):
         self.url = url
         self.channel = channel
         self.wake = wake
+        self.node_id = node_id
         self.sleep = sleep
         self.timeout = timeout
 
@@ -39,7 +41,9 @@ class Wakeups:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
             self._wake(None)  # whatever was notified before this connection listened
             for notify in conn.notifies():
-                self._wake(notify.payload or None)
+                reason, _, node = notify.payload.partition("@")
+                if node in ("", self.node_id()):  # "work@b" is for node b only
+                    self._wake(reason or None)
 
     def _wake(self, reason):
         try:

@@ -55,7 +55,7 @@ class Dispatcher:
             return dispatched, True
         sent = next((sent_task for sent_task in self.dispatch_pending(now) if sent_task.task_id == task.task_id), None)
         if sent is None:
-            self.store.wake_nodes(Wake.WORK)  # its device may be one another node holds
+            self.store.wake_nodes(Wake.WORK, request.device_id)  # its device may be one another node holds
         return sent or task, True
 
     def _new_task(self, request, fingerprint, now):

@@ -58,7 +58,7 @@ class TaskLifecycle:
         if updated is None:
             return None
         if owed_to is not None:
-            self.store.wake_nodes(Wake.CANCELS)  # another node may hold the device's connection
+            self.store.wake_nodes(Wake.CANCELS, owed_to)  # another node may hold the device's connection
         if sid is not None:
             self.notifier.cancel_task(sid, task.task_id, task.attempt)
         self.metrics.count(self.metrics.cancels, task.task_type)
@@ -199,7 +199,7 @@ class TaskLifecycle:
         updated = self.moves.move(task, target, changes, event, now, owe_cancel_to=owed_to)
         if updated is not None:
             if owed_to is not None:
-                self.store.wake_nodes(Wake.CANCELS)  # another node may hold the device's connection
+                self.store.wake_nodes(Wake.CANCELS, owed_to)  # another node may hold the device's connection
             self.metrics.attempt_ended(task.task_type, error_code, retried=target == TaskStatus.PENDING)
             logs.event(
                 log,

@@ -135,7 +135,7 @@ class DeviceRegistry:
         logs.event(log, "device tagged", device_id=device_id, tags=tags)
         self.notifier.device_changed(device_id)
         self.dispatcher.dispatch_pending(self.clock())
-        self.store.wake_nodes(Wake.WORK)  # another node may hold the device's connection
+        self.store.wake_nodes(Wake.WORK, device_id)  # another node may hold the device's connection
         return self.queries.device(device_id)
 
     @atomic
@@ -151,7 +151,7 @@ class DeviceRegistry:
             self.notifier.device_changed(device_id)
             if not disabled:
                 self.dispatcher.dispatch_pending(now)
-                self.store.wake_nodes(Wake.WORK)  # another node may hold the device's connection
+                self.store.wake_nodes(Wake.WORK, device_id)  # another node may hold the device's connection
         return self.queries.device(device_id)
 
     @atomic

@@ -216,9 +216,10 @@ class Store:
         """A mapping of ``(status value, disabled)`` to the number of devices in it."""
         raise NotImplementedError
 
-    def wake_nodes(self, reason):
+    def wake_nodes(self, reason, device_id=None):
         """Wake the other nodes of a cluster once this unit of work commits, for ``reason`` (a ``domain.Wake``): it
-        left work for a device one of them holds. A store no other node shares has none to wake."""
+        left work for ``device_id`` (only the node holding it, if another does), or for any device (None). A store
+        no other node shares has none to wake."""
 
     # schedules
     def add_schedule(self, schedule):

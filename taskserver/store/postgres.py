@@ -803,11 +803,20 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
         rows = self._rows(RELEASE_DEVICES.format(lost=lost), {"now": now, "reason": "node_lost"})
         return [row["device_id"] for row in rows]
 
-    def wake_nodes(self, reason):
-        """Wake every node once this unit of work commits (NOTIFY, ``reason`` its payload): work was left for a
-        device another node holds."""
-        if self._wake_channel is not None:
+    def wake_nodes(self, reason, device_id=None):
+        """Wake the nodes once this unit of work commits (NOTIFY): work was left for ``device_id`` (payload
+        ``<reason>@<node>``: only the node holding it, if another node does, looks) or for any device (``<reason>``:
+        every node looks)."""
+        if self._wake_channel is None:
+            return
+        if device_id is None:
             self._rows("SELECT pg_notify(%s, %s)", (self._wake_channel, str(reason)))
+            return
+        self._rows(
+            """SELECT pg_notify(%(channel)s, %(reason)s || '@' || node_id) FROM devices
+               WHERE device_id = %(device)s AND connected AND node_id IS DISTINCT FROM %(node)s""",
+            {"channel": self._wake_channel, "reason": str(reason), "device": device_id, "node": self._node},
+        )
 
     def devices_owed_cancels(self):
         """The devices this node holds that are owed a ``cancel_task``."""
