@@ -66,6 +66,14 @@ class Client:
         """PUT ``body`` as JSON to ``path``."""
         return self.request("PUT", path, json=body)
 
+    def patch(self, path, body):
+        """PATCH ``body`` as JSON to ``path``."""
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path):
+        """DELETE ``path``."""
+        return self.request("DELETE", path)
+
     def request(self, method, path, **kwargs):
         """The JSON answer of a successful request; ``ApiError`` or ``Unreachable`` otherwise."""
         try:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import click
 from rich.console import Console
 
-from taskserver.cli import batches, devices, render, tasks
+from taskserver.cli import batches, devices, render, schedules, tasks
 from taskserver.cli.client import Client
 
 DEFAULT_URL = "http://localhost:1888"
@@ -33,7 +33,7 @@ class Session:
 @click.option("--http-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @click.pass_context
 def cli(ctx, url, token, http_timeout):
-    """Operate a taskserver: devices and their tags, dispatching, batches, tasks and their history.
+    """Operate a taskserver: devices and their tags, dispatching, batches, schedules, tasks and their history.
 
     \b
     Exit codes: 0 done (--wait: the task, or every task of the batch, completed), 1 the task failed
@@ -43,5 +43,5 @@ def cli(ctx, url, token, http_timeout):
     ctx.obj = Session(Client(url, token, http_timeout), Console(), Console(stderr=True))
 
 
-for command in (*devices.COMMANDS, *tasks.COMMANDS, *batches.COMMANDS):
+for command in (*devices.COMMANDS, *tasks.COMMANDS, *batches.COMMANDS, *schedules.COMMANDS):
     cli.add_command(command)

@@ -211,3 +211,74 @@ def batch_view(batch):
     for key in ("created_at", "updated_at", "finished_at"):
         grid.add_row(key.removesuffix("_at"), when(batch[key]))
     return grid
+
+
+def creates(schedule):
+    """What each fire time of a schedule makes: ``task DELIST → tags shopA``, ``batch COLLECT each → all``."""
+    task = schedule["task"]
+    if task is None:
+        batch = schedule["batch"]
+        return Text.assemble(f"batch {batch['task_type']} {batch['mode']} → ", target(batch))
+    if task.get("device_id"):
+        return Text(f"task {task['task_type']} → device {task['device_id']}")
+    if task.get("tags"):
+        return Text(f"task {task['task_type']} → tags " + ", ".join(task["tags"]))
+    return Text(f"task {task['task_type']} → any device")
+
+
+def schedule_state(schedule):
+    return Text("enabled", style="green") if schedule["enabled"] else Text("paused", style="yellow")
+
+
+def run_outcome(run):
+    """What a fire time made (its ``task_...`` or ``batch_...`` id), or the error that kept it from making one."""
+    if run is None:
+        return cell(None)
+    if run["error"]:
+        return Text(f"{run['error']['error_code']}: {run['error']['message']}", style="red")
+    return cell(run["batch_id"] or run["task_id"])
+
+
+def schedules_table(answer, last_runs):
+    """``GET /api/schedules`` as a table, newest first, each with its last run (``last_runs``: id -> run or None)."""
+    shown, offset = len(answer["schedules"]), answer["offset"]
+    span = f"{offset + 1}-{offset + shown}" if shown else "none"
+    table = Table(caption=f"{span} of {answer['total']} schedules", caption_justify="left")
+    for column in ("id", "name", "cron", "timezone", "creates", "state", "next run", "last run", "outcome"):
+        table.add_column(column, no_wrap=column not in ("name", "creates"))
+    for schedule in answer["schedules"]:
+        last = last_runs.get(schedule["schedule_id"])
+        table.add_row(
+            cell(schedule["schedule_id"]),
+            cell(schedule["name"]),
+            cell(schedule["cron"]),
+            cell(schedule["timezone"]),
+            creates(schedule),
+            schedule_state(schedule),
+            when(schedule["next_run_at"]),
+            when(last and last["fire_at"]),
+            run_outcome(last),
+        )
+    return table
+
+
+def schedule_view(schedule):
+    """``schedule show``: the schedule as ``GET /api/schedule/{id}`` has it, and its latest runs, newest first."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("schedule", cell(schedule["schedule_id"]))
+    grid.add_row("name", cell(schedule["name"]))
+    grid.add_row("state", schedule_state(schedule))
+    grid.add_row("cron", cell(f"{schedule['cron']}  ({schedule['timezone']})"))
+    grid.add_row("misfire", cell(schedule["misfire"]))
+    grid.add_row("creates", creates(schedule))
+    grid.add_row("body", cell(schedule["task"] or schedule["batch"]))
+    for key in ("next_run_at", "created_at", "updated_at"):
+        grid.add_row(key.removesuffix("_at").replace("_", " "), when(schedule[key]))
+    runs = Table(title="runs", title_justify="left")
+    for column in ("fire at", "ran at", "outcome"):
+        runs.add_column(column, no_wrap=column != "outcome")
+    for run in schedule["runs"]:
+        runs.add_row(when(run["fire_at"]), when(run["ran_at"]), run_outcome(run))
+    return Group(grid, runs)
