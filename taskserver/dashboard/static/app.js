@@ -7,12 +7,13 @@ import { BATCH_REFRESH, loadBatches, reloadBatches, setupBatches } from "./batch
 import { loadOverview, reloadOverview } from "./charts.js";
 import { loadTaskTypes, renderDeviceOptions, setupDispatch } from "./dispatch.js";
 import { loadDevices, reloadDevices, renderFleet, setFleetTags, setupFleet } from "./fleet.js";
+import { SCHEDULE_REFRESH, loadSchedules, reloadSchedules, setupSchedules } from "./schedules.js";
 import {
   applyTaskChanges, clearDetail, loadTaskDetail, loadTasks, setTaskFilters, setupTasks,
 } from "./tasks.js";
 import { $, $$, TERMINAL, ago, notice, parseTime, state } from "./ui.js";
 
-const VIEWS = ["fleet", "tasks", "task", "batches", "dispatch", "overview"];
+const VIEWS = ["fleet", "tasks", "task", "batches", "schedules", "dispatch", "overview"];
 const OVERVIEW_REFRESH = 30000;
 
 // ---- views ----
@@ -36,6 +37,7 @@ function route() {
     loadTaskDetail().catch(() => {});
   }
   if (view === "batches") loadBatches().catch(() => {});
+  if (view === "schedules") loadSchedules().catch(() => {});
   if (view === "overview") loadOverview().catch(() => {});
   if (view === "dispatch") renderDeviceOptions();
 }
@@ -61,6 +63,7 @@ async function catchUp() {
           state.taskTypes.length ? null : loadTaskTypes(),
           state.view === "task" ? loadTaskDetail() : null,
           state.view === "batches" ? loadBatches() : null,
+          state.view === "schedules" ? loadSchedules() : null,
           state.view === "overview" ? loadOverview() : null,
         ]);
         renderDeviceOptions();
@@ -108,6 +111,7 @@ function applyChanges(changes) {
   }
   applyTaskChanges(changes.tasks, changes.reload_tasks);
   if (state.view === "batches" && (changes.reload_tasks || changes.tasks.some((task) => task.batch_id))) reloadBatches();
+  if (state.view === "schedules" && (changes.reload_tasks || changes.tasks.length)) reloadSchedules();
   if (state.view === "overview" && (changes.reload_tasks || changes.tasks.some((task) => TERMINAL.has(task.status)))) {
     reloadOverview();
   }
@@ -207,6 +211,7 @@ setupFleet();
 setupTasks();
 setupDispatch();
 setupBatches();
+setupSchedules();
 setupLogin();
 window.addEventListener("hashchange", route);
 route();
@@ -216,5 +221,7 @@ setInterval(tickAges, 1000);
 setInterval(() => state.view === "overview" && loadOverview().catch(() => {}), OVERVIEW_REFRESH);
 // a batch's status and counts move with its tasks, which the feed reports; the poll also catches what it cannot say
 setInterval(() => state.view === "batches" && loadBatches().catch(() => {}), BATCH_REFRESH);
+// a fire time moves a schedule's next run and adds a run, whether or not it made a task the feed would report
+setInterval(() => state.view === "schedules" && loadSchedules().catch(() => {}), SCHEDULE_REFRESH);
 // keep `api` reachable from the browser's console for operators who want to poke at the server
 window.taskserver = { api, state, catchUp };

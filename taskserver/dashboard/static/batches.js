@@ -27,7 +27,8 @@ export const reloadBatches = throttle(() => loadBatches().catch(() => {}), 1000)
 
 // ---- pieces of a batch ----
 
-function target(batch) {
+/** A batch's target: its tags (a link to those devices), its devices, or all. */
+export function batchTarget(batch) {
   const { tags, device_ids: deviceIds } = batch.target || {};
   if (tags) {
     const link = h("a", { href: `#/fleet?${tags.map((tag) => `tag=${enc(tag)}`).join("&")}`, title: "查看这些设备" });
@@ -78,7 +79,7 @@ function batchRow(batch) {
     h("td", { class: "mono" }, h("a", { href: tasksOfBatch(batch.batch_id), text: batch.batch_id })),
     h("td", { text: batch.task_type }),
     h("td", {}, h("div", { text: `${batch.mode} · ${MODES[batch.mode] || ""}` }), rules(batch)),
-    h("td", {}, target(batch)),
+    h("td", {}, batchTarget(batch)),
     h("td", {}, badge(batch.status)),
     h("td", {}, batchProgress(batch)),
     h("td", {}, batchCounts(batch)),

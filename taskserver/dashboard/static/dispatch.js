@@ -1,10 +1,12 @@
 // The dispatch form: the type's fields come from its data schema (GET /api/task-types); the target is a device,
 // any device, or the devices with some tags; "作为批次创建" makes it a batch (POST /api/batches: each or spread,
-// max_in_flight, abort). The server's answer, errors included, is shown as it came.
+// max_in_flight, abort); "作为定时任务创建" makes either a schedule instead (POST /api/schedules: name, cron, time
+// zone), whose fire times each create it. The server's answer, errors included, is shown as it came.
 
 import { api, HttpError } from "./api.js";
 import { tasksOfBatch } from "./batches.js";
 import { fleetTags, shownStatus, sortedDevices } from "./fleet.js";
+import { scheduleCreated } from "./schedules.js";
 import { $, $$, answerNotice, enc, flatten, h, parseTags, state, tagChip } from "./ui.js";
 
 const ANY_DEVICE = { task: "任意设备（最空闲的在线设备）", batch: "全部设备（未停用的）" };
@@ -22,7 +24,7 @@ export async function loadTaskTypes() {
   filter.replaceChildren(h("option", { value: "", text: "全部" }), ...names.map((name) => h("option", { value: name, text: name })));
   filter.value = filtered;
   renderFields();
-  renderBatchOptions();
+  renderOptions();
 }
 
 // ---- fields from a JSON Schema ----
@@ -102,6 +104,7 @@ function renderFields() {
 }
 
 const asBatch = () => $("#dispatch-as-batch").checked;
+const asSchedule = () => $("#dispatch-as-schedule").checked;
 
 /** The device choices: any device (all of them, for a batch), then every known device with its status; and the
  * fleet's tags, to pick for the tag target. */
@@ -137,8 +140,8 @@ function chooseTarget(value) {
   for (const radio of $$('#dispatch-form [name="target"]')) radio.checked = radio.value === value;
 }
 
-/** Show the batch's options (and those of its mode), and say what the submit button does. */
-function renderBatchOptions() {
+/** Show the batch's options (and those of its mode) and the schedule's, and say what the submit button does. */
+function renderOptions() {
   const batch = asBatch();
   const mode = $("#dispatch-form").elements.mode.value;
   const itemsFormat = $("#dispatch-form").elements.items_format.value;
@@ -146,7 +149,8 @@ function renderBatchOptions() {
   for (const part of $$("#batch-options [data-mode]")) part.hidden = part.dataset.mode !== mode;
   $('#batch-options [data-items="lines"]').hidden = itemsFormat !== "lines";
   $("#items-key").textContent = itemsKey();
-  $("#dispatch-submit").textContent = batch ? "创建批次" : "分发任务";
+  $("#schedule-options").hidden = !asSchedule();
+  $("#dispatch-submit").textContent = action();
   const any = $('#dispatch-device option[value=""]');
   if (any) any.textContent = ANY_DEVICE[batch ? "batch" : "task"];
 }
@@ -157,6 +161,8 @@ function itemsKey() {
   const properties = (type && type.data_schema.properties) || {};
   return Object.keys(properties).find((name) => properties[name].type === "array") || "product_ids";
 }
+
+const action = () => (asSchedule() ? "创建定时任务" : asBatch() ? "创建批次" : "分发任务");
 
 // ---- reading the form ----
 
@@ -263,10 +269,28 @@ function readBatchBody() {
   return body;
 }
 
+/** POST /api/schedules: each fire time of ``cron`` in the time zone (the server's default UTC if empty) creates the
+ * task or batch ``made`` (a body of POST /api/dispatch-task or /api/batches). */
+function readScheduleBody(made) {
+  const form = $("#dispatch-form");
+  const value = (name) => form.elements[`schedule.${name}`].value.trim();
+  const body = { name: value("name"), cron: value("cron"), [asBatch() ? "batch" : "task"]: made };
+  if (value("timezone")) body.timezone = value("timezone");
+  return body;
+}
+
 // ---- the answer ----
 
-// a batch's fields the form shows elsewhere
-const FIELD_OF = { "target.tags": "tags", "target.device_ids": "device_id", "target.all": "device_id", target: "device_id" };
+// the fields of a batch and of a schedule that the form shows elsewhere
+const FIELD_OF = {
+  "target.tags": "tags",
+  "target.device_ids": "device_id",
+  "target.all": "device_id",
+  target: "device_id",
+  name: "schedule.name",
+  cron: "schedule.cron",
+  timezone: "schedule.timezone",
+};
 
 /** The error slot of a field the server named: ``data.x`` is a data field, others a control of the form, tried
  * from the whole path to its first part (``items.3.product_ids`` shows at ``items``, with its path). */
@@ -283,8 +307,11 @@ function errorSlot(path) {
   return null;
 }
 
+/** Each field error the server named next to its field; a schedule's ``task.`` or ``batch.`` is the form's task or
+ * batch. */
 function showFieldErrors(errors) {
-  for (const [path, messages] of flatten(errors)) {
+  for (const [named, messages] of flatten(errors)) {
+    const path = named.replace(/^(task|batch)\./, "");
     const slot = errorSlot(path);
     if (!slot) continue;
     const where = path.includes(".") && !path.startsWith("data.") ? `${path}：` : "";
@@ -311,6 +338,7 @@ function showAnswer(status, body) {
         ` · ${body.status}`, body.device_id ? ` · 设备 ${body.device_name || ""} (${body.device_id})` : ""),
     );
   }
+  if (body.schedule) lines.push(scheduleCreated(body.schedule));
   if (body.error_code) lines.push(h("p", { class: "error-code", text: body.error_code }));
   lines.push(h("pre", { class: "json", text: JSON.stringify(body, null, 2) }));
   box.replaceChildren(...lines);
@@ -320,10 +348,12 @@ async function submit(event) {
   event.preventDefault();
   for (const slot of $$("#dispatch-form .field-error")) slot.textContent = "";
   const batch = asBatch();
-  const action = batch ? "创建批次" : "分发任务";
+  const schedule = asSchedule();
+  const label = action();
   let body;
   try {
     body = batch ? readBatchBody() : readTaskBody();
+    if (schedule) body = readScheduleBody(body);
   } catch (error) {
     showAnswer(0, { message: error.message, error_code: "INVALID_FORM" });
     return;
@@ -331,15 +361,16 @@ async function submit(event) {
   const button = $("#dispatch-submit");
   button.disabled = true;
   try {
-    const { status, body: answer } = await api(batch ? "/api/batches" : "/api/dispatch-task", { method: "POST", body });
+    const path = schedule ? "/api/schedules" : batch ? "/api/batches" : "/api/dispatch-task";
+    const { status, body: answer } = await api(path, { method: "POST", body });
     if (batch && !answer.message) answer.message = `批次已创建，共 ${answer.total} 个任务`;
     showAnswer(status, answer);
-    answerNotice(action, status, answer);
+    answerNotice(label, status, answer);
   } catch (error) {
     if (!(error instanceof HttpError)) throw error;
     showAnswer(error.status, error.body);
     showFieldErrors(error.body.errors);
-    answerNotice(action, error.status, error.body);
+    answerNotice(label, error.status, error.body);
   } finally {
     button.disabled = false;
   }
@@ -349,13 +380,14 @@ export function setupDispatch() {
   const form = $("#dispatch-form");
   $("#dispatch-type").addEventListener("change", () => {
     renderFields();
-    renderBatchOptions();
+    renderOptions();
   });
   form.addEventListener("submit", submit);
   $("#dispatch-device").addEventListener("change", () => chooseTarget("device"));
   $("#dispatch-tags").addEventListener("input", () => chooseTarget("tags"));
-  for (const name of ["as_batch", "mode", "items_format"]) {
-    for (const control of $$(`#dispatch-form [name="${name}"]`)) control.addEventListener("change", renderBatchOptions);
+  form.elements["schedule.timezone"].value = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+  for (const name of ["as_batch", "as_schedule", "mode", "items_format"]) {
+    for (const control of $$(`#dispatch-form [name="${name}"]`)) control.addEventListener("change", renderOptions);
   }
-  renderBatchOptions();
+  renderOptions();
 }

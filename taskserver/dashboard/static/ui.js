@@ -7,6 +7,8 @@ export const state = {
   tasks: [], // the task list's current page, as GET /api/tasks lists it
   batches: [], // the batch list's current page, as GET /api/batches lists it
   batchTotal: 0,
+  schedules: [], // the schedule list's current page, as GET /api/schedules lists it, each with its last_run
+  scheduleTotal: 0,
   taskIndex: new Map(), // task_id -> index in tasks
   taskTotal: 0,
   taskTypes: [], // [{task_type, data_schema}]
