@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import gevent
 import psycopg
 import pytest
 import redis
@@ -42,6 +43,7 @@ NODE_SETTINGS = {
     "TASKSERVER_RETRY_DELAY": "1",
 }
 MAX_RETRIES = 2  # an attempt lost with the killed node goes back to pending and ends on another phone
+CLOSE_TIMEOUT = 10.0  # seconds a phone waits for its disconnect at the end of a test
 
 
 class Nodes:
@@ -158,9 +160,11 @@ class Phone:
                 time.sleep(0.2)
 
     def close(self):
+        """Disconnect, bounded: once a disconnect through nginx never returned (seen once on a loaded machine)."""
         self.closing = True
         if self.sio is not None and self.sio.connected:
-            self.sio.disconnect()
+            with gevent.Timeout(CLOSE_TIMEOUT, False):
+                self.sio.disconnect()
 
 
 class Operators:
