@@ -1,6 +1,7 @@
 """PostgreSQL's own behaviour: the database going away and coming back (through a TCP proxy the test cuts), schema
 versions and migrations under two servers at once, and the commands that upgrade and copy a database."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,7 +13,8 @@ import pytest
 from gevent.server import StreamServer
 from gevent.socket import create_connection
 
-from conftest import Device, LiveServer, wait_until
+from conftest import Device, LiveServer, admin_connect, wait_until
+from taskserver.domain import device_tags
 from taskserver.store.migrations import SchemaMismatch
 from taskserver.store.postgres import POSTGRES_MIGRATIONS, SCHEMA_VERSION, PostgresStore
 
@@ -134,6 +136,61 @@ def test_a_version_1_database_is_migrated_to_the_latest_schema_keeping_its_rows(
         ]
         assert db.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+
+
+@pytest.fixture(params=["default", "en-US"])
+def collated_url(request, postgres_database):
+    """An empty database to migrate: the test's schema (the server's default collation), or a database of its own
+    whose collation sorts text as people do (en-US: "apple" < "Zed"), not by code point as Python does."""
+    if request.param == "default":
+        yield request.getfixturevalue("postgres_url")
+        return
+    name = f"{urlsplit(postgres_database).path.lstrip('/')}_icu"
+    with admin_connect(postgres_database) as admin:
+        if admin.info.server_version < 150000:
+            pytest.skip("a database's ICU collation needs PostgreSQL 15")
+        admin.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    yield urlsplit(postgres_database)._replace(path=f"/{name}").geturl()
+    with admin_connect(postgres_database) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_a_version_2_database_is_migrated_with_its_devices_tags_and_its_pending_tasks_still_dispatch(collated_url):
+    registered = {
+        "mixed": {"tags": ["shopB", "店铺", 7, "shopA", None, "shopB", {"a": 1}, ["shopC"], "Zed"]},
+        "not_a_list": {"tags": "shopA"},
+        "untagged": {"model": "Mi 13"},
+    }
+    with psycopg.connect(collated_url, autocommit=True) as db:
+        db.execute(POSTGRES_MIGRATIONS[1])
+        db.execute(POSTGRES_MIGRATIONS[2])
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (2)")
+        for device_id, device_info in registered.items():  # connected, as a server of version 2 left them
+            db.execute(
+                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, sid, registered_at, "
+                "created_at) VALUES (%s, %s, %s, 1, TRUE, %s, 100, 100)",
+                (device_id, device_id, json.dumps(device_info), f"sid-{device_id}"),
+            )
+        db.execute(
+            "INSERT INTO tasks (task_id, task_type, data, status, timeout, created_at, updated_at) "
+            "VALUES ('waiting', 'DELIST', '{}', 'pending', 300, 100, 100)"
+        )
+    store = PostgresStore(collated_url)
+    try:
+        for device_id, device_info in registered.items():  # the tags a registration now gives, and no operator's
+            device = store.get_device(device_id)
+            assert (device.tags, device.operator_tags) == (device_tags(device_info, []), []), device_id
+        assert store.get_device("mixed").tags == ["Zed", "shopA", "shopB", "店铺"]
+        assert [device.device_id for device in store.list_devices(tags=["shopA"])] == ["mixed"]
+        (waiting,) = store.due_pending_tasks(1000.0, 10)
+        assert (waiting.task_id, waiting.target_tags, waiting.batch_id) == ("waiting", None, None)
+        changes = {"status": "dispatched", "device_id": "mixed", "dispatched_at": 200.0, "updated_at": 200.0}
+        assert store.update_task_if(waiting, changes) is not None
+        assert store.get_device("mixed").active_tasks == 1 and store.list_batches() == ([], 0)
+    finally:
+        store.close()
 
 
 def test_servers_starting_together_migrate_once(postgres_url):
