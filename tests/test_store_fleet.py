@@ -368,7 +368,8 @@ def test_update_batch_if_is_a_compare_and_set_on_its_status(store):
 def test_batches_are_listed_newest_first_in_pages(store):
     assert store.list_batches() == ([], 0)
     for number, created_at in enumerate([100.0, 300.0, 200.0, 300.0]):
-        add_batch(store, f"b{number}", 1, created_at=created_at)
+        add_batch(store, f"b{number}", number + 1, created_at=created_at)
+    assert store.list_batches()[0] == [store.get_batch(batch_id) for batch_id in ("b3", "b1", "b2", "b0")]
 
     def listed(**page):
         batches, total = store.list_batches(**page)
