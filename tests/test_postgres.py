@@ -2,6 +2,7 @@
 versions and migrations under two servers at once, and the commands that upgrade and copy a database."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -227,8 +228,20 @@ def test_db_upgrade_creates_the_schema_and_says_so(postgres_url, monkeypatch):
         assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
+# a batch of three tasks for devices tagged shopA, one out at a time
+SPREAD = {
+    "task_type": "DELIST",
+    "mode": "spread",
+    "target": {"tags": ["shopA"]},
+    "items": [{"product_ids": [str(n)]} for n in range(3)],
+    "max_in_flight": 1,
+}
+
+
 def fill_sqlite(path):
-    """A SQLite database as a server leaves it: devices, tokens, tasks in every state, history, an owed cancel."""
+    """A SQLite database as a server leaves it: devices, tokens, tasks in every state, history, an owed cancel; a
+    device with its own tags and an operator's, a task waiting for them, a batch whose tasks wait for a tag, all but
+    one held; a schedule and its runs."""
     server = LiveServer(path, DEVICE_LOST_GRACE=10)
     try:
         token = server.post("/api/device/android_002/token").json()["token"]
@@ -247,9 +260,26 @@ def fill_sqlite(path):
         one.disconnect()
         wait_until(lambda: server.get("/api/device/android_001").json()["device"]["status"] == "offline")
         server.sweep(advance=11)  # android_001 is lost: its attempt ends and it is owed a cancel
-        return {"done": done, "running": running, "keyed": keyed, "stuck": stuck}
+        tagged = Device(server.url, "android_003", tags=["shopA"]).connect()
+        server.session.put(f"{server.url}/api/device/android_003/tags", json={"tags": ["vip"]}, timeout=10)
+        tagged.disconnect()
+        wait_until(lambda: server.get("/api/device/android_003").json()["device"]["status"] == "offline")
+        for_tags = server.dispatch(tags=["shopA", "vip"])["task_id"]
+        assert server.post("/api/batches", json=SPREAD).status_code == 201
     finally:
         server.stop()
+    with sqlite3.connect(path) as db:  # no server makes them yet: as the schedules' will
+        db.execute(
+            "INSERT INTO schedules VALUES ('sched_1', 'nightly', '0 3 * * *', 'Asia/Shanghai', 'batch', ?, 1, "
+            "'coalesce', 5000.0, 100.0, 100.0)",
+            (json.dumps(SPREAD),),
+        )
+        db.execute("INSERT INTO schedule_runs VALUES ('sched_1', 4000.0, 4000.5, NULL, 'batch_x', NULL)")
+        db.execute(
+            "INSERT INTO schedule_runs VALUES ('sched_1', 4100.0, 4100.5, NULL, NULL, ?)",
+            (json.dumps({"message": "没有符合目标的设备", "error_code": "NO_MATCHING_DEVICES"}),),
+        )
+    return {"done": done, "running": running, "keyed": keyed, "stuck": stuck, "for_tags": for_tags}
 
 
 def started_apart(answer):
@@ -273,6 +303,8 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
 
     before, after = LiveServer(sqlite_path), LiveServer(postgres_url)
     try:
+        (batch,) = before.get("/api/batches").json()["batches"]
+        batch_tasks = before.get(f"/api/tasks?batch_id={batch['batch_id']}").json()["tasks"][::-1]  # batch order
         for path in [
             "/api/tasks?limit=100",
             "/api/devices",
@@ -280,6 +312,10 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
             *(f"/api/task/{task_id}/events" for task_id in ids.values()),
             "/api/device/android_001",
             "/api/device/android_002",
+            "/api/device/android_003",
+            "/api/batches",
+            f"/api/batch/{batch['batch_id']}",
+            f"/api/tasks?batch_id={batch['batch_id']}",
         ]:
             assert started_apart(after.get(path).json()) == started_apart(before.get(path).json()), path
         keyed = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}, "device_id": "android_002"}
@@ -288,6 +324,18 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
         owed = Device(after.url, "android_001").connect()  # the copy sends the cancel it is owed
         assert owed.wait("cancel_task")["task_id"] == ids["stuck"]
         owed.disconnect()
+        tagged = Device(after.url, "android_003", tags=["shopA"]).connect()  # it keeps the operator's tag
+        for count, task_id in enumerate([ids["for_tags"], *(task["task_id"] for task in batch_tasks)], start=1):
+            assert tagged.wait("new_task", count=count)["task_id"] == task_id  # each held task released in turn
+            assert tagged.result(task_id)["success"] is True
+        shown = after.get(f"/api/batch/{batch['batch_id']}").json()["batch"]
+        assert (shown["status"], shown["counts"]["completed"]) == ("completed", 3)
+        tagged.disconnect()
+        with psycopg.connect(postgres_url) as db:
+            schedules = db.execute("SELECT schedule_id, enabled, body, next_run_at FROM schedules").fetchall()
+            runs = db.execute("SELECT fire_at, batch_id, error ->> 'error_code' FROM schedule_runs ORDER BY 1")
+            assert schedules == [("sched_1", True, SPREAD, 5000.0)]
+            assert runs.fetchall() == [(4000.0, "batch_x", None), (4100.0, None, "NO_MATCHING_DEVICES")]
     finally:
         before.stop()
         after.stop()
