@@ -218,6 +218,25 @@ def test_a_queue_where_no_tagged_task_can_start_notices_what_changes_that(store,
     assert due(store, 100.0) == expected
 
 
+def test_sqlite_a_slot_freed_on_a_device_without_the_tags_waited_for_does_not_send_it_looking_again(tmp_path):
+    store = sqlite_at(tmp_path)
+    store.save_device(make_device("plain", capacity=5))
+    store.save_device(make_device("only_x", capacity=5, tags=["x"]))
+    store.save_device(make_device("x_y_z", tags=["x", "y", "z"]))
+    for task_id, device_id in [("on_plain", "plain"), ("on_only_x", "only_x"), ("on_x_y_z", "x_y_z")]:
+        add(store, make_task(task_id, created_at=90.0))
+        dispatch(store, task_id, device_id, now=95.0)
+    add(store, make_task("for_x_y", target_tags=["x", "y"]))
+    assert due(store, 100.0) == []
+    for task_id in ("on_plain", "on_only_x"):  # their devices lack y: the look's answer stands
+        move(store, task_id, DISPATCHED, COMPLETED, 100.0)
+        assert store._waiting_for is not None
+        assert vm_steps(store, lambda: store.due_pending_tasks(100.0, 10)) == 0
+    move(store, "on_x_y_z", DISPATCHED, COMPLETED, 100.0)
+    assert due(store, 100.0) == ["for_x_y"]
+    store.close()
+
+
 # a tag the 1,000 waiting tasks ask for, and which device of ``queue_with`` has it (None: no device)
 TAGGED_BACKLOGS = {
     "no device has": None,

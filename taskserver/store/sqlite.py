@@ -3,6 +3,7 @@
 import math
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from taskserver.domain import ACTIVE, TERMINAL, BatchStatus, TaskStatus
@@ -15,6 +16,7 @@ from taskserver.store.rows import (
     TASK_COLUMNS,
     changed,
     event_from_row,
+    from_json,
     task_from_row,
     to_db,
 )
@@ -90,12 +92,10 @@ tag_sets (tags) AS (
             WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL AND target_tags > tag_sets.tags)
     FROM tag_sets WHERE tag_sets.tags IS NOT NULL
 )"""
-# What a look that found nothing to start waits for: the devices of pinned tasks, and ANY_DEVICE if a tagged task
-# waits (any device freeing a slot may have its tags).
-ANY_DEVICE = "*"
+# What a look that found nothing to start waits for: the devices of pinned tasks, the tag sets of tagged ones.
 WAITED_FOR = f"""{TARGETS}, {TAG_SETS}
-SELECT device_id FROM targets WHERE device_id IS NOT NULL
-UNION ALL SELECT '{ANY_DEVICE}' FROM tag_sets WHERE tags IS NOT NULL"""
+SELECT device_id, NULL FROM targets WHERE device_id IS NOT NULL
+UNION ALL SELECT NULL, tags FROM tag_sets WHERE tags IS NOT NULL"""
 # a free device with every tag of the JSON array in ``tag_sets.tags``
 FREE_WITH_TAGS = """EXISTS (SELECT 1 FROM devices d INDEXED BY devices_free
     WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
@@ -137,6 +137,27 @@ class NoFreeSlot(Exception):
     """A move would put more active tasks on a device than its capacity (raised inside a verb, to undo it)."""
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """What the pending tasks wait for once a look found that none can start: a free slot on one of ``devices``
+    (their pinned tasks') or on a device with every tag of one of ``tag_sets`` (their tagged tasks')."""
+
+    devices: frozenset
+    tag_sets: tuple
+
+    @classmethod
+    def read(cls, rows):
+        """From the rows of ``WAITED_FOR``."""
+        tag_sets = {frozenset(from_json(tags)) for _device_id, tags in rows if tags is not None}
+        return cls(frozenset(device_id for device_id, _tags in rows if device_id is not None), tuple(tag_sets))
+
+    def ends_with_a_slot_on(self, device_id, tags):
+        """True if a slot freed on the device (``tags``: its tags, JSON) may let a waiting task start."""
+        if device_id in self.devices:
+            return True
+        return bool(self.tag_sets) and any(wanted <= set(from_json(tags)) for wanted in self.tag_sets)
+
+
 class SQLiteStore(DeviceTables, BatchTables, Store):
     """Store on one ``sqlite3`` connection; its writes are grouped into commits by ``GroupCommit`` (commits.py),
     its device tables are read and written by ``DeviceTables`` (sqlite_devices.py), its batches by ``BatchTables``
@@ -151,8 +172,8 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         self._lock = self._commits.lock
         self._maybe_pending = True  # False once a query found no pending task and no write made one since
         self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
-        # Once a look found that no pending task can start, the devices its pinned tasks wait for: until one of them
-        # frees a slot, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
+        # Once a look found that no pending task can start, what they wait for (a ``Waiting``): until a slot frees
+        # where one could go, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
         self._waiting_for = None
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
         # times each, and only this connection writes tasks, so these reads need no query. All of them are held
@@ -234,9 +255,12 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
 
     def _shift_active(self, db, device_id, delta):
         if device_id is not None and delta:
-            db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
-            waiting_for = self._waiting_for
-            if delta < 0 and waiting_for is not None and (device_id in waiting_for or ANY_DEVICE in waiting_for):
+            device = db.execute(
+                "UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ? RETURNING tags",
+                (delta, device_id),
+            ).fetchone()
+            waiting = self._waiting_for
+            if delta < 0 and waiting is not None and device and waiting.ends_with_a_slot_on(device_id, device[0]):
                 self._queue_changed()
 
     @staticmethod
@@ -469,7 +493,7 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
                 return []
             rows = self._query(DUE_PENDING, {"limit": limit})
             if not rows and limit > 0:
-                self._waiting_for = frozenset(row[0] for row in self._query(WAITED_FOR))
+                self._waiting_for = Waiting.read(self._query(WAITED_FOR))
         return [task_from_row(row) for row in rows]
 
     def _queue_due_tasks(self, now):
