@@ -4,6 +4,7 @@ backend of ``test_store_contract.BACKENDS``, through the verbs alone, as that su
 from dataclasses import replace
 
 import gevent
+import psycopg
 import pytest
 from gevent.event import Event as Signal
 from test_store_contract import (
@@ -263,17 +264,57 @@ def test_sqlite_does_not_read_tagged_tasks_that_cannot_start_now(tmp_path, holde
 
 
 def test_sqlite_does_not_read_held_tasks(tmp_path):
+    def measured(store):
+        """The work of a look at the queue and of the question before it, once the store holds no answer."""
+        store.due_pending_tasks(1000.0, 10)
+        store._maybe_pending, store._waiting_for = True, None
+        return vm_steps(store, lambda: (store.has_pending_tasks(), store.due_pending_tasks(1000.0, 10)))
+
     store = sqlite_at(tmp_path)
-    queue_with(store, {})
-    store.due_pending_tasks(1000.0, 10)
-    alone = vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10))
+    queue_with(store, {"not_before": 5000.0})
+    alone = measured(store)
     store.close()
     store = SQLiteStore(str(tmp_path / "with-backlog.db"))
-    queue_with(store, {"target_device_id": "away"})
-    add_batch(store, "b", 1000, released=0, created_at=50.0, priority=5)  # for any device, all held
+    add_batch(store, "b", 1000, released=0, created_at=50.0, priority=5)  # for any device, all held, the oldest
+    queue_with(store, {"not_before": 5000.0})
     assert due(store) == ["any", "pinned"]
-    assert vm_steps(store, lambda: store.due_pending_tasks(1000.0, 10)) < alone * 2
+    assert measured(store) < alone * 2
     store.close()
+
+
+def test_held_tasks_alone_are_no_pending_work(store):
+    store.save_device(make_device("phone", capacity=5))
+    add_batch(store, "b", 3, released=1)
+    assert store.has_pending_tasks() is True and store.dispatchable_count(at_most=10) == 5
+    dispatch(store, "b_0", "phone")
+    assert store.has_pending_tasks() is False and store.dispatchable_count(at_most=10) == 0  # nothing could start
+    move(store, "b_0", DISPATCHED, COMPLETED, 300.0, finished_at=300.0)  # releases b_1
+    assert store.has_pending_tasks() is True and store.dispatchable_count(at_most=10) == 5
+    move(store, "b_1", PENDING, CANCELLED, 310.0, finished_at=310.0)  # releases b_2
+    assert store.has_pending_tasks() is True
+
+
+@pytest.mark.parametrize("open_store", SHARED_BACKENDS)
+def test_postgresql_does_not_read_every_free_device_for_tags_none_of_them_has(place, open_store):
+    store = open_store(place)
+    try:
+        with psycopg.connect(place.postgres_url, autocommit=True) as db:
+            db.execute(
+                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, sid, registered_at, "
+                "created_at) SELECT 'd' || n, 'd' || n, '{}', 1, TRUE, 'sid' || n, n, n FROM generate_series(1, 1000) n"
+            )
+            db.execute("ANALYZE devices")  # as autovacuum does once a table has grown
+        for tag in ("nobody", "nowhere"):
+            add(store, make_task(f"for_{tag}", target_tags=[tag]))
+        with store.atomically():
+            assert due(store) == []
+            (read,) = store._rows(
+                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'devices'"
+            )
+        assert read["n"] < 100  # not 1,000 for each tag set
+    finally:
+        store.close()
 
 
 # ---- batches ----

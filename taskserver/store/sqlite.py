@@ -128,6 +128,14 @@ SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, 
 """
 
 
+# Is any task pending and not held: a step into each part of the queue (a held task is in none of them).
+QUEUED = """SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue
+                      WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL AND target_tags IS NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue_pinned
+               WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue_tagged
+               WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0 AND held = 0)"""
 NEXT_DUE = (
     "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0 AND held = 0"
 )
@@ -362,12 +370,10 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         return 0
 
     def has_pending_tasks(self):
-        """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
-        until a write makes a task pending (or a commit fails)."""
+        """True if any task is pending and not held (due now or scheduled). Once the answer is no, it stays no
+        without a query until a write makes a task pending or releases one (or a commit fails)."""
         if self._maybe_pending:
-            self._maybe_pending = bool(
-                self._query("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')")[0][0]
-            )
+            self._maybe_pending = bool(self._query(QUEUED)[0][0])
         return self._maybe_pending
 
     def get_task(self, task_id):
