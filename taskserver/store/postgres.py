@@ -32,6 +32,7 @@ from taskserver.store.rows import (
     event_from_row,
     history_from_row,
     task_from_row,
+    task_row,
     to_db,
 )
 
@@ -331,9 +332,7 @@ class PostgresStore(PostgresBatchTables, Store):
         work; the first ``released`` tasks join the queue, the others are held until the batch makes room."""
         columns = [*TASK_COLUMNS, "due", "held"]
         rows = [
-            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), n < released and task.not_before is None]
-            + [n >= released]
-            for n, task in enumerate(tasks)
+            [*task_row(task), n < released and task.not_before is None, n >= released] for n, task in enumerate(tasks)
         ]
         detail = to_db("detail", event.detail)
         with self._db() as db, db.cursor() as cursor:

@@ -18,6 +18,7 @@ from taskserver.store.rows import (
     event_from_row,
     from_json,
     task_from_row,
+    task_row,
     to_db,
 )
 from taskserver.store.sqlite_batches import BatchTables
@@ -311,10 +312,7 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         first ``released`` tasks join the queue, the others are held until the batch makes room for them."""
         columns = ", ".join([*TASK_COLUMNS, "due", "held"])
         marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 2))
-        rows = [
-            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), *self._batch_task_queue(task, n < released)]
-            for n, task in enumerate(tasks)
-        ]
+        rows = [[*task_row(task), *self._batch_task_queue(task, n < released)] for n, task in enumerate(tasks)]
         detail = to_db("detail", event.detail)
         with self._transaction() as db:
             db.execute(
