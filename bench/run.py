@@ -6,7 +6,8 @@ subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-cl
 
 ``--only batches``: the time one ``POST /api/batches`` takes to make ``--batch-size`` tasks; and the throughput load,
 and the latency at ``--rate``, with ``--batch-size`` pending batch tasks in the store (held behind a small
-``max_in_flight``, or for a tag no device has) against the same without them.
+``max_in_flight`` while the tasks out are on devices that never answer, or for a tag no device has) against the same
+without them.
 
 ``--only nodes --nodes 3 --database postgresql://...``: 1, 2 and 3 nodes (``python app.py`` on one fresh database and a
 Redis channel of the run's own, ``--message-queue``) under the throughput load, the devices and the HTTP dispatches
@@ -295,19 +296,43 @@ def batch_creation_runs(args, workdir):
     return results
 
 
-# the pending batch tasks a server holds before the load runs: none; all but 10 held behind max_in_flight (those 10
-# scheduled for tomorrow, so that none runs); all for a tag no device has
+HOLDERS = 10  # devices that take one task each and never answer
+
+
+@contextmanager
+def holders(port):
+    """``HOLDERS`` connected devices (Python Socket.IO clients) that take a task each and never answer."""
+    import socketio  # only for this run
+
+    clients = []
+    try:
+        for number in range(HOLDERS):
+            client = socketio.Client(reconnection=False)
+            clients.append(client)
+            client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=10)
+            answer = client.call("device_register", {"device_id": f"holder_{number}", "device_info": {}}, timeout=10)
+            if not answer.get("success"):
+                raise RuntimeError(f"holder not registered: {answer}")
+        yield
+    finally:
+        for client in clients:
+            client.disconnect()
+
+
+# The pending batch tasks a server holds before the load runs: none; all but HOLDERS of them held behind
+# max_in_flight (those out on devices that never answer, as in a rollout of long tasks); all for a tag no device has.
 BATCH_BACKLOGS = {
     "empty": lambda size: None,
-    "held": lambda size: spread_batch(size, max_in_flight=10, schedule_time=time.time() + 86400),
+    "held": lambda size: spread_batch(size, max_in_flight=HOLDERS, timeout=604800),
     "tagged": lambda size: spread_batch(size, target={"tags": ["bench-nobody"]}),
 }
 
 
 @contextmanager
 def with_backlog(server, port, body):
-    """``server`` (a ``taskserver``) with the batch ``body`` made on it first, if any."""
-    with server as process:
+    """``server`` (a ``taskserver``) with the batch ``body`` made on it first, if any; a batch with a
+    ``max_in_flight`` sends that many tasks to ``holders`` first."""
+    with server as process, holders(port) if body and body.get("max_in_flight") else nullcontext():
         if body is not None:
             create_batch(port, body)
         yield process

@@ -267,7 +267,7 @@ def test_sqlite_does_not_read_held_tasks(tmp_path):
     def measured(store):
         """The work of a look at the queue and of the question before it, once the store holds no answer."""
         store.due_pending_tasks(1000.0, 10)
-        store._maybe_pending, store._waiting_for = True, None
+        store._pending, store._waiting_for = None, None
         return vm_steps(store, lambda: (store.has_pending_tasks(), store.due_pending_tasks(1000.0, 10)))
 
     store = sqlite_at(tmp_path)
@@ -279,6 +279,22 @@ def test_sqlite_does_not_read_held_tasks(tmp_path):
     queue_with(store, {"not_before": 5000.0})
     assert due(store) == ["any", "pinned"]
     assert measured(store) < alone * 2
+    store.close()
+
+
+def test_sqlite_knows_a_task_is_pending_until_one_leaves_the_queue(tmp_path):
+    store = sqlite_at(tmp_path)
+    store.save_device(make_device("phone", capacity=5))
+    add(store, make_task("waiting", target_tags=["nobody"]))
+    add(store, make_task("open"))
+    assert store.has_pending_tasks() is True
+    store.add_task(make_task("direct", status=DISPATCHED, device_id="phone", dispatched_at=100.0), created("b"))
+    move(store, "direct", DISPATCHED, COMPLETED, 110.0)
+    assert vm_steps(store, store.has_pending_tasks) == 0  # no write took a task out of the queue
+    dispatch(store, "open", "phone")
+    assert store.has_pending_tasks() is True and vm_steps(store, store.has_pending_tasks) == 0  # asked once
+    move(store, "waiting", PENDING, CANCELLED, 120.0)
+    assert store.has_pending_tasks() is False
     store.close()
 
 

@@ -179,7 +179,10 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         self._db.row_factory = sqlite3.Row
         self._commits = GroupCommit(self._db, on_failure=self._forget_what_a_failed_commit_undid)
         self._lock = self._commits.lock
-        self._maybe_pending = True  # False once a query found no pending task and no write made one since
+        # Whether a task is pending and not held, as the writes since a query tell: True, False, or None (ask the
+        # file: a write took a task out of the queue, or a commit failed). A write undone may leave True behind:
+        # that costs a look at the queue, no more.
+        self._pending = None
         self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
         # Once a look found that no pending task can start, what they wait for (a ``Waiting``): until a slot frees
         # where one could go, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
@@ -234,7 +237,7 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         self._commits.after_commit(callback)
 
     def _forget_what_a_failed_commit_undid(self):
-        self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
+        self._pending = None  # a rolled-back batch may have made or taken the last pending task
         self._next_due = -math.inf  # ...or scheduled one, or let one join the queue
         self._queue_changed()
         self._hold_active_tasks()  # ...and changed active tasks: read them from the file again
@@ -300,7 +303,7 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
             if task.status == TaskStatus.PENDING:
-                self._maybe_pending = True
+                self._pending = True
                 self._queue_changed()
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
@@ -328,7 +331,8 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
                     for task in tasks
                 ],
             )
-            self._maybe_pending = True
+            if released > 0 and tasks:
+                self._pending = True
             self._queue_changed()
 
     def _batch_task_queue(self, task, released):
@@ -354,7 +358,7 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
             (batch_id,),
         )
         if cursor.rowcount:
-            self._maybe_pending = True
+            self._pending = True
             self._next_due = -math.inf  # it may have a not_before
             self._queue_changed()
 
@@ -368,11 +372,11 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
         return 0
 
     def has_pending_tasks(self):
-        """True if any task is pending and not held (due now or scheduled). Once the answer is no, it stays no
-        without a query until a write makes a task pending or releases one (or a commit fails)."""
-        if self._maybe_pending:
-            self._maybe_pending = bool(self._query(QUEUED)[0][0])
-        return self._maybe_pending
+        """True if any task is pending and not held (due now or scheduled). The answer stands without a query until
+        a write takes a task out of the queue (yes) or puts one in (no), or a commit fails."""
+        if self._pending is None:
+            self._pending = bool(self._query(QUEUED)[0][0])
+        return self._pending
 
     def get_task(self, task_id):
         """The task with this id, or None (an active task from memory)."""
@@ -421,8 +425,10 @@ class SQLiteStore(DeviceTables, BatchTables, Store):
                 self._active.pop(task.task_id, None)
                 return None
             if after.status == TaskStatus.PENDING:
-                self._maybe_pending = True
+                self._pending = True
                 self._queue_changed()
+            elif task.status == TaskStatus.PENDING:
+                self._pending = None  # it may have been the last
             self._move_active_count(db, task, after)
             if task.batch_id is not None and after.status in TERMINAL and task.status not in TERMINAL:
                 self._count_batch_end(db, task.batch_id, after.status, after.updated_at, released=not moved[0][0])
