@@ -1,12 +1,11 @@
 """Moving to PostgreSQL: copy a SQLite database, all of it, into an empty PostgreSQL database in one transaction."""
 
-import json
 import sqlite3
 
 import psycopg
 
 from taskserver.store.postgres import PostgresStore
-from taskserver.store.rows import JSON_COLUMNS, from_json
+from taskserver.store.rows import JSON_COLUMNS, from_json, to_json
 from taskserver.store.sqlite import SQLiteStore
 
 # The tables copied, each with every column the SQLite file has (PostgreSQL has the same ones, and some of its own),
@@ -84,6 +83,4 @@ def _copy_table(source, db, table):
 def _json_again(name, value):
     """A JSON column's text as PostgreSQL accepts it (NaN or Infinity an older server kept become null); other
     columns as they are."""
-    if name in JSON_TEXT and value is not None:
-        return json.dumps(from_json(value), ensure_ascii=False, separators=(",", ":"))
-    return value
+    return to_json(from_json(value)) if name in JSON_TEXT and value is not None else value

@@ -164,7 +164,8 @@ class Waiting:
         """True if a slot freed on the device (``tags``: its tags, JSON) may let a waiting task start."""
         if device_id in self.devices:
             return True
-        return bool(self.tag_sets) and any(wanted <= set(from_json(tags)) for wanted in self.tag_sets)
+        has = set(from_json(tags)) if self.tag_sets else set()
+        return any(wanted <= has for wanted in self.tag_sets)
 
 
 class SQLiteStore(DeviceTables, BatchTables, Store):
