@@ -4,6 +4,11 @@ throughput with a backlog of tasks pinned to offline devices, and several nodes 
 ``.venv/bin/python bench/run.py`` (``--help`` for sizes; ``--only`` picks runs). Every server runs on 127.0.0.1 as a
 subprocess; the load comes from one Node process (bench/loadgen.js, socket.io-client over websocket). Prints JSON.
 
+``--only batches``: the time one ``POST /api/batches`` takes to make ``--batch-size`` tasks; and the throughput load,
+and the latency at ``--rate``, with ``--batch-size`` pending batch tasks in the store (held behind a small
+``max_in_flight`` while the tasks out are on devices that never answer, or for a tag no device has) against the same
+without them.
+
 ``--only nodes --nodes 3 --database postgresql://...``: 1, 2 and 3 nodes (``python app.py`` on one fresh database and a
 Redis channel of the run's own, ``--message-queue``) under the throughput load, the devices and the HTTP dispatches
 spread over the nodes; the dispatch → ``new_task`` latency at ``--rate`` when every dispatch reaches one node and
@@ -14,6 +19,7 @@ import json
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,6 +259,129 @@ def pinned_runs(args, workdir):
     return {"pinned_tasks": args.pinned_tasks, "median": median, "rounds": rounds}
 
 
+def spread_batch(size, **fields):
+    """The body of a spread batch of ``size`` DELIST tasks for any device (``fields``: more of it)."""
+    items = [{"product_ids": [str(number)]} for number in range(size)]
+    return {"task_type": "DELIST", "mode": "spread", "target": {"all": True}, "items": items, **fields}
+
+
+def create_batch(port, body):
+    """``POST /api/batches``; the seconds it took (raises unless the batch was made whole)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/batches", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    seconds = time.perf_counter() - start
+    if answer.get("total") != len(body["items"]):
+        raise RuntimeError(f"batch not made: {str(answer)[:500]}")
+    return seconds
+
+
+def batch_creation_runs(args, workdir):
+    """``--batch-runs`` batches of ``--batch-size`` tasks made one after another on one server (no device connected,
+    so the request stores and does not dispatch): all released, then on another server with ``max_in_flight`` 10
+    (the others held)."""
+    results = {}
+    for shape, fields in {"released": {}, "held": {"max_in_flight": 10}}.items():
+        port = free_port()
+        with taskserver(port, str(workdir / f"batch-create-{shape}.db")):
+            seconds = [create_batch(port, spread_batch(args.batch_size, **fields)) for _ in range(args.batch_runs)]
+        results[shape] = {
+            "median_seconds": round(statistics.median(seconds), 3),
+            "seconds": [round(s, 3) for s in seconds],
+        }
+        print(f"# batches: {shape} made in {results[shape]}", file=sys.stderr, flush=True)
+    return results
+
+
+HOLDERS = 10  # devices that take one task each and never answer
+
+
+@contextmanager
+def holders(port):
+    """``HOLDERS`` connected devices (Python Socket.IO clients) that take a task each and never answer."""
+    import socketio  # only for this run
+
+    clients = []
+    try:
+        for number in range(HOLDERS):
+            client = socketio.Client(reconnection=False)
+            clients.append(client)
+            client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=10)
+            answer = client.call("device_register", {"device_id": f"holder_{number}", "device_info": {}}, timeout=10)
+            if not answer.get("success"):
+                raise RuntimeError(f"holder not registered: {answer}")
+        yield
+    finally:
+        for client in clients:
+            client.disconnect()
+
+
+# The pending batch tasks a server holds before the load runs: none; all but HOLDERS of them held behind
+# max_in_flight (those out on devices that never answer, as in a rollout of long tasks); all for a tag no device has.
+BATCH_BACKLOGS = {
+    "empty": lambda size: None,
+    "held": lambda size: spread_batch(size, max_in_flight=HOLDERS, timeout=604800),
+    "tagged": lambda size: spread_batch(size, target={"tags": ["bench-nobody"]}),
+}
+
+
+@contextmanager
+def with_backlog(server, port, body):
+    """``server`` (a ``taskserver``) with the batch ``body`` made on it first, if any; a batch with a
+    ``max_in_flight`` sends that many tasks to ``holders`` first."""
+    with server as process, holders(port) if body and body.get("max_in_flight") else nullcontext():
+        if body is not None:
+            create_batch(port, body)
+        yield process
+
+
+def backlog_run(args, workdir, name, options, tag):
+    """One server with the backlog ``name`` under the load ``options``."""
+    port = free_port()
+    server = taskserver(port, str(workdir / f"backlog-{name}-{tag}.db"))
+    return measured(with_backlog(server, port, BATCH_BACKLOGS[name](args.batch_size)), port, options, 900)
+
+
+def batch_backlog_runs(args, workdir):
+    """The throughput load (``--batch-load`` tasks) on a server with each backlog of ``BATCH_BACKLOGS``, in rounds
+    of rotating order; each backlog's ratio to the empty store is the median of the rounds'. Then the latency at
+    ``--rate`` with each backlog, once."""
+    options = {"mode": "tasks", "devices": args.devices, "tasks": args.batch_load, "concurrency": args.concurrency}
+    names = list(BATCH_BACKLOGS)
+    rounds = []
+    for number in range(args.rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        results = {name: backlog_run(args, workdir, name, options, number) for name in order}
+        one = {f"{name}_per_second": results[name]["completed_per_second"] for name in names}
+        one |= {f"{name}_ratio": round(one[f"{name}_per_second"] / one["empty_per_second"], 2) for name in names[1:]}
+        for key in ("dispatch_to_new_task_ms", "dispatch_to_completed_ms"):
+            one[key] = {name: {p: results[name][key][p] for p in ("p50", "p99")} for name in names}
+        one["server_cpu_ms_per_task"] = {name: results[name].get("server_cpu_ms_per_task") for name in names}
+        rounds.append(one)
+        print(f"# batches round {number + 1}: {one}", file=sys.stderr, flush=True)
+    medians = {name: statistics.median(one[f"{name}_ratio"] for one in rounds) for name in names[1:]}
+    rate = {"mode": "tasks", "devices": args.devices, "tasks": args.rate * args.rate_seconds, "rate": args.rate}
+    latency = {}
+    for name in names:
+        run = backlog_run(args, workdir, name, rate, "rate")
+        latency[name] = {key: run[key] for key in ("completed", "dispatch_to_new_task_ms", "dispatch_to_completed_ms")}
+        print(f"# batches: latency at {args.rate}/s, {name}: {latency[name]}", file=sys.stderr, flush=True)
+    return {
+        "batch_tasks": args.batch_size,
+        "median_ratio": medians,
+        "rounds": rounds,
+        f"at_{args.rate}_per_second": latency,
+    }
+
+
+def batches_runs(args, workdir):
+    """Making a large batch; dispatch with a large batch pending."""
+    return {"create": batch_creation_runs(args, workdir), "backlog": batch_backlog_runs(args, workdir)}
+
+
 MESSAGE_QUEUE = None  # --message-queue: the Redis the nodes of a --only nodes run share
 
 
@@ -338,8 +467,9 @@ RUNS = {
     "storage": storage_runs,
     "pinned": pinned_runs,
     "nodes": nodes_runs,
+    "batches": batches_runs,
 }
-DEFAULT_RUNS = ["throughput", "latency", "scale", "storage", "pinned"]  # nodes: with --database only
+DEFAULT_RUNS = ["throughput", "latency", "scale", "storage", "pinned"]  # nodes: with --database only; batches: asked
 
 
 def main():
@@ -356,6 +486,9 @@ def main():
     parser.add_argument("--pinned-tasks", type=int, default=10000, help="pending tasks pinned to offline devices")
     parser.add_argument("--pinned-devices", type=int, default=10, help="the offline devices they are pinned to")
     parser.add_argument("--pinned-load", type=int, default=10000, help="tasks dispatched in each pinned run")
+    parser.add_argument("--batch-size", type=int, default=10000, help="tasks in the batches of --only batches")
+    parser.add_argument("--batch-runs", type=int, default=5, help="batches made one after another, per shape")
+    parser.add_argument("--batch-load", type=int, default=10000, help="tasks dispatched in each batches load run")
     parser.add_argument("--only", default=",".join(DEFAULT_RUNS), help=f"comma-separated, of: {', '.join(RUNS)}")
     parser.add_argument("--nodes", type=int, default=3, help="--only nodes: the most nodes of one cluster to run")
     parser.add_argument(

@@ -1,6 +1,8 @@
 """PostgreSQL's own behaviour: the database going away and coming back (through a TCP proxy the test cuts), schema
 versions and migrations under two servers at once, and the commands that upgrade and copy a database."""
 
+import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,7 +14,8 @@ import pytest
 from gevent.server import StreamServer
 from gevent.socket import create_connection
 
-from conftest import Device, LiveServer, wait_until
+from conftest import Device, LiveServer, admin_connect, wait_until
+from taskserver.domain import device_tags
 from taskserver.store.migrations import SchemaMismatch
 from taskserver.store.postgres import POSTGRES_MIGRATIONS, SCHEMA_VERSION, PostgresStore
 
@@ -136,6 +139,61 @@ def test_a_version_1_database_is_migrated_to_the_latest_schema_keeping_its_rows(
         assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
 
 
+@pytest.fixture(params=["default", "en-US"])
+def collated_url(request, postgres_database):
+    """An empty database to migrate: the test's schema (the server's default collation), or a database of its own
+    whose collation sorts text as people do (en-US: "apple" < "Zed"), not by code point as Python does."""
+    if request.param == "default":
+        yield request.getfixturevalue("postgres_url")
+        return
+    name = f"{urlsplit(postgres_database).path.lstrip('/')}_icu"
+    with admin_connect(postgres_database) as admin:
+        if admin.info.server_version < 150000:
+            pytest.skip("a database's ICU collation needs PostgreSQL 15")
+        admin.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    yield urlsplit(postgres_database)._replace(path=f"/{name}").geturl()
+    with admin_connect(postgres_database) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_a_version_2_database_is_migrated_with_its_devices_tags_and_its_pending_tasks_still_dispatch(collated_url):
+    registered = {
+        "mixed": {"tags": ["shopB", "店铺", 7, "shopA", None, "shopB", {"a": 1}, ["shopC"], "Zed"]},
+        "not_a_list": {"tags": "shopA"},
+        "untagged": {"model": "Mi 13"},
+    }
+    with psycopg.connect(collated_url, autocommit=True) as db:
+        db.execute(POSTGRES_MIGRATIONS[1])
+        db.execute(POSTGRES_MIGRATIONS[2])
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (2)")
+        for device_id, device_info in registered.items():  # connected, as a server of version 2 left them
+            db.execute(
+                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, sid, registered_at, "
+                "created_at) VALUES (%s, %s, %s, 1, TRUE, %s, 100, 100)",
+                (device_id, device_id, json.dumps(device_info), f"sid-{device_id}"),
+            )
+        db.execute(
+            "INSERT INTO tasks (task_id, task_type, data, status, timeout, created_at, updated_at) "
+            "VALUES ('waiting', 'DELIST', '{}', 'pending', 300, 100, 100)"
+        )
+    store = PostgresStore(collated_url)
+    try:
+        for device_id, device_info in registered.items():  # the tags a registration now gives, and no operator's
+            device = store.get_device(device_id)
+            assert (device.tags, device.operator_tags) == (device_tags(device_info, []), []), device_id
+        assert store.get_device("mixed").tags == ["Zed", "shopA", "shopB", "店铺"]
+        assert [device.device_id for device in store.list_devices(tags=["shopA"])] == ["mixed"]
+        (waiting,) = store.due_pending_tasks(1000.0, 10)
+        assert (waiting.task_id, waiting.target_tags, waiting.batch_id) == ("waiting", None, None)
+        changes = {"status": "dispatched", "device_id": "mixed", "dispatched_at": 200.0, "updated_at": 200.0}
+        assert store.update_task_if(waiting, changes) is not None
+        assert store.get_device("mixed").active_tasks == 1 and store.list_batches() == ([], 0)
+    finally:
+        store.close()
+
+
 def test_servers_starting_together_migrate_once(postgres_url):
     errors, barrier = [], threading.Barrier(4)
 
@@ -170,8 +228,20 @@ def test_db_upgrade_creates_the_schema_and_says_so(postgres_url, monkeypatch):
         assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
+# a batch of three tasks for devices tagged shopA, one out at a time
+SPREAD = {
+    "task_type": "DELIST",
+    "mode": "spread",
+    "target": {"tags": ["shopA"]},
+    "items": [{"product_ids": [str(n)]} for n in range(3)],
+    "max_in_flight": 1,
+}
+
+
 def fill_sqlite(path):
-    """A SQLite database as a server leaves it: devices, tokens, tasks in every state, history, an owed cancel."""
+    """A SQLite database as a server leaves it: devices, tokens, tasks in every state, history, an owed cancel; a
+    device with its own tags and an operator's, a task waiting for them, a batch whose tasks wait for a tag, all but
+    one held; a schedule and its runs."""
     server = LiveServer(path, DEVICE_LOST_GRACE=10)
     try:
         token = server.post("/api/device/android_002/token").json()["token"]
@@ -190,9 +260,26 @@ def fill_sqlite(path):
         one.disconnect()
         wait_until(lambda: server.get("/api/device/android_001").json()["device"]["status"] == "offline")
         server.sweep(advance=11)  # android_001 is lost: its attempt ends and it is owed a cancel
-        return {"done": done, "running": running, "keyed": keyed, "stuck": stuck}
+        tagged = Device(server.url, "android_003", tags=["shopA"]).connect()
+        server.session.put(f"{server.url}/api/device/android_003/tags", json={"tags": ["vip"]}, timeout=10)
+        tagged.disconnect()
+        wait_until(lambda: server.get("/api/device/android_003").json()["device"]["status"] == "offline")
+        for_tags = server.dispatch(tags=["shopA", "vip"])["task_id"]
+        assert server.post("/api/batches", json=SPREAD).status_code == 201
     finally:
         server.stop()
+    with sqlite3.connect(path) as db:  # no server makes them yet: as the schedules' will
+        db.execute(
+            "INSERT INTO schedules VALUES ('sched_1', 'nightly', '0 3 * * *', 'Asia/Shanghai', 'batch', ?, 1, "
+            "'coalesce', 5000.0, 100.0, 100.0)",
+            (json.dumps(SPREAD),),
+        )
+        db.execute("INSERT INTO schedule_runs VALUES ('sched_1', 4000.0, 4000.5, NULL, 'batch_x', NULL)")
+        db.execute(
+            "INSERT INTO schedule_runs VALUES ('sched_1', 4100.0, 4100.5, NULL, NULL, ?)",
+            (json.dumps({"message": "没有符合目标的设备", "error_code": "NO_MATCHING_DEVICES"}),),
+        )
+    return {"done": done, "running": running, "keyed": keyed, "stuck": stuck, "for_tags": for_tags}
 
 
 def started_apart(answer):
@@ -216,6 +303,8 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
 
     before, after = LiveServer(sqlite_path), LiveServer(postgres_url)
     try:
+        (batch,) = before.get("/api/batches").json()["batches"]
+        batch_tasks = before.get(f"/api/tasks?batch_id={batch['batch_id']}").json()["tasks"][::-1]  # batch order
         for path in [
             "/api/tasks?limit=100",
             "/api/devices",
@@ -223,6 +312,10 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
             *(f"/api/task/{task_id}/events" for task_id in ids.values()),
             "/api/device/android_001",
             "/api/device/android_002",
+            "/api/device/android_003",
+            "/api/batches",
+            f"/api/batch/{batch['batch_id']}",
+            f"/api/tasks?batch_id={batch['batch_id']}",
         ]:
             assert started_apart(after.get(path).json()) == started_apart(before.get(path).json()), path
         keyed = {"task_type": "DELIST", "data": {"product_ids": ["123", "456"]}, "device_id": "android_002"}
@@ -231,6 +324,18 @@ def test_db_copy_moves_a_sqlite_database_whole_and_refuses_a_second_time(tmp_pat
         owed = Device(after.url, "android_001").connect()  # the copy sends the cancel it is owed
         assert owed.wait("cancel_task")["task_id"] == ids["stuck"]
         owed.disconnect()
+        tagged = Device(after.url, "android_003", tags=["shopA"]).connect()  # it keeps the operator's tag
+        for count, task_id in enumerate([ids["for_tags"], *(task["task_id"] for task in batch_tasks)], start=1):
+            assert tagged.wait("new_task", count=count)["task_id"] == task_id  # each held task released in turn
+            assert tagged.result(task_id)["success"] is True
+        shown = after.get(f"/api/batch/{batch['batch_id']}").json()["batch"]
+        assert (shown["status"], shown["counts"]["completed"]) == ("completed", 3)
+        tagged.disconnect()
+        with psycopg.connect(postgres_url) as db:
+            schedules = db.execute("SELECT schedule_id, enabled, body, next_run_at FROM schedules").fetchall()
+            runs = db.execute("SELECT fire_at, batch_id, error ->> 'error_code' FROM schedule_runs ORDER BY 1")
+            assert schedules == [("sched_1", True, SPREAD, 5000.0)]
+            assert runs.fetchall() == [(4000.0, "batch_x", None), (4100.0, None, "NO_MATCHING_DEVICES")]
     finally:
         before.stop()
         after.stop()

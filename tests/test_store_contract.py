@@ -14,7 +14,7 @@ import gevent
 import psycopg
 import pytest
 
-from taskserver.domain import Device, Event, Task, TaskStatus
+from taskserver.domain import Device, Event, Task, TaskStatus, device_tags
 from taskserver.errors import StoreUnavailable
 from taskserver.store import SQLiteStore
 from taskserver.store.postgres import PostgresStore
@@ -766,6 +766,46 @@ def test_sqlite_file_of_schema_version_3_is_migrated_and_its_scheduled_tasks_wai
     assert ids(store.due_pending_tasks(500.0, 10)) == ["now", "later"]
     assert store.get_task("done").status == COMPLETED
     store.close()
+
+
+def test_sqlite_file_of_schema_version_4_is_migrated_with_the_tags_its_devices_registered_with(tmp_path):
+    path = str(tmp_path / "v4.db")
+    registered = {
+        "mixed": {"tags": ["shopB", "店铺", 7, "shopA", None, "shopB", {"a": 1}, ["shopC"], "Zed"]},
+        "not_a_list": {"tags": "shopA"},
+        "untagged": {"model": "Mi 13"},
+    }
+    store = SQLiteStore(path)
+    for device_id, device_info in registered.items():
+        store.save_device(make_device(device_id, device_info=device_info))
+    add(store, make_task("waiting"))
+    store.close()
+    back_to_version(path, 4)  # no tags, no batches
+    migrated = SQLiteStore(path)
+    try:
+        assert migrated._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        for device_id, device_info in registered.items():  # the tags a registration now gives, and no operator's
+            device = migrated.get_device(device_id)
+            assert (device.tags, device.operator_tags) == (device_tags(device_info, []), []), device_id
+        assert migrated.get_device("mixed").tags == ["Zed", "shopA", "shopB", "店铺"]
+        assert [device.device_id for device in migrated.list_devices(tags=["shopA"])] == ["mixed"]
+        assert migrated.get_task("waiting").target_tags is None and migrated.get_task("waiting").batch_id is None
+        assert ids(migrated.due_pending_tasks(1000.0, 10)) == ["waiting"]
+        assert dispatch(migrated, "waiting", "mixed").status == DISPATCHED
+    finally:
+        migrated.close()
+    fresh = SQLiteStore(str(tmp_path / "fresh.db"))
+    fresh.close()
+    assert schema_of(path) == schema_of(str(tmp_path / "fresh.db"))  # the same tables and indexes a new file gets
+
+
+def schema_of(path):
+    """Every table's columns and every index's definition in the SQLite file at ``path``."""
+    with sqlite3.connect(path) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")]
+        columns = {table: db.execute(f"SELECT * FROM pragma_table_info('{table}')").fetchall() for table in tables}
+        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY 1").fetchall()
+    return columns, indexes
 
 
 @pytest.mark.parametrize("open_store", DURABLE_BACKENDS)

@@ -15,7 +15,8 @@ class Store:
         raise NotImplementedError
 
     def has_pending_tasks(self):
-        """True if any task is pending (due now or scheduled)."""
+        """True if any task is pending and not held: due now, or scheduled (a held task waits for its batch to
+        release it, whatever devices are free)."""
         raise NotImplementedError
 
     def get_task(self, task_id):
@@ -171,7 +172,7 @@ class Store:
 
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
-        ``at_most`` devices), or 0 when no task is pending."""
+        ``at_most`` devices), or 0 when no task is pending but held ones."""
         raise NotImplementedError
 
     def free_devices(self, limit=None, include=(), tag_sets=()):

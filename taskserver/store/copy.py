@@ -5,20 +5,27 @@ import sqlite3
 import psycopg
 
 from taskserver.store.postgres import PostgresStore
-from taskserver.store.rows import DEVICE_COLUMNS, JSON_COLUMNS, TASK_COLUMNS, from_json, to_db
+from taskserver.store.rows import JSON_COLUMNS, from_json, to_json
 from taskserver.store.sqlite import SQLiteStore
 
-# table -> (the columns copied, as the SQLite file names them, as PostgreSQL names them); identity columns keep
-# their values, so that history keeps its order and tasks their insertion order
-TABLES = {
-    "devices": (DEVICE_COLUMNS, DEVICE_COLUMNS),
-    "device_tokens": (["device_id", "token_hash", "created_at"],) * 2,
-    "device_events": (["id", "device_id", "at", "kind", "actor", "detail"],) * 2,
-    "tasks": (["rowid", *TASK_COLUMNS, "due"], ["seq", *TASK_COLUMNS, "due"]),
-    "task_events": (["id", "task_id", "at", "kind", "actor", "device_id", "attempt", "detail"],) * 2,
-    "owed_cancels": (["device_id", "task_id", "attempt"],) * 2,
-}
-IDENTITIES = {"tasks": "seq", "task_events": "id", "device_events": "id"}
+# The tables copied, each with every column the SQLite file has (PostgreSQL has the same ones, and some of its own),
+# so that a column added to both schemas is copied without a word here.
+TABLES = (
+    "devices",
+    "device_tokens",
+    "device_events",
+    "tasks",
+    "task_events",
+    "owed_cancels",
+    "batches",
+    "schedules",
+    "schedule_runs",
+)
+# Tables whose insertion order PostgreSQL keeps in an identity column ``seq`` (ties of created_at): SQLite's rowid
+# goes there. Identity columns keep their values, so that history keeps its order and tasks and batches theirs.
+SEQUENCED = ("tasks", "batches", "schedules")
+IDENTITIES = {"tasks": "seq", "batches": "seq", "schedules": "seq", "task_events": "id", "device_events": "id"}
+JSON_TEXT = {*JSON_COLUMNS, "body", "error"}  # JSON columns (a schedule's body, a run's error among them)
 
 
 class TargetNotEmpty(RuntimeError):
@@ -45,7 +52,7 @@ def copy_sqlite_to_postgres(sqlite_path, url):
             filled = [table for table in TABLES if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()]
             if filled:
                 raise TargetNotEmpty(f"the PostgreSQL database already has rows in {', '.join(filled)}")
-            counts = {table: _copy_table(source, db, table, *columns) for table, columns in TABLES.items()}
+            counts = {table: _copy_table(source, db, table) for table in TABLES}
             for table, column in IDENTITIES.items():
                 db.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
@@ -56,8 +63,12 @@ def copy_sqlite_to_postgres(sqlite_path, url):
         source.close()
 
 
-def _copy_table(source, db, table, source_columns, target_columns):
+def _copy_table(source, db, table):
     """COPY one table's rows across; raise ``CountMismatch`` unless the target then holds exactly as many."""
+    columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
+    source_columns, target_columns = columns, columns
+    if table in SEQUENCED:
+        source_columns, target_columns = ["rowid", *columns], ["seq", *columns]
     expected = source.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     rows = source.execute(f"SELECT {', '.join(source_columns)} FROM {table}")
     with db.cursor().copy(f"COPY {table} ({', '.join(target_columns)}) FROM STDIN") as copy:
@@ -72,4 +83,4 @@ def _copy_table(source, db, table, source_columns, target_columns):
 def _json_again(name, value):
     """A JSON column's text as PostgreSQL accepts it (NaN or Infinity an older server kept become null); other
     columns as they are."""
-    return to_db(name, from_json(value)) if name in JSON_COLUMNS and value is not None else value
+    return to_json(from_json(value)) if name in JSON_TEXT and value is not None else value

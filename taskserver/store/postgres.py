@@ -33,6 +33,7 @@ from taskserver.store.rows import (
     event_from_row,
     history_from_row,
     task_from_row,
+    task_row,
     to_db,
 )
 
@@ -48,8 +49,10 @@ POSTGRES_MIGRATIONS = {
 MIGRATION_LOCK = 0x7461736B  # "task": the advisory lock two servers starting at once take in turn
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
-# devices that can take a task now, on this node (a node dispatches only to the devices whose connection it holds)
-FREE = "connected AND NOT disabled AND active_tasks < capacity AND node_id IS NOT DISTINCT FROM %(node)s"
+# Devices that can take a task now, on this node (a node dispatches only to the devices whose connection it holds).
+# A query runs with HELD_HERE as ``PostgresStore._here`` writes it, for the planner.
+HELD_HERE = "node_id IS NOT DISTINCT FROM %(node)s"
+FREE = f"connected AND NOT disabled AND active_tasks < capacity AND {HELD_HERE}"
 DEVICE_STATUS_SQL = "CASE WHEN NOT connected THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
 # Pending tasks that can start now, in dispatch order, claimed: due ones for any device, due ones pinned to a device
 # with a free slot, and due ones for a tag set a free device has (the sets found one index step each). Rows another
@@ -80,6 +83,13 @@ WITH RECURSIVE open_queue AS (
 SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned UNION ALL SELECT * FROM tagged) queue
 ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
+
+# Is any task pending and not held: a step into each part of the queue (a held task is in none of them).
+QUEUED = """EXISTS (SELECT 1 FROM tasks
+               WHERE status = 'pending' AND due AND target_device_id IS NULL AND target_tags IS NULL)
+    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due AND target_device_id IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND NOT due AND NOT held)"""
 
 NOW_EPOCH = "extract(epoch FROM now())::float8 AS now"  # the database's clock: leases are judged by it alone
 # The devices held by the nodes of the CTE ``lost (node_id, left_at)`` go offline at ``left_at`` (the node's last
@@ -235,6 +245,12 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
         with self._refusals(), self._pool.connection() as conn:
             return conn.execute(sql, params).fetchall()
 
+    def _here(self, sql):
+        """``sql`` with ``HELD_HERE`` written as the planner can estimate it: ``node_id IS NULL`` on a server alone,
+        ``node_id = %(node)s`` on a node of a cluster. It cannot estimate ``IS NOT DISTINCT FROM`` a parameter: it
+        took a thousand free devices for one, and read every device's tags for each tag set a task waited for."""
+        return sql.replace(HELD_HERE, "node_id IS NULL" if self._node is None else "node_id = %(node)s")
+
     def durable(self):
         """Every unit commits before it returns: nothing is left to wait for."""
 
@@ -319,9 +335,7 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
         work; the first ``released`` tasks join the queue, the others are held until the batch makes room."""
         columns = [*TASK_COLUMNS, "due", "held"]
         rows = [
-            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), n < released and task.not_before is None]
-            + [n >= released]
-            for n, task in enumerate(tasks)
+            [*task_row(task), n < released and task.not_before is None, n >= released] for n, task in enumerate(tasks)
         ]
         detail = to_db("detail", event.detail)
         with self._db() as db, db.cursor() as cursor:
@@ -341,8 +355,8 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
                     )
 
     def has_pending_tasks(self):
-        """True if any task is pending (due now or scheduled)."""
-        return self._rows("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS any")[0]["any"]
+        """True if any task is pending and not held (due now or scheduled)."""
+        return self._rows(f"SELECT {QUEUED} AS any")[0]["any"]
 
     def get_task(self, task_id):
         """The task with this id, or None."""
@@ -486,7 +500,7 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
                 "UPDATE tasks SET due = TRUE WHERE status = 'pending' AND NOT due AND NOT held AND not_before <= %s",
                 (now,),
             )
-            rows = db.execute(DUE_PENDING, {"limit": limit, "node": self._node}).fetchall()
+            rows = db.execute(self._here(DUE_PENDING), {"limit": limit, "node": self._node}).fetchall()
         for row in rows:
             row.pop("seq")
         return [task_from_row(row) for row in rows]
@@ -638,12 +652,12 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
 
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
-        ``at_most`` devices), or 0 when no task is pending."""
+        ``at_most`` devices), or 0 when no task is pending but held ones."""
         rows = self._rows(
-            f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')
+            self._here(f"""SELECT CASE WHEN {QUEUED}
                 THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
                       (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %(at_most)s) free)
-                ELSE 0 END AS n""",
+                ELSE 0 END AS n"""),
             {"at_most": at_most, "node": self._node},
         )
         return rows[0]["n"]
@@ -654,20 +668,22 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
         of work. Devices another unit holds are skipped, never waited for: a unit that takes
         slots on several devices in its own order then never waits for one another unit holds (a deadlock)."""
         rows = self._rows(
-            f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %(limit)s "
-            "FOR UPDATE SKIP LOCKED",
+            self._here(
+                f"SELECT * FROM devices WHERE {FREE} ORDER BY active_tasks, registered_at LIMIT %(limit)s "
+                "FOR UPDATE SKIP LOCKED"
+            ),
             {"limit": limit, "node": self._node},
         )
         named = [device_id for device_id in include if device_id not in {row["device_id"] for row in rows}]
         if named:
             rows += self._rows(
-                f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%(named)s) FOR UPDATE SKIP LOCKED",
+                self._here(f"SELECT * FROM devices WHERE {FREE} AND device_id = ANY(%(named)s) FOR UPDATE SKIP LOCKED"),
                 {"named": named, "node": self._node},
             )
         for tags in tag_sets:
             rows += self._rows(
-                f"""SELECT * FROM devices WHERE {FREE} AND tags @> %(tags)s::jsonb
-                    ORDER BY active_tasks, registered_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+                self._here(f"""SELECT * FROM devices WHERE {FREE} AND tags @> %(tags)s::jsonb
+                    ORDER BY active_tasks, registered_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""),
                 {"tags": to_db("tags", list(tags)), "limit": limit, "node": self._node},
             )
         unique = {row["device_id"]: row for row in rows}

@@ -15,11 +15,11 @@ class PostgresBatchTables:
 
     def list_batches(self, limit=100, offset=0):
         """A page of batches, newest first, and how many there are."""
-        rows = self._rows(
-            "SELECT *, COUNT(*) OVER () AS total FROM batches ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
+        rows = self._rows(  # "listed", not "total": that is a column of batches
+            "SELECT *, COUNT(*) OVER () AS listed FROM batches ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
             (limit, offset),
         )
-        total = rows[0]["total"] if rows else self._rows("SELECT COUNT(*) AS n FROM batches")[0]["n"]
+        total = rows[0]["listed"] if rows else self._rows("SELECT COUNT(*) AS n FROM batches")[0]["n"]
         return [batch_from_row(row) for row in rows], total
 
     def count_batch_tasks(self, batch_id):

@@ -17,8 +17,10 @@ CREATE INDEX tasks_batch ON tasks (batch_id, status) WHERE batch_id IS NOT NULL;
 
 ALTER TABLE devices ADD COLUMN tags JSONB NOT NULL DEFAULT '[]';  -- sorted union of device_info.tags and operator_tags
 ALTER TABLE devices ADD COLUMN operator_tags JSON NOT NULL DEFAULT '[]';  -- the tags an operator set
-UPDATE devices SET tags = (SELECT COALESCE(jsonb_agg(DISTINCT tag #>> '{}' ORDER BY tag #>> '{}'), '[]'::jsonb)
-                           FROM json_array_elements(device_info -> 'tags') AS tag WHERE json_typeof(tag) = 'string')
+-- sorted by code point, as Python sorts them (COLLATE "C"), whatever the database's collation
+UPDATE devices SET tags = (
+    SELECT COALESCE(jsonb_agg(DISTINCT (tag #>> '{}') COLLATE "C" ORDER BY (tag #>> '{}') COLLATE "C"), '[]'::jsonb)
+    FROM json_array_elements(device_info -> 'tags') AS tag WHERE json_typeof(tag) = 'string')
 WHERE json_typeof(device_info -> 'tags') = 'array';
 CREATE INDEX devices_tags ON devices USING GIN (tags);
 

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import fields
+from operator import attrgetter
 
 from taskserver.domain import (
     ACTIVE,
@@ -24,13 +25,26 @@ BATCH_COLUMNS = [f.name for f in fields(Batch)]
 DEVICE_COLUMNS = [f.name for f in fields(Device) if f.name != "node_id"]  # PostgreSQL sets node_id itself
 SCHEDULE_COLUMNS = [f.name for f in fields(Schedule)]
 SCHEDULE_RUN_COLUMNS = [f.name for f in fields(ScheduleRun)]
+to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per value
+task_values = attrgetter(*TASK_COLUMNS)
+TASK_JSON_AT = [n for n, name in enumerate(TASK_COLUMNS) if name in JSON_COLUMNS]
 
 
 def to_db(name, value):
     """Encode one Python value for its column: JSON columns as text; statuses (str) and flags (int) bind as they are."""
     if name in JSON_COLUMNS and value is not None:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return to_json(value)
     return value
+
+
+def task_row(task):
+    """The task's values in ``TASK_COLUMNS`` order, each encoded for its column (``to_db`` at the speed a batch of
+    10,000 tasks needs)."""
+    row = list(task_values(task))
+    for n in TASK_JSON_AT:
+        if row[n] is not None:
+            row[n] = to_json(row[n])
+    return row
 
 
 def changed(task, changes):

@@ -3,6 +3,7 @@
 import math
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from taskserver.domain import ACTIVE, TERMINAL, BatchStatus, TaskStatus
@@ -15,7 +16,9 @@ from taskserver.store.rows import (
     TASK_COLUMNS,
     changed,
     event_from_row,
+    from_json,
     task_from_row,
+    task_row,
     to_db,
 )
 from taskserver.store.sqlite_batches import BatchTables
@@ -91,12 +94,10 @@ tag_sets (tags) AS (
             WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL AND target_tags > tag_sets.tags)
     FROM tag_sets WHERE tag_sets.tags IS NOT NULL
 )"""
-# What a look that found nothing to start waits for: the devices of pinned tasks, and ANY_DEVICE if a tagged task
-# waits (any device freeing a slot may have its tags).
-ANY_DEVICE = "*"
+# What a look that found nothing to start waits for: the devices of pinned tasks, the tag sets of tagged ones.
 WAITED_FOR = f"""{TARGETS}, {TAG_SETS}
-SELECT device_id FROM targets WHERE device_id IS NOT NULL
-UNION ALL SELECT '{ANY_DEVICE}' FROM tag_sets WHERE tags IS NOT NULL"""
+SELECT device_id, NULL FROM targets WHERE device_id IS NOT NULL
+UNION ALL SELECT NULL, tags FROM tag_sets WHERE tags IS NOT NULL"""
 # a free device with every tag of the JSON array in ``tag_sets.tags``
 FREE_WITH_TAGS = """EXISTS (SELECT 1 FROM devices d INDEXED BY devices_free
     WHERE d.connected = 1 AND d.disabled = 0 AND d.active_tasks < d.capacity
@@ -129,6 +130,14 @@ SELECT {", ".join(TASK_COLUMNS)} FROM queue ORDER BY priority DESC, created_at, 
 """
 
 
+# Is any task pending and not held: a step into each part of the queue (a held task is in none of them).
+QUEUED = """SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue
+                      WHERE status = 'pending' AND due = 1 AND target_device_id IS NULL AND target_tags IS NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue_pinned
+               WHERE status = 'pending' AND due = 1 AND target_device_id IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_queue_tagged
+               WHERE status = 'pending' AND due = 1 AND target_tags IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0 AND held = 0)"""
 NEXT_DUE = (
     "SELECT MIN(not_before) FROM tasks INDEXED BY tasks_scheduled WHERE status = 'pending' AND due = 0 AND held = 0"
 )
@@ -136,6 +145,28 @@ NEXT_DUE = (
 
 class NoFreeSlot(Exception):
     """A move would put more active tasks on a device than its capacity (raised inside a verb, to undo it)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What the pending tasks wait for once a look found that none can start: a free slot on one of ``devices``
+    (their pinned tasks') or on a device with every tag of one of ``tag_sets`` (their tagged tasks')."""
+
+    devices: frozenset
+    tag_sets: tuple
+
+    @classmethod
+    def read(cls, rows):
+        """From the rows of ``WAITED_FOR``."""
+        tag_sets = {frozenset(from_json(tags)) for _device_id, tags in rows if tags is not None}
+        return cls(frozenset(device_id for device_id, _tags in rows if device_id is not None), tuple(tag_sets))
+
+    def ends_with_a_slot_on(self, device_id, tags):
+        """True if a slot freed on the device (``tags``: its tags, JSON) may let a waiting task start."""
+        if device_id in self.devices:
+            return True
+        has = set(from_json(tags)) if self.tag_sets else set()
+        return any(wanted <= has for wanted in self.tag_sets)
 
 
 class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
@@ -150,10 +181,13 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
         self._db.row_factory = sqlite3.Row
         self._commits = GroupCommit(self._db, on_failure=self._forget_what_a_failed_commit_undid)
         self._lock = self._commits.lock
-        self._maybe_pending = True  # False once a query found no pending task and no write made one since
+        # Whether a task is pending and not held, as the writes since a query tell: True, False, or None (ask the
+        # file: a write took a task out of the queue, or a commit failed). A write undone may leave True behind:
+        # that costs a look at the queue, no more.
+        self._pending = None
         self._next_due = -math.inf  # no scheduled task falls due before this (it may be earlier than the first)
-        # Once a look found that no pending task can start, the devices its pinned tasks wait for: until one of them
-        # frees a slot, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
+        # Once a look found that no pending task can start, what they wait for (a ``Waiting``): until a slot frees
+        # where one could go, or a write calls _queue_changed, or a scheduled task falls due, the answer stays the same.
         self._waiting_for = None
         # Dispatched and running tasks as written (committed or in the open batch): devices report on them several
         # times each, and only this connection writes tasks, so these reads need no query. All of them are held
@@ -205,7 +239,7 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
         self._commits.after_commit(callback)
 
     def _forget_what_a_failed_commit_undid(self):
-        self._maybe_pending = True  # a rolled-back batch may have taken the last pending task
+        self._pending = None  # a rolled-back batch may have made or taken the last pending task
         self._next_due = -math.inf  # ...or scheduled one, or let one join the queue
         self._queue_changed()
         self._hold_active_tasks()  # ...and changed active tasks: read them from the file again
@@ -235,9 +269,12 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
 
     def _shift_active(self, db, device_id, delta):
         if device_id is not None and delta:
-            db.execute("UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ?", (delta, device_id))
-            waiting_for = self._waiting_for
-            if delta < 0 and waiting_for is not None and (device_id in waiting_for or ANY_DEVICE in waiting_for):
+            device = db.execute(
+                "UPDATE devices SET active_tasks = active_tasks + ? WHERE device_id = ? RETURNING tags",
+                (delta, device_id),
+            ).fetchone()
+            waiting = self._waiting_for
+            if delta < 0 and waiting is not None and device and waiting.ends_with_a_slot_on(device_id, device[0]):
                 self._queue_changed()
 
     @staticmethod
@@ -268,7 +305,7 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
             if task.status in ACTIVE:
                 self._shift_active(db, task.device_id, +1)
             if task.status == TaskStatus.PENDING:
-                self._maybe_pending = True
+                self._pending = True
                 self._queue_changed()
             for event in events:
                 self._insert_event(db, task.task_id, task.created_at, event, task.attempt)
@@ -280,10 +317,7 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
         first ``released`` tasks join the queue, the others are held until the batch makes room for them."""
         columns = ", ".join([*TASK_COLUMNS, "due", "held"])
         marks = ", ".join("?" for _ in range(len(TASK_COLUMNS) + 2))
-        rows = [
-            [*(to_db(name, getattr(task, name)) for name in TASK_COLUMNS), *self._batch_task_queue(task, n < released)]
-            for n, task in enumerate(tasks)
-        ]
+        rows = [[*task_row(task), *self._batch_task_queue(task, n < released)] for n, task in enumerate(tasks)]
         detail = to_db("detail", event.detail)
         with self._transaction() as db:
             db.execute(
@@ -299,7 +333,8 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
                     for task in tasks
                 ],
             )
-            self._maybe_pending = True
+            if released > 0 and tasks:
+                self._pending = True
             self._queue_changed()
 
     def _batch_task_queue(self, task, released):
@@ -325,7 +360,7 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
             (batch_id,),
         )
         if cursor.rowcount:
-            self._maybe_pending = True
+            self._pending = True
             self._next_due = -math.inf  # it may have a not_before
             self._queue_changed()
 
@@ -339,13 +374,11 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
         return 0
 
     def has_pending_tasks(self):
-        """True if any task is pending (due now or scheduled). Once the answer is no, it stays no without a query
-        until a write makes a task pending (or a commit fails)."""
-        if self._maybe_pending:
-            self._maybe_pending = bool(
-                self._query("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending')")[0][0]
-            )
-        return self._maybe_pending
+        """True if any task is pending and not held (due now or scheduled). The answer stands without a query until
+        a write takes a task out of the queue (yes) or puts one in (no), or a commit fails."""
+        if self._pending is None:
+            self._pending = bool(self._query(QUEUED)[0][0])
+        return self._pending
 
     def get_task(self, task_id):
         """The task with this id, or None (an active task from memory)."""
@@ -394,8 +427,10 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
                 self._active.pop(task.task_id, None)
                 return None
             if after.status == TaskStatus.PENDING:
-                self._maybe_pending = True
+                self._pending = True
                 self._queue_changed()
+            elif task.status == TaskStatus.PENDING:
+                self._pending = None  # it may have been the last
             self._move_active_count(db, task, after)
             if task.batch_id is not None and after.status in TERMINAL and task.status not in TERMINAL:
                 self._count_batch_end(db, task.batch_id, after.status, after.updated_at, released=not moved[0][0])
@@ -470,7 +505,7 @@ class SQLiteStore(DeviceTables, BatchTables, ScheduleTables, Store):
                 return []
             rows = self._query(DUE_PENDING, {"limit": limit})
             if not rows and limit > 0:
-                self._waiting_for = frozenset(row[0] for row in self._query(WAITED_FOR))
+                self._waiting_for = Waiting.read(self._query(WAITED_FOR))
         return [task_from_row(row) for row in rows]
 
     def _queue_due_tasks(self, now):

@@ -85,7 +85,7 @@ class DeviceTables:
 
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
-        ``at_most`` devices), or 0 when no task is pending."""
+        ``at_most`` devices), or 0 when no task is pending but held ones."""
         if not self.has_pending_tasks():
             return 0
         rows = self._query(
