@@ -333,6 +333,42 @@ def test_postgresql_does_not_read_every_free_device_for_tags_none_of_them_has(pl
         store.close()
 
 
+@pytest.mark.parametrize("open_store", SHARED_BACKENDS)
+def test_postgresql_sees_no_pending_work_while_no_pending_task_can_start(place, open_store):
+    """A backlog no free device can take costs the dispatcher no look at the queue (one read answers no)."""
+
+    def work(store):
+        """The free slots a look at the queue could fill, or 0; whether there is pending work agrees (in this test)."""
+        count = store.dispatchable_count(at_most=10)
+        assert store.has_pending_tasks() is (count > 0)
+        return count
+
+    store = open_store(place)
+    try:
+        store.save_device(make_device("phone", capacity=3))
+        store.set_device_tags("phone", ["shopA"], ["shopA"])
+        store.save_device(make_device("away", connected=False))
+        add(store, make_task("for_nobody", target_tags=["nobody"]))
+        add(store, make_task("for_away", target_device_id="away"))
+        assert work(store) == 0
+        add(store, make_task("for_shop", target_tags=["shopA"]))
+        assert work(store) == 3
+        dispatch(store, "for_shop", "phone")
+        assert work(store) == 0
+        add(store, make_task("for_phone", target_device_id="phone"))
+        assert work(store) == 2
+        dispatch(store, "for_phone", "phone")
+        add(store, make_task("later", not_before=5000.0))  # not due yet: a look must move it in when it is
+        assert work(store) == 1
+        move(store, "later", PENDING, CANCELLED, 300.0, finished_at=300.0)
+        add(store, make_task("open"))
+        assert work(store) == 1
+        store.set_device_disabled("phone", True)
+        assert work(store) == 0
+    finally:
+        store.close()
+
+
 # ---- batches ----
 
 
@@ -350,7 +386,8 @@ def test_a_batch_and_its_tasks_read_back(store):
     assert (event["kind"], event["at"], event["attempt"]) == ("created", 100.0, 1)
     assert event["detail"] == {"task_type": "DELIST", "batch_id": "b"}
     assert store.count_batch_tasks("b") == {"pending": (3, 0)}
-    assert store.has_pending_tasks()
+    store.save_device(make_device("phone"))
+    assert store.has_pending_tasks()  # b_0 is released: it can start
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ class Store:
         raise NotImplementedError
 
     def has_pending_tasks(self):
-        """True if any task is pending and not held: due now, or scheduled (a held task waits for its batch to
-        release it, whatever devices are free)."""
+        """True if a pending task, not held, may start now, or is scheduled (a held task waits for its batch to
+        release it, whatever devices are free): False only if a look at the queue would find nothing. A store that
+        can tell cheaply also answers False when every due task waits for a device that cannot take it."""
         raise NotImplementedError
 
     def get_task(self, task_id):
@@ -172,7 +173,7 @@ class Store:
 
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
-        ``at_most`` devices), or 0 when no task is pending but held ones."""
+        ``at_most`` devices), or 0 when ``has_pending_tasks`` is False."""
         raise NotImplementedError
 
     def free_devices(self, limit=None, include=(), tag_sets=()):
@@ -259,6 +260,10 @@ class Store:
 
     def schedule_runs(self, schedule_id, limit):
         """The schedule's latest ``limit`` runs, newest fire time first."""
+        raise NotImplementedError
+
+    def last_schedule_runs(self, schedule_ids):
+        """The latest run of each of ``schedule_ids`` that has run: ``{schedule_id: ScheduleRun}``."""
         raise NotImplementedError
 
     # units of work

@@ -54,6 +54,15 @@ TASK_SELECT = ", ".join(TASK_COLUMNS)
 HELD_HERE = "node_id IS NOT DISTINCT FROM %(node)s"
 FREE = f"connected AND NOT disabled AND active_tasks < capacity AND {HELD_HERE}"
 DEVICE_STATUS_SQL = "CASE WHEN NOT connected THEN 'offline' WHEN active_tasks >= capacity THEN 'busy' ELSE 'online' END"
+# The tag sets due tagged tasks wait for (as JSON text), one index step each; ends with a NULL row.
+TAG_SETS = """tag_sets (tags) AS (
+    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
+            ORDER BY target_tags::text LIMIT 1)
+    UNION ALL
+    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
+              AND target_tags::text > tag_sets.tags ORDER BY target_tags::text LIMIT 1)
+    FROM tag_sets WHERE tag_sets.tags IS NOT NULL
+)"""
 # Pending tasks that can start now, in dispatch order, claimed: due ones for any device, due ones pinned to a device
 # with a free slot, and due ones for a tag set a free device has (the sets found one index step each). Rows another
 # unit holds are skipped, so two writers never claim the same task.
@@ -66,14 +75,7 @@ WITH RECURSIVE open_queue AS (
     SELECT {TASK_SELECT}, seq FROM tasks
     WHERE status = 'pending' AND due AND target_device_id IN (SELECT device_id FROM devices WHERE {FREE})
     ORDER BY priority DESC, created_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), tag_sets (tags) AS (
-    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
-            ORDER BY target_tags::text LIMIT 1)
-    UNION ALL
-    SELECT (SELECT target_tags::text FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL
-              AND target_tags::text > tag_sets.tags ORDER BY target_tags::text LIMIT 1)
-    FROM tag_sets WHERE tag_sets.tags IS NOT NULL
-), tagged AS (
+), {TAG_SETS}, tagged AS (
     SELECT {TASK_SELECT}, seq FROM tasks
     WHERE status = 'pending' AND due AND target_tags IS NOT NULL AND target_tags::text IN (
         SELECT tags FROM tag_sets
@@ -84,11 +86,15 @@ SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned UNION ALL
 ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
 
-# Is any task pending and not held: a step into each part of the queue (a held task is in none of them).
-QUEUED = """EXISTS (SELECT 1 FROM tasks
+# Could a pending task start now: one due for any device while a device is free, one due pinned to a free device,
+# one due for a tag set a free device has (of the CTE ``TAG_SETS``), or one scheduled (whose time may have come).
+STARTABLE = f"""EXISTS (SELECT 1 FROM tasks
                WHERE status = 'pending' AND due AND target_device_id IS NULL AND target_tags IS NULL)
-    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due AND target_device_id IS NOT NULL)
-    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due AND target_tags IS NOT NULL)
+        AND EXISTS (SELECT 1 FROM devices WHERE {FREE})
+    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due
+               AND target_device_id IN (SELECT device_id FROM devices WHERE {FREE}))
+    OR EXISTS (SELECT 1 FROM tag_sets WHERE tags IS NOT NULL
+               AND EXISTS (SELECT 1 FROM devices WHERE {FREE} AND devices.tags @> tag_sets.tags::jsonb))
     OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND NOT due AND NOT held)"""
 
 NOW_EPOCH = "extract(epoch FROM now())::float8 AS now"  # the database's clock: leases are judged by it alone
@@ -355,8 +361,12 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
                     )
 
     def has_pending_tasks(self):
-        """True if any task is pending and not held (due now or scheduled)."""
-        return self._rows(f"SELECT {QUEUED} AS any")[0]["any"]
+        """True if a pending task could start now on a free device of this node, or is scheduled (held ones wait for
+        their batch; tasks for a device that cannot take them do not count)."""
+        rows = self._rows(
+            self._here(f"WITH RECURSIVE {TAG_SETS} SELECT {STARTABLE} AS startable"), {"node": self._node}
+        )
+        return rows[0]["startable"]
 
     def get_task(self, task_id):
         """The task with this id, or None."""
@@ -652,9 +662,10 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
 
     def dispatchable_count(self, at_most):
         """How many pending tasks could go now: the free slots of connected, enabled devices (counted over at most
-        ``at_most`` devices), or 0 when no task is pending but held ones."""
+        ``at_most`` devices), or 0 when no pending task could start on a free device (a look at the queue would find
+        nothing)."""
         rows = self._rows(
-            self._here(f"""SELECT CASE WHEN {QUEUED}
+            self._here(f"""WITH RECURSIVE {TAG_SETS} SELECT CASE WHEN {STARTABLE}
                 THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
                       (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %(at_most)s) free)
                 ELSE 0 END AS n"""),
