@@ -58,6 +58,7 @@ class Config:
             "API_TOKENS": read("API_TOKENS", (), _words),
             "DEVICE_TOKENS": read("DEVICE_TOKENS", (), _words),
             "MAX_BODY_BYTES": read("MAX_BODY_BYTES", 1024 * 1024, int),
+            "MAX_BATCH_BODY_BYTES": read("MAX_BATCH_BODY_BYTES", 16 * 1024 * 1024, int),
             "DEVICE_EVENT_RATE": read("DEVICE_EVENT_RATE", 20.0, float),
             "DEVICE_EVENT_BURST": read("DEVICE_EVENT_BURST", 100, int),
             "DISPATCH_RATE": read("DISPATCH_RATE", 0.0, float),

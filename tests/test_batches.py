@@ -1,8 +1,10 @@
 """Batches: many tasks in one request, broadcast or spread, under a rollout limit and an abort rule."""
 
+import json
+
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import LiveServer, wait_until
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -177,6 +179,30 @@ def test_ten_thousand_tasks_in_one_batch(server, devices):
     assert counts["pending"] == 9_999 and counts["dispatched"] == 1
     listed = server.get("/api/batches").json()
     assert listed["total"] == 1 and listed["batches"][0]["batch_id"] == answer["batch_id"]
+
+
+def test_a_batch_body_has_room_for_ten_thousand_tasks_of_ten_products(server):
+    items = [{"product_ids": [f"{n}-{k}" for k in range(10)]} for n in range(10_000)]
+    body = {"task_type": "DELIST", "mode": "spread", "target": {"all": True}, "items": items}
+    assert len(json.dumps(body)) > 1024 * 1024  # over the limit of every other body
+    assert create(server, **body)["total"] == 10_000
+    refused = server.post("/api/dispatch-task", json=body)  # read no further than its length
+    assert refused.status_code == 413 and refused.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_a_batch_body_over_its_own_limit_is_413_and_makes_nothing(database):
+    live = LiveServer(database, MAX_BODY_BYTES=10_000, MAX_BATCH_BODY_BYTES=100_000)
+    try:
+        items = [{"product_ids": [str(n)]} for n in range(2_000)]  # about 50 kB: over one limit, under the other
+        body = {"task_type": "DELIST", "mode": "spread", "target": {"all": True}, "items": items}
+        assert create(live, **body)["total"] == 2_000
+        refused = live.post("/api/batches", json={**body, "items": items * 4})
+        assert refused.status_code == 413 and refused.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+        assert live.get("/api/batches").json()["total"] == 1
+        schedule = {"name": "big", "cron": "0 9 * * *", "batch": body}  # other bodies keep the small limit
+        assert live.post("/api/schedules", json=schedule).status_code == 413
+    finally:
+        live.stop()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """``POST /api/batches`` and ``GET /api/batches``, and one batch: detail and cancel."""
 
-from flask import current_app
+from flask import current_app, request
 
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, idempotency_key, operator_identity, responses, service
@@ -8,6 +8,13 @@ from taskserver.domain import ErrorCode
 from taskserver.present import batch_view
 
 blp = Blueprint("batches", __name__, url_prefix="/api", description="批次：一次创建多个任务")
+
+
+@blp.before_request
+def room_for_a_batch():
+    """A batch body may hold up to ``MAX_BATCH`` tasks' data: it has a limit of its own, ``MAX_BATCH_BODY_BYTES``."""
+    if request.endpoint == "batches.create_batch":
+        request.max_content_length = current_app.config["MAX_BATCH_BODY_BYTES"]
 
 
 @blp.route("/batches", methods=["POST"])
