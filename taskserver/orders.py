@@ -5,6 +5,14 @@ import json
 from dataclasses import dataclass
 
 
+def created_by(request):
+    """Who asks for the tasks of a ``DispatchRequest`` or ``BatchRequest``, as their ``created`` event names it: its
+    actor, and what its detail adds."""
+    if request.schedule_id is not None:
+        return "schedule", {"schedule_id": request.schedule_id}
+    return "operator", {}
+
+
 @dataclass(frozen=True)
 class DispatchRequest:
     """A validated dispatch: what the operator asked for, defaults already applied by the schemas."""
@@ -19,6 +27,7 @@ class DispatchRequest:
     not_before: float | None = None
     idempotency_key: str | None = None
     operator: str = ""  # whose idempotency key: ``auth.token_identity`` of the operator token, "" if the API is open
+    schedule_id: str | None = None  # the schedule whose fire time asks for it (None: an operator)
 
     def fingerprint(self):
         """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""
@@ -47,6 +56,7 @@ class BatchRequest:
     options: dict | None = None  # what was asked beside the above, kept for display
     idempotency_key: str | None = None
     operator: str = ""  # whose idempotency key (as on ``DispatchRequest``)
+    schedule_id: str | None = None  # as on ``DispatchRequest``
 
     def fingerprint(self):
         """A hash of what the request asks for (neither its key nor its operator): a reused key must ask the same."""

@@ -8,7 +8,7 @@ from operator import itemgetter
 
 from taskserver import domain
 from taskserver.domain import ACTIVE, TERMINAL, ErrorCode, EventKind, ScheduleKind, TaskStatus
-from taskserver.shapes import Shape, boolean, integer, listing, mapping, nested, number, strings, text
+from taskserver.shapes import Shape, boolean, given, integer, listing, mapping, nested, number, strings, text
 
 EARLIEST, LATEST = "0001-01-01T00:00:00", "9999-12-31T23:59:59"
 
@@ -60,12 +60,17 @@ def _failure(detail):
     return FAILURES.get(code) or f"执行失败（{code}）"
 
 
+def _created(detail, device):
+    by = f"（定时任务 {detail['schedule_id']}）" if detail.get("schedule_id") else ""
+    return f"任务创建{by}" + (f"，指定设备 {device}" if device else "")
+
+
 def event_message(event):
     """One history event in words, for people reading it."""
     detail, device = event.get("detail") or {}, event.get("device_id")
     note = f"：{detail['message']}" if detail.get("message") else ""
     messages = {
-        EventKind.CREATED: "任务创建" + (f"，指定设备 {device}" if device else ""),
+        EventKind.CREATED: _created(detail, device),
         EventKind.DISPATCHED: f"分发到设备 {device}",
         EventKind.DELIVERED: f"设备 {device} 确认收到任务",
         EventKind.STARTED: f"设备 {device} 开始执行",
@@ -243,7 +248,18 @@ def _body_if(kind):
     return lambda schedule: schedule.body if schedule.kind == kind else None
 
 
-# A schedule as ``GET /api/schedules`` lists it: ``task`` or ``batch`` holds what each fire time creates.
+# One fire time run: what it created, or why it created nothing.
+SCHEDULE_RUN = Shape(
+    "ScheduleRunOut",
+    fire_at=time("fire_at", nullable=False, description="触发时间（错过的多个合并为一次时：其中最晚的）"),
+    ran_at=time("ran_at", nullable=False),
+    task_id=text("task_id", nullable=True),
+    batch_id=text("batch_id", nullable=True),
+    error=mapping("error", nullable=True, description="未能创建时：{message, error_code}"),
+)
+
+# A schedule as ``GET /api/schedules`` lists it: ``task`` or ``batch`` holds what each fire time creates; its latest
+# run is given.
 SCHEDULE = Shape(
     "ScheduleOut",
     schedule_id=text("schedule_id"),
@@ -257,16 +273,7 @@ SCHEDULE = Shape(
     next_run_at=time("next_run_at", description="下一个触发时间；停用时为 null"),
     created_at=time("created_at", nullable=False),
     updated_at=time("updated_at", nullable=False),
-)
-
-# One fire time run: what it created, or why it created nothing.
-SCHEDULE_RUN = Shape(
-    "ScheduleRunOut",
-    fire_at=time("fire_at", nullable=False, description="触发时间（错过的多个合并为一次时：其中最晚的）"),
-    ran_at=time("ran_at", nullable=False),
-    task_id=text("task_id", nullable=True),
-    batch_id=text("batch_id", nullable=True),
-    error=mapping("error", nullable=True, description="未能创建时：{message, error_code}"),
+    last_run=given(SCHEDULE_RUN, nullable=True, description="最近一次运行；尚未运行时为 null"),
 )
 
 # A schedule as ``GET /api/schedule/{id}`` shows it: the list's fields and its latest runs (given).
@@ -359,6 +366,12 @@ def batch_view(batch, tasks_by_status):
     return BATCH(batch, counts=counts, progress=progress)
 
 
+def schedule_listed(schedule, last_run):
+    """A schedule as ``GET /api/schedules`` lists it, with its ``last_run`` (None if it has not run)."""
+    return SCHEDULE(schedule, last_run=SCHEDULE_RUN(last_run) if last_run else None)
+
+
 def schedule_detail(schedule, runs):
     """A schedule as ``GET /api/schedule/{id}`` shows it, with its latest ``runs``, newest first."""
-    return SCHEDULE_DETAIL(schedule, runs=[SCHEDULE_RUN(run) for run in runs])
+    shown = [SCHEDULE_RUN(run) for run in runs]
+    return SCHEDULE_DETAIL(schedule, last_run=shown[0] if shown else None, runs=shown)

@@ -50,6 +50,11 @@ def nested(shape):
     return Field(shape, fields.Nested(shape.schema))
 
 
+def given(shape, nullable=False, **metadata):
+    """One of another shape, given by the caller."""
+    return Field(None, fields.Nested(shape.schema, allow_none=nullable, **_meta(metadata)))
+
+
 def listing(shape):
     """A list of another shape, given by the caller."""
     return Field(None, fields.List(fields.Nested(shape.schema)))

@@ -89,6 +89,7 @@ def test_a_schedule_is_created_listed_shown_changed_and_deleted(server):
     assert schedule["enabled"] is True and schedule["misfire"] == "skip" and schedule["batch"] is None
     assert schedule["task"]["task_type"] == "DELIST" and schedule["task"]["data"] == DELIST["data"]
     assert schedule["next_run_at"] == iso(NINE_IN_SHANGHAI) and schedule["runs"] == []
+    assert schedule["last_run"] is None
     schedule_id = schedule["schedule_id"]
     other = create(server, name="每小时采集", cron="0 * * * *", timezone="UTC")["schedule"]
 
@@ -245,9 +246,17 @@ def test_nine_in_shanghai_fires_at_one_utc_once_per_fire_time(server, devices):
     assert len(tasks(server)) == 1
     sweep_at(server, NINE_IN_SHANGHAI + DAY + 5)
     assert len(tasks(server)) == 2
-    runs = show(server, schedule_id)["runs"]
+    shown = show(server, schedule_id)
+    runs = shown["runs"]
     assert [run["fire_at"] for run in runs] == [iso(NINE_IN_SHANGHAI + DAY), iso(NINE_IN_SHANGHAI)]
     assert [run["task_id"] for run in runs] == [task["task_id"] for task in tasks(server)]
+    (created, *_) = server.get(f"/api/task/{task['task_id']}/events").json()["events"]
+    assert created["actor"] == "schedule" and created["detail"]["schedule_id"] == schedule_id  # not an operator
+    assert created["message"] == f"任务创建（定时任务 {schedule_id}）"
+    other = create(server, name="not yet")["schedule"]
+    listed = {item["schedule_id"]: item for item in server.get("/api/schedules").json()["schedules"]}
+    assert listed[schedule_id]["last_run"] == runs[0] == shown["last_run"]  # the list carries each one's last run
+    assert listed[other["schedule_id"]]["last_run"] is None
 
 
 def test_two_sweeps_at_one_instant_create_one_task(server):
@@ -343,6 +352,10 @@ def test_a_batch_schedule_creates_its_batch_once_per_fire_time(server, devices):
     assert batch["total"] == 3 and batch["counts"]["dispatched"] == 1  # dispatched in the same sweep, one in flight
     assert phone.wait("new_task")["task_id"] in {task["task_id"] for task in tasks(server)}
     assert len(tasks(server)) == 3
+    for task in tasks(server):
+        (created, *_) = server.get(f"/api/task/{task['task_id']}/events").json()["events"]
+        assert (created["actor"], created["detail"]["schedule_id"]) == ("schedule", schedule["schedule_id"])
+        assert created["detail"]["batch_id"] == run["batch_id"]
     sweep_at(server, NINE_IN_SHANGHAI + DAY)
     assert len(tasks(server)) == 6 and len(server.get("/api/batches").json()["batches"]) == 2
 

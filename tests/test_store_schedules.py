@@ -135,6 +135,21 @@ def test_each_fire_time_runs_once_and_runs_list_newest_first(store):
     assert [run.fire_at for run in store.schedule_runs("schedule_1", 1)] == [2000.0]
 
 
+def test_last_schedule_runs_gives_each_schedules_latest_run(store):
+    for schedule_id in ("schedule_1", "schedule_2", "schedule_3"):
+        store.add_schedule(make_schedule(schedule_id))
+    for fire_at in (3000.0, 1000.0, 2000.0):  # not made in fire time order
+        store.add_schedule_run("schedule_1", fire_at, fire_at + 1)
+    store.add_schedule_run("schedule_2", 1500.0, 1501.0)
+    store.record_schedule_run("schedule_2", 1500.0, batch_id="batch_1")
+    assert store.last_schedule_runs(["schedule_1", "schedule_2", "schedule_3"]) == {
+        "schedule_1": ScheduleRun("schedule_1", 3000.0, 3001.0),
+        "schedule_2": ScheduleRun("schedule_2", 1500.0, 1501.0, batch_id="batch_1"),
+    }
+    assert store.last_schedule_runs(["schedule_2"]).keys() == {"schedule_2"}
+    assert store.last_schedule_runs([]) == {}
+
+
 def test_a_fire_time_run_before_a_reopen_does_not_run_again(reopen):
     first = reopen()
     first.add_schedule(make_schedule("schedule_1"))

@@ -6,7 +6,7 @@ from flask import current_app
 from taskserver import schemas
 from taskserver.api import Blueprint, error_doc, responses, service
 from taskserver.domain import ErrorCode
-from taskserver.present import SCHEDULE, schedule_detail
+from taskserver.present import schedule_detail, schedule_listed
 
 blp = Blueprint("schedules", __name__, url_prefix="/api", description="定时任务（按 cron 周期创建任务或批次）")
 
@@ -16,9 +16,10 @@ blp = Blueprint("schedules", __name__, url_prefix="/api", description="定时任
 @blp.response(200, responses.ScheduleListSchema)
 @blp.alt_response(400, **error_doc(ErrorCode.VALIDATION_ERROR))
 def list_schedules(query):
-    """Schedules, newest first; page with ``limit`` / ``offset``. ``total`` counts them all."""
-    schedules, total = service().schedules.page(query["limit"], query["offset"])
-    page = [SCHEDULE(schedule) for schedule in schedules]
+    """Schedules, newest first, each with its ``last_run``; page with ``limit`` / ``offset``. ``total`` counts them
+    all."""
+    listed, total = service().schedules.page(query["limit"], query["offset"])
+    page = [schedule_listed(schedule, last_run) for schedule, last_run in listed]
     return {"success": True, "schedules": page, "total": total, "limit": query["limit"], "offset": query["offset"]}
 
 

@@ -239,15 +239,15 @@ def run_outcome(run):
     return cell(run["batch_id"] or run["task_id"])
 
 
-def schedules_table(answer, last_runs):
-    """``GET /api/schedules`` as a table, newest first, each with its last run (``last_runs``: id -> run or None)."""
+def schedules_table(answer):
+    """``GET /api/schedules`` as a table, newest first, each with its last run."""
     shown, offset = len(answer["schedules"]), answer["offset"]
     span = f"{offset + 1}-{offset + shown}" if shown else "none"
     table = Table(caption=f"{span} of {answer['total']} schedules", caption_justify="left")
     for column in ("id", "name", "cron", "timezone", "creates", "state", "next run", "last run", "outcome"):
         table.add_column(column, no_wrap=column not in ("name", "creates"))
     for schedule in answer["schedules"]:
-        last = last_runs.get(schedule["schedule_id"])
+        last = schedule["last_run"]
         table.add_row(
             cell(schedule["schedule_id"]),
             cell(schedule["name"]),

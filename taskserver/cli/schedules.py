@@ -3,7 +3,7 @@
 import click
 from rich.text import Text
 
-from taskserver.cli.client import ApiError, path
+from taskserver.cli.client import path
 from taskserver.cli.params import JsonObject
 from taskserver.cli.render import json_option, schedule_view, schedules_table, when
 from taskserver.domain import Misfire
@@ -18,23 +18,9 @@ def schedules(session, limit, offset, json_):
     """List schedules, newest first: what each makes, when it runs next, and its last run (what it made, or why it
     made nothing).
 
-    With --json, print the server's answer as it came (the list, without runs)."""
+    With --json, print the server's answer as it came."""
     answer = session.client.get("/api/schedules", limit=limit, offset=offset)
-    session.show(answer, lambda answer: schedules_table(answer, last_runs(session.client, answer["schedules"])), json_)
-
-
-def last_runs(client, listed):
-    """Each listed schedule's latest run (None if it has not run), from its detail: the list does not carry runs."""
-    found = {}
-    for schedule in listed:
-        try:
-            runs = client.get(path("/api/schedule/{}", schedule["schedule_id"]))["schedule"]["runs"]
-        except ApiError as error:
-            if error.status != 404:  # deleted since the list was read: nothing to show
-                raise
-            runs = []
-        found[schedule["schedule_id"]] = runs[0] if runs else None
-    return found
+    session.show(answer, schedules_table, json_)
 
 
 @click.group()

@@ -16,6 +16,7 @@ from taskserver.domain import (
     Wake,
 )
 from taskserver.errors import InvalidState, NotFound, TaskServerError, ValidationFailed
+from taskserver.orders import created_by
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
@@ -67,7 +68,9 @@ class Batches:
             idempotency_scope=request.operator if fingerprint else None,
             request_hash=fingerprint,
         )
-        created = Event(EventKind.CREATED, "operator", None, {"task_type": request.task_type, "batch_id": batch_id})
+        actor, origin = created_by(request)
+        detail = {"task_type": request.task_type, "batch_id": batch_id, **origin}
+        created = Event(EventKind.CREATED, actor, None, detail)
         self.moves.create_batch(batch, tasks, created, released=request.max_in_flight or len(tasks))
         self.metrics.count(self.metrics.created, request.task_type, amount=len(tasks))
         logs.event(log, "batch created", batch_id=batch_id, task_type=request.task_type, total=len(tasks))

@@ -8,6 +8,7 @@ from functools import partial
 from taskserver import domain, logs
 from taskserver.domain import ACTIVE, BatchStatus, ErrorCode, Event, EventKind, Task, TaskStatus, Wake
 from taskserver.errors import InvalidState, NotFound
+from taskserver.orders import created_by
 from taskserver.service.atomic import atomic
 
 log = logging.getLogger("taskserver")
@@ -43,7 +44,8 @@ class Dispatcher:
         if request.device_id is not None and self.store.get_device(request.device_id) is None:
             raise NotFound(f"设备 {request.device_id} 不存在", ErrorCode.DEVICE_NOT_FOUND)
         task = self._new_task(request, fingerprint, now)
-        created = Event(EventKind.CREATED, "operator", request.device_id, {"task_type": task.task_type})
+        actor, origin = created_by(request)
+        created = Event(EventKind.CREATED, actor, request.device_id, {"task_type": task.task_type, **origin})
         device = self._device_for_new(task, now)
         dispatched = self._create_dispatched(task, device, created, now) if device is not None else None
         if dispatched is None:

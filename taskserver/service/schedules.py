@@ -68,8 +68,11 @@ class Schedules:
         return self.store.schedule_runs(schedule_id, RECENT_RUNS)
 
     def page(self, limit, offset):
-        """A page of schedules, newest first, and how many there are."""
-        return self.store.list_schedules(limit, offset)
+        """A page of schedules, newest first, each with its latest run (None if it has not run); and how many there
+        are."""
+        schedules, total = self.store.list_schedules(limit, offset)
+        last = self.store.last_schedule_runs([schedule.schedule_id for schedule in schedules])
+        return [(schedule, last.get(schedule.schedule_id)) for schedule in schedules], total
 
     @atomic
     def update(self, schedule_id, changes):
@@ -145,9 +148,11 @@ class Schedules:
 
     def _create(self, schedule):
         """Create the schedule's task or batch, as its body asks now; return its id (``task_id`` or ``batch_id``)."""
-        extra_types = self.config["EXTRA_TASK_TYPES"]
+        extra_types, schedule_id = self.config["EXTRA_TASK_TYPES"], schedule.schedule_id
         if schedule.kind == ScheduleKind.BATCH:
-            batch, _task_ids, _created = self.batches.create(schemas.batch_request(schedule.body, extra_types))
+            request = replace(schemas.batch_request(schedule.body, extra_types), schedule_id=schedule_id)
+            batch, _task_ids, _created = self.batches.create(request)
             return {"batch_id": batch.batch_id}
-        task, _created = self.dispatcher.dispatch(schemas.dispatch_request(schedule.body, extra_types))
+        request = replace(schemas.dispatch_request(schedule.body, extra_types), schedule_id=schedule_id)
+        task, _created = self.dispatcher.dispatch(request)
         return {"task_id": task.task_id}

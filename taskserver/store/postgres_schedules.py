@@ -95,3 +95,12 @@ class PostgresScheduleTables:
             (schedule_id, limit),
         )
         return [schedule_run_from_row(row) for row in rows]
+
+    def last_schedule_runs(self, schedule_ids):
+        """The latest run of each of ``schedule_ids`` that has run: ``{schedule_id: ScheduleRun}``."""
+        rows = self._rows(
+            f"SELECT DISTINCT ON (schedule_id) {', '.join(SCHEDULE_RUN_COLUMNS)} FROM schedule_runs "
+            "WHERE schedule_id = ANY(%s) ORDER BY schedule_id, fire_at DESC",
+            (list(schedule_ids),),
+        )
+        return {row["schedule_id"]: schedule_run_from_row(row) for row in rows}

@@ -76,3 +76,13 @@ class ScheduleTables:
             "SELECT * FROM schedule_runs WHERE schedule_id = ? ORDER BY fire_at DESC LIMIT ?", (schedule_id, limit)
         )
         return [schedule_run_from_row(row) for row in rows]
+
+    def last_schedule_runs(self, schedule_ids):
+        """The latest run of each of ``schedule_ids`` that has run: ``{schedule_id: ScheduleRun}``."""
+        marks = ", ".join("?" for _ in schedule_ids)
+        rows = self._query(
+            f"""SELECT * FROM schedule_runs run WHERE schedule_id IN ({marks})
+                AND fire_at = (SELECT MAX(fire_at) FROM schedule_runs WHERE schedule_id = run.schedule_id)""",
+            list(schedule_ids),
+        )
+        return {row["schedule_id"]: schedule_run_from_row(row) for row in rows}

@@ -1,8 +1,7 @@
 // The schedules view: every recurring schedule with its cron expression and time zone, what each fire time creates,
 // its next run and its last run (the task or batch it made, or why it made nothing); pause / resume (PATCH enabled)
-// and delete. GET /api/schedules carries no runs, so a schedule's last run comes from GET /api/schedule/{id}, read
-// again only when the list shows the schedule changed: a fire time moves its next_run_at, an edit its updated_at.
-// Kept fresh by polling while the view is shown, and sooner when the live feed reports tasks (a fire time makes one).
+// and delete. Kept fresh by polling while the view is shown, and sooner when the live feed reports tasks (a fire time
+// makes one).
 
 import { api, HttpError, query } from "./api.js";
 import { batchTarget, tasksOfBatch } from "./batches.js";
@@ -11,10 +10,7 @@ import { $, answerNotice, badge, enc, h, onNextFrame, patchRows, state, tagChip,
 const PAGE = 50;
 export const SCHEDULE_REFRESH = 5000; // ms between two polls while the view is shown
 let limit = PAGE;
-let lastRuns = new Map(); // schedule_id -> {seen, run}: its latest run (or null), read when the list showed it as `seen`
 let edits = 0; // pauses, resumes and deletes made here: a list read before one of them is not shown
-
-const seen = (schedule) => `${schedule.next_run_at}|${schedule.updated_at}`;
 
 /** A time as the server shows it ("2030-01-01T09:00:00", its local time) with a space; "—" for none. */
 const when = (text) => (text ? text.replace("T", " ") : "—");
@@ -22,34 +18,13 @@ const when = (text) => (text ? text.replace("T", " ") : "—");
 export async function loadSchedules() {
   const before = edits;
   const { body } = await api(`/api/schedules${query({ limit })}`);
-  const read = new Map(await Promise.all(body.schedules.map(lastRunOf)));
   if (before !== edits) return; // paused, resumed or deleted here meanwhile: what was read may be older
-  lastRuns = read;
-  state.schedules = body.schedules.map(withLastRun);
+  state.schedules = body.schedules;
   state.scheduleTotal = body.total;
   renderSchedules();
 }
 
 export const reloadSchedules = throttle(() => loadSchedules().catch(() => {}), 1000);
-
-/** ``[schedule_id, {seen, run}]``: as known if the schedule is listed as it was then, else read again. */
-async function lastRunOf(schedule) {
-  const known = lastRuns.get(schedule.schedule_id);
-  if (known && known.seen === seen(schedule)) return [schedule.schedule_id, known];
-  try {
-    const { body } = await api(`/api/schedule/${enc(schedule.schedule_id)}`);
-    return [schedule.schedule_id, latest(body.schedule)];
-  } catch (error) {
-    if (!(error instanceof HttpError) || error.status !== 404) throw error;
-    return [schedule.schedule_id, { seen: null, run: null }]; // deleted since the list was read
-  }
-}
-
-/** The latest run of a schedule as an answer with its runs shows it. */
-const latest = (detail) => ({ seen: seen(detail), run: detail.runs[0] || null });
-
-/** The schedule as its row shows it: with its last run (an answer's ``runs`` left out). */
-const withLastRun = ({ runs, ...schedule }) => ({ ...schedule, last_run: lastRuns.get(schedule.schedule_id)?.run || null });
 
 // ---- pieces of a schedule ----
 
@@ -120,9 +95,8 @@ async function setEnabled(schedule, enabled) {
   edits += 1;
   try {
     const { status, body } = await api(`/api/schedule/${enc(schedule.schedule_id)}`, { method: "PATCH", body: { enabled } });
-    lastRuns.set(schedule.schedule_id, latest(body.schedule));
     const index = state.schedules.findIndex((listed) => listed.schedule_id === schedule.schedule_id);
-    if (index >= 0) state.schedules[index] = withLastRun(body.schedule);
+    if (index >= 0) state.schedules[index] = body.schedule;
     renderSchedules();
     answerNotice(label, status, body);
   } catch (error) {
