@@ -93,7 +93,7 @@ def create_app(config=None, clock=None):
     app.register_blueprint(plainws.blueprint)
     app.register_blueprint(dashboard.blueprint)
     plainws.limit_frame_size(settings["MAX_BODY_BYTES"])
-    security.init_app(app)
+    security.init_app(app, clock or time.monotonic)
     errors.init_app(app)
     app.after_request(answer_when_stored(store))
 

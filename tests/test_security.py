@@ -401,16 +401,20 @@ def test_event_flood_is_rate_limited_without_slowing_others(database):
 
 
 def test_dispatch_rate_limit_per_token(database):
-    live = LiveServer(database, DISPATCH_RATE=1, DISPATCH_BURST=3)
+    live = LiveServer(database, DISPATCH_RATE=1, DISPATCH_BURST=3)  # the fake clock stands still: no refill
+    dispatch = {"task_type": "DELIST", "data": {"product_ids": ["1"]}}
+    batch = {"task_type": "DELIST", "mode": "spread", "target": {"all": True}, "items": [{"product_ids": ["1"]}] * 5}
     try:
-        codes = [
-            live.post("/api/dispatch-task", json={"task_type": "DELIST", "data": {"product_ids": ["1"]}})
-            for _ in range(6)
-        ]
-        assert [r.status_code for r in codes].count(202) == 3
-        limited = [r for r in codes if r.status_code == 429]
-        assert len(limited) == 3 and limited[0].json()["error_code"] == "RATE_LIMITED"
-        assert live.get("/api/tasks").json()["total"] == 3
+        codes = [live.post("/api/dispatch-task", json=dispatch) for _ in range(4)]
+        assert [r.status_code for r in codes] == [202, 202, 202, 429]
+        assert codes[3].json()["error_code"] == "RATE_LIMITED"
+        limited_batch = live.post("/api/batches", json=batch)  # a batch is a dispatch request too
+        assert limited_batch.status_code == 429 and limited_batch.json()["error_code"] == "RATE_LIMITED"
+        assert live.get("/api/batches").status_code == 200  # reading is not limited
+        live.clock.advance(1.0)  # one token back
+        assert live.post("/api/batches", json=batch).status_code == 201
+        assert live.post("/api/dispatch-task", json=dispatch).status_code == 429
+        assert live.get("/api/tasks").json()["total"] == 3 + 5
     finally:
         live.stop()
 
