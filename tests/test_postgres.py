@@ -194,6 +194,25 @@ def test_a_version_2_database_is_migrated_with_its_devices_tags_and_its_pending_
         store.close()
 
 
+def test_a_version_3_database_gets_a_tags_index_that_takes_each_change_at_once(postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        for version in (1, 2, 3):
+            db.execute(POSTGRES_MIGRATIONS[version])
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (3)")
+        db.execute(
+            "INSERT INTO devices (device_id, device_name, device_info, capacity, tags, registered_at, created_at) "
+            "VALUES ('phone', 'phone', '{}', 1, '[\"shopA\"]', 100, 100)"
+        )
+        assert db.execute("SELECT reloptions FROM pg_class WHERE relname = 'devices_tags'").fetchone() == (None,)
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as db:
+        (options,) = db.execute("SELECT reloptions FROM pg_class WHERE relname = 'devices_tags'").fetchone()
+        assert options == ["fastupdate=off"]
+        assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+        found = db.execute("SELECT device_id FROM devices WHERE tags @> '[\"shopA\"]'").fetchall()
+        assert found == [("phone",)]
+
+
 def test_servers_starting_together_migrate_once(postgres_url):
     errors, barrier = [], threading.Barrier(4)
 

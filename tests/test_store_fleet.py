@@ -334,6 +334,30 @@ def test_postgresql_does_not_read_every_free_device_for_tags_none_of_them_has(pl
 
 
 @pytest.mark.parametrize("open_store", SHARED_BACKENDS)
+def test_postgresql_asks_whether_work_can_start_without_reading_every_free_device(place, open_store):
+    store = open_store(place)
+    try:
+        with psycopg.connect(place.postgres_url, autocommit=True) as db:
+            db.execute(
+                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, registered_at, "
+                "created_at) SELECT 'd' || n, 'd' || n, '{}', 1, FALSE, n, n FROM generate_series(1, 1000) n"
+            )
+            db.execute("ANALYZE devices")  # the planner's last look, from before the phones connected
+            db.execute("UPDATE devices SET connected = TRUE, sid = 'sid-' || device_id")
+        add(store, make_task("for_nobody", target_tags=["nobody"]))
+        add(store, make_task("for_away", target_device_id="away"))
+        with store.atomically():
+            assert store.has_pending_tasks() is False and store.dispatchable_count(at_most=32) == 0
+            (read,) = store._rows(
+                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'devices'"
+            )
+        assert read["n"] < 100  # not the 1,000 free devices, for each question
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("open_store", SHARED_BACKENDS)
 def test_postgresql_sees_no_pending_work_while_no_pending_task_can_start(place, open_store):
     """A backlog no free device can take costs the dispatcher no look at the queue (one read answers no)."""
 

@@ -39,12 +39,13 @@ from taskserver.store.rows import (
 
 log = logging.getLogger("taskserver.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # version -> the statements that bring a database of the version before it to it (version 1: a new database)
 POSTGRES_MIGRATIONS = {
     1: (Path(__file__).parent / "postgres_schema.sql").read_text(),
     2: (Path(__file__).parent / "postgres_nodes.sql").read_text(),
     3: (Path(__file__).parent / "postgres_fleet.sql").read_text(),
+    4: (Path(__file__).parent / "postgres_tags_index.sql").read_text(),
 }
 MIGRATION_LOCK = 0x7461736B  # "task": the advisory lock two servers starting at once take in turn
 
@@ -86,16 +87,30 @@ SELECT * FROM (SELECT * FROM open_queue UNION ALL SELECT * FROM pinned UNION ALL
 ORDER BY priority DESC, created_at, seq LIMIT %(limit)s
 """
 
+# The devices due pinned tasks wait for, one index step each; ends with a NULL row.
+TARGETS = """targets (device_id) AS (
+    SELECT (SELECT target_device_id FROM tasks WHERE status = 'pending' AND due AND target_device_id IS NOT NULL
+            ORDER BY target_device_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT target_device_id FROM tasks WHERE status = 'pending' AND due AND target_device_id IS NOT NULL
+              AND target_device_id > targets.device_id ORDER BY target_device_id LIMIT 1)
+    FROM targets WHERE targets.device_id IS NOT NULL
+)"""
 # Could a pending task start now: one due for any device while a device is free, one due pinned to a free device,
-# one due for a tag set a free device has (of the CTE ``TAG_SETS``), or one scheduled (whose time may have come).
-STARTABLE = f"""EXISTS (SELECT 1 FROM tasks
+# one due for a tag set a free device has, or one scheduled (whose time may have come). It walks the CTEs ``TARGETS``
+# and ``TAG_SETS`` and reads each one's devices alone, by primary key and by tags (OFFSET 0 keeps the free-slot test
+# out of that read), before it asks whether one is free: the planner's guess of how many devices are free, stale
+# while phones connect, then never makes it read every free device for each.
+STARTABLE = f"""WITH RECURSIVE {TARGETS}, {TAG_SETS}
+SELECT EXISTS (SELECT 1 FROM tasks
                WHERE status = 'pending' AND due AND target_device_id IS NULL AND target_tags IS NULL)
         AND EXISTS (SELECT 1 FROM devices WHERE {FREE})
-    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND due
-               AND target_device_id IN (SELECT device_id FROM devices WHERE {FREE}))
-    OR EXISTS (SELECT 1 FROM tag_sets WHERE tags IS NOT NULL
-               AND EXISTS (SELECT 1 FROM devices WHERE {FREE} AND devices.tags @> tag_sets.tags::jsonb))
-    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND NOT due AND NOT held)"""
+    OR EXISTS (SELECT 1 FROM targets
+               WHERE (SELECT {FREE} FROM devices WHERE devices.device_id = targets.device_id))
+    OR EXISTS (SELECT 1 FROM tag_sets WHERE tags IS NOT NULL AND EXISTS (
+               SELECT 1 FROM (SELECT * FROM devices WHERE devices.tags @> tag_sets.tags::jsonb OFFSET 0) tagged
+               WHERE {FREE}))
+    OR EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND NOT due AND NOT held) AS startable"""
 
 NOW_EPOCH = "extract(epoch FROM now())::float8 AS now"  # the database's clock: leases are judged by it alone
 # The devices held by the nodes of the CTE ``lost (node_id, left_at)`` go offline at ``left_at`` (the node's last
@@ -363,10 +378,7 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
     def has_pending_tasks(self):
         """True if a pending task could start now on a free device of this node, or is scheduled (held ones wait for
         their batch; tasks for a device that cannot take them do not count)."""
-        rows = self._rows(
-            self._here(f"WITH RECURSIVE {TAG_SETS} SELECT {STARTABLE} AS startable"), {"node": self._node}
-        )
-        return rows[0]["startable"]
+        return self._rows(self._here(STARTABLE), {"node": self._node})[0]["startable"]
 
     def get_task(self, task_id):
         """The task with this id, or None."""
@@ -665,10 +677,10 @@ class PostgresStore(PostgresBatchTables, PostgresScheduleTables, Store):
         ``at_most`` devices), or 0 when no pending task could start on a free device (a look at the queue would find
         nothing)."""
         rows = self._rows(
-            self._here(f"""WITH RECURSIVE {TAG_SETS} SELECT CASE WHEN {STARTABLE}
+            self._here(f"""SELECT CASE WHEN startable
                 THEN (SELECT COALESCE(SUM(capacity - active_tasks), 0) FROM
                       (SELECT capacity, active_tasks FROM devices WHERE {FREE} LIMIT %(at_most)s) free)
-                ELSE 0 END AS n"""),
+                ELSE 0 END AS n FROM ({STARTABLE}) asked"""),
             {"at_most": at_most, "node": self._node},
         )
         return rows[0]["n"]
