@@ -310,25 +310,37 @@ def test_held_tasks_alone_are_no_pending_work(store):
     assert store.has_pending_tasks() is True
 
 
+def thousand_devices(place, connected):
+    """1,000 untagged devices of capacity 1, written straight to PostgreSQL, then ANALYZEd (as autovacuum does once a
+    table has grown)."""
+    with psycopg.connect(place.postgres_url, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, sid, registered_at, "
+            "created_at) SELECT 'd' || n, 'd' || n, '{}', 1, %s, CASE WHEN %s THEN 'sid' || n END, n, n "
+            "FROM generate_series(1, 1000) n",
+            (connected, connected),
+        )
+        db.execute("ANALYZE devices")
+
+
+def devices_read(store):
+    """The device rows the open unit of work of ``store`` (PostgreSQL) has read so far."""
+    (read,) = store._rows(
+        "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables WHERE relname = 'devices'"
+    )
+    return read["n"]
+
+
 @pytest.mark.parametrize("open_store", SHARED_BACKENDS)
 def test_postgresql_does_not_read_every_free_device_for_tags_none_of_them_has(place, open_store):
     store = open_store(place)
     try:
-        with psycopg.connect(place.postgres_url, autocommit=True) as db:
-            db.execute(
-                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, sid, registered_at, "
-                "created_at) SELECT 'd' || n, 'd' || n, '{}', 1, TRUE, 'sid' || n, n, n FROM generate_series(1, 1000) n"
-            )
-            db.execute("ANALYZE devices")  # as autovacuum does once a table has grown
+        thousand_devices(place, connected=True)
         for tag in ("nobody", "nowhere"):
             add(store, make_task(f"for_{tag}", target_tags=[tag]))
         with store.atomically():
             assert due(store) == []
-            (read,) = store._rows(
-                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables "
-                "WHERE relname = 'devices'"
-            )
-        assert read["n"] < 100  # not 1,000 for each tag set
+            assert devices_read(store) < 100  # not 1,000 for each tag set
     finally:
         store.close()
 
@@ -337,22 +349,14 @@ def test_postgresql_does_not_read_every_free_device_for_tags_none_of_them_has(pl
 def test_postgresql_asks_whether_work_can_start_without_reading_every_free_device(place, open_store):
     store = open_store(place)
     try:
+        thousand_devices(place, connected=False)  # the planner's last look: from before the phones connected
         with psycopg.connect(place.postgres_url, autocommit=True) as db:
-            db.execute(
-                "INSERT INTO devices (device_id, device_name, device_info, capacity, connected, registered_at, "
-                "created_at) SELECT 'd' || n, 'd' || n, '{}', 1, FALSE, n, n FROM generate_series(1, 1000) n"
-            )
-            db.execute("ANALYZE devices")  # the planner's last look, from before the phones connected
             db.execute("UPDATE devices SET connected = TRUE, sid = 'sid-' || device_id")
         add(store, make_task("for_nobody", target_tags=["nobody"]))
         add(store, make_task("for_away", target_device_id="away"))
         with store.atomically():
             assert store.has_pending_tasks() is False and store.dispatchable_count(at_most=32) == 0
-            (read,) = store._rows(
-                "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) AS n FROM pg_stat_xact_user_tables "
-                "WHERE relname = 'devices'"
-            )
-        assert read["n"] < 100  # not the 1,000 free devices, for each question
+            assert devices_read(store) < 100  # not the 1,000 free devices, for each question
     finally:
         store.close()
 
