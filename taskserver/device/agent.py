@@ -136,6 +136,8 @@ class DeviceAgent:
         self.sio.shutdown()
         if self.sio.connected:  # a reconnection the library finished while the agent stopped
             self.sio.disconnect()
+        with self._lock:  # closed, whether or not the library told ``_on_disconnect`` (a connection it was finishing)
+            self._connected = self._registered = False
         self._stopped.set()
 
     def run_forever(self):
