@@ -14,12 +14,17 @@ class DeviceListSchema(Schema):
     total = fields.Integer()
 
 
-class TaskListSchema(Schema):
+class PageSchema(Schema):
+    """One page of a list: its items (a field of the subclass), how many there are in all, and the page asked for."""
+
     success = fields.Boolean()
-    tasks = fields.List(fields.Nested(present.TASK_SUMMARY.schema))
     total = fields.Integer()
     limit = fields.Integer()
     offset = fields.Integer()
+
+
+class TaskListSchema(PageSchema):
+    tasks = fields.List(fields.Nested(present.TASK_SUMMARY.schema))
 
 
 class TaskStatusSchema(Schema):
@@ -178,23 +183,15 @@ class BatchDetailSchema(Schema):
     batch = fields.Nested(present.BATCH.schema)
 
 
-class BatchListSchema(Schema):
-    success = fields.Boolean()
+class BatchListSchema(PageSchema):
     batches = fields.List(fields.Nested(present.BATCH.schema))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
 
 
 # ---- schedules ----
 
 
-class ScheduleListSchema(Schema):
-    success = fields.Boolean()
+class ScheduleListSchema(PageSchema):
     schedules = fields.List(fields.Nested(present.SCHEDULE.schema))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
 
 
 class ScheduleDetailSchema(Schema):

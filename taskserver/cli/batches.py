@@ -7,7 +7,14 @@ from rich.text import Text
 
 from taskserver.cli.client import Exit, path
 from taskserver.cli.params import JsonObject, split_tags
-from taskserver.cli.render import STATUS_STYLES, batch_counts, batch_view, batches_table, json_option
+from taskserver.cli.render import (
+    STATUS_STYLES,
+    batch_counts,
+    batch_view,
+    batches_table,
+    json_option,
+    page_options,
+)
 from taskserver.cli.watch import wait_for_batch
 
 DEFAULT_BATCH_SIZE = 50
@@ -159,8 +166,7 @@ def _ended(shown):
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@page_options
 @json_option
 @click.pass_obj
 def batches(session, limit, offset, json_):

@@ -26,6 +26,12 @@ NONE = "-"
 json_option = click.option("--json", "json_", is_flag=True, help="Print the server's JSON answer instead.")
 
 
+def page_options(command):
+    """``--limit`` and ``--offset`` of a command that lists one page."""
+    command = click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)(command)
+    return click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)(command)
+
+
 def as_json(answer):
     """The server's JSON, indented, its text as written (not \\u escapes)."""
     return json.dumps(answer, ensure_ascii=False, indent=2)
@@ -67,11 +73,24 @@ def devices_table(answer):
     return table
 
 
+def page_table(answer, items):
+    """A table for one page of a list answer (``items``: its key), captioned ``21-40 of 95 tasks``."""
+    shown, offset = len(answer[items]), answer["offset"]
+    span = f"{offset + 1}-{offset + shown}" if shown else "none"
+    return Table(caption=f"{span} of {answer['total']} {items}", caption_justify="left")
+
+
+def detail_grid():
+    """Two columns for one object: a bold name, then its value."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    return grid
+
+
 def tasks_table(answer):
     """``GET /api/tasks`` as a table, newest first, with how many match in all."""
-    shown, offset = len(answer["tasks"]), answer["offset"]
-    span = f"{offset + 1}-{offset + shown}" if shown else "none"
-    table = Table(caption=f"{span} of {answer['total']} tasks", caption_justify="left")
+    table = page_table(answer, "tasks")
     for column in ("id", "type", "status", "progress", "device", "attempt", "error", "created"):
         table.add_column(column, no_wrap=True, justify="right" if column in ("progress", "attempt") else "left")
     for task in answer["tasks"]:
@@ -106,9 +125,7 @@ TASK_TIMES = ["created_at", "not_before", "dispatched_at", "delivered_at", "star
 
 def task_view(task, events):
     """``show``: the task (``GET /api/task/{id}``), its attempts, and its history (``/events``)."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    grid = detail_grid()
     grid.add_row("task", cell(task["task_id"]))
     grid.add_row("status", Text.assemble(status(task["status"]), f"  {task['progress']}%"))
     grid.add_row("message", cell(task["progress_message"]))
@@ -169,9 +186,7 @@ def target(batch):
 
 def batches_table(answer):
     """``GET /api/batches`` as a table, newest first, with how many there are in all."""
-    shown, offset = len(answer["batches"]), answer["offset"]
-    span = f"{offset + 1}-{offset + shown}" if shown else "none"
-    table = Table(caption=f"{span} of {answer['total']} batches", caption_justify="left")
+    table = page_table(answer, "batches")
     for column in ("id", "type", "mode", "target", "status", "progress", "tasks", "created"):
         wraps = column in ("target", "tasks")
         table.add_column(
@@ -196,9 +211,7 @@ def batches_table(answer):
 
 def batch_view(batch):
     """``show BATCH``: the batch as ``GET /api/batch/{id}`` has it."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    grid = detail_grid()
     grid.add_row("batch", cell(batch["batch_id"]))
     grid.add_row("status", Text.assemble(status(batch["status"]), f"  {batch['progress']:g}%"))
     grid.add_row("tasks", cell(f"{batch['total']}: {batch_counts(batch)}"))
@@ -241,9 +254,7 @@ def run_outcome(run):
 
 def schedules_table(answer):
     """``GET /api/schedules`` as a table, newest first, each with its last run."""
-    shown, offset = len(answer["schedules"]), answer["offset"]
-    span = f"{offset + 1}-{offset + shown}" if shown else "none"
-    table = Table(caption=f"{span} of {answer['total']} schedules", caption_justify="left")
+    table = page_table(answer, "schedules")
     for column in ("id", "name", "cron", "timezone", "creates", "state", "next run", "last run", "outcome"):
         table.add_column(column, no_wrap=column not in ("name", "creates"))
     for schedule in answer["schedules"]:
@@ -264,9 +275,7 @@ def schedules_table(answer):
 
 def schedule_view(schedule):
     """``schedule show``: the schedule as ``GET /api/schedule/{id}`` has it, and its latest runs, newest first."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    grid = detail_grid()
     grid.add_row("schedule", cell(schedule["schedule_id"]))
     grid.add_row("name", cell(schedule["name"]))
     grid.add_row("state", schedule_state(schedule))

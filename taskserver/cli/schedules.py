@@ -5,13 +5,12 @@ from rich.text import Text
 
 from taskserver.cli.client import path
 from taskserver.cli.params import JsonObject
-from taskserver.cli.render import json_option, schedule_view, schedules_table, when
+from taskserver.cli.render import json_option, page_options, schedule_view, schedules_table, when
 from taskserver.domain import Misfire
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@page_options
 @json_option
 @click.pass_obj
 def schedules(session, limit, offset, json_):
@@ -71,8 +70,7 @@ def create(session, name, cron, timezone, task, batch, paused, misfire, json_):
 @click.pass_obj
 def pause(session, schedule_id, json_):
     """Pause the schedule: no fire time runs until it is resumed."""
-    answer = session.client.patch(path("/api/schedule/{}", schedule_id), {"enabled": False})
-    session.show(answer, lambda answer: _done(answer, "paused"), json_)
+    _set_enabled(session, schedule_id, False, json_)
 
 
 @schedule.command()
@@ -81,8 +79,7 @@ def pause(session, schedule_id, json_):
 @click.pass_obj
 def resume(session, schedule_id, json_):
     """Resume a paused schedule: it runs next at its first fire time from now (those missed while paused never run)."""
-    answer = session.client.patch(path("/api/schedule/{}", schedule_id), {"enabled": True})
-    session.show(answer, lambda answer: _done(answer, "resumed"), json_)
+    _set_enabled(session, schedule_id, True, json_)
 
 
 @schedule.command()
@@ -92,6 +89,11 @@ def delete(session, schedule_id):
     """Delete the schedule and its runs; the tasks and batches it made stay."""
     answer = session.client.delete(path("/api/schedule/{}", schedule_id))
     session.out.print(Text(f"schedule {schedule_id} deleted: {answer['message']}"))
+
+
+def _set_enabled(session, schedule_id, enabled, json_):
+    answer = session.client.patch(path("/api/schedule/{}", schedule_id), {"enabled": enabled})
+    session.show(answer, lambda answer: _done(answer, "resumed" if enabled else "paused"), json_)
 
 
 def _done(answer, verb):

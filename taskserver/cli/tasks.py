@@ -8,7 +8,7 @@ from rich.text import Text
 from taskserver.cli import batches
 from taskserver.cli.client import path
 from taskserver.cli.params import JsonObject, split_tags
-from taskserver.cli.render import STATUS_STYLES, json_option, task_view, tasks_table
+from taskserver.cli.render import STATUS_STYLES, json_option, page_options, task_view, tasks_table
 from taskserver.cli.watch import OUTCOMES, wait_for
 from taskserver.domain import TaskStatus
 
@@ -77,8 +77,7 @@ def _outcome(answer):
 @click.option("--type", "task_type", help="Only tasks of this type.")
 @click.option("--device", "device_id", help="Only tasks on (or waiting for) this device.")
 @click.option("--batch", "batch_id", help="Only the tasks of this batch.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@page_options
 @json_option
 @click.pass_obj
 def tasks(session, statuses, task_type, device_id, batch_id, limit, offset, json_):
